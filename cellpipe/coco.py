@@ -1,0 +1,165 @@
+"""COCO instance-segmentation JSON: building it from the tables, splitting without
+leakage, and reading/normalising LIVECell.
+
+Images of one ``sample_id`` are frames of the same well over time: putting some in
+train and some in val leaks. The split therefore assigns whole samples, stratified by
+cell type; an image without ``sample_id`` is a sample of its own.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+from pycocotools import mask as mask_util
+
+from cellpipe.errors import CellpipeError
+from cellpipe.tables import CELL_TYPES
+
+CATEGORIES: list[dict] = [{"id": i + 1, "name": name, "supercategory": "cell"} for i, name in enumerate(CELL_TYPES)]
+CATEGORY_ID: dict[str, int] = {c["name"]: c["id"] for c in CATEGORIES}
+
+
+def split_groups(images: pd.DataFrame, val_fraction: float, seed: int) -> pd.Series:
+    """'train'/'val' per image: whole ``sample_id`` groups, stratified by cell type.
+
+    For each cell type, groups are shuffled (seeded) and moved to val until val holds
+    at least ``val_fraction`` of that type's images; a type with a single group stays
+    in train.
+    """
+    if not 0.0 < val_fraction < 1.0:
+        raise CellpipeError(f"coco.val_fraction must be in (0, 1), got {val_fraction}")
+    sample = images["sample_id"].fillna("").astype(str).str.strip()
+    group = np.where(sample == "", "image:" + images["image_id"].astype(str), "sample:" + sample)
+    rng = np.random.default_rng(seed)
+    split = pd.Series("train", index=images.index)
+    g = pd.DataFrame({"group": group, "cell_type": images["cell_type"].to_numpy()}, index=images.index)
+    # a group's stratum is its majority cell type
+    stratum = g.groupby("group")["cell_type"].agg(lambda s: s.value_counts().index[0])
+    sizes = g.groupby("group").size()
+    for cell_type in sorted(stratum.unique()):
+        groups = np.array(sorted(stratum.index[stratum == cell_type]))
+        if len(groups) < 2:
+            continue
+        rng.shuffle(groups)
+        target = val_fraction * sizes[groups].sum()
+        chosen, n = [], 0
+        for grp in groups[:-1]:  # always leave at least one group in train
+            if n >= target:
+                break
+            chosen.append(grp)
+            n += sizes[grp]
+        split[g["group"].isin(chosen)] = "val"
+    return split
+
+
+def build(images: pd.DataFrame, annotations: pd.DataFrame) -> dict:
+    """COCO dict of the given images and their annotations (COCO RLE masks)."""
+    img_ids = {iid: k + 1 for k, iid in enumerate(images["image_id"])}
+    coco_images = [
+        {"id": img_ids[r.image_id], "file_name": r.file_name, "height": int(r.height), "width": int(r.width),
+         "path": r.path, "kaggle_id": r.image_id, "cell_type": r.cell_type, "sample_id": r.sample_id}
+        for r in images.itertuples(index=False)
+    ]
+    ann = annotations[annotations["image_id"].isin(img_ids)]
+    coco_anns = [
+        {"id": int(a.ann_id), "image_id": img_ids[a.image_id], "category_id": CATEGORY_ID[a.cell_type],
+         "segmentation": {"size": [int(a.height), int(a.width)], "counts": a.coco_counts},
+         "area": int(a.area), "bbox": [int(a.bbox_x), int(a.bbox_y), int(a.bbox_w), int(a.bbox_h)], "iscrowd": 0}
+        for a in ann.itertuples(index=False)
+    ]
+    return {"info": {"description": "cellpipe COCO export of a Kaggle Sartorius train.csv"},
+            "images": coco_images, "annotations": coco_anns, "categories": CATEGORIES}
+
+
+# --------------------------------------------------------------------------- reading COCO
+
+
+def _annotations_list(data: dict, where: str) -> list[dict]:
+    anns = data.get("annotations")
+    if isinstance(anns, dict):  # official LIVECell releases key annotations by id
+        anns = list(anns.values())
+    if not isinstance(anns, list):
+        raise CellpipeError("'annotations' must be a list or an object keyed by id", where=where)
+    return anns
+
+
+def load_json(path: str | Path) -> dict:
+    """Load a COCO JSON file with a one-line error for unreadable content."""
+    path = Path(path)
+    if not path.is_file():
+        raise CellpipeError("COCO file is missing", where=str(path))
+    try:
+        data = json.loads(path.read_text())
+    except (json.JSONDecodeError, UnicodeDecodeError) as exc:
+        raise CellpipeError(f"not valid JSON ({exc.__class__.__name__}: {str(exc)[:80]})", where=str(path)) from None
+    if not isinstance(data, dict):
+        raise CellpipeError("COCO file must hold a JSON object", where=str(path))
+    for key in ("images", "categories"):
+        if not isinstance(data.get(key), list):
+            raise CellpipeError(f"missing or malformed '{key}' list", where=str(path))
+    return data
+
+
+def normalise(data: dict, *, where: str, image_root: str | Path | None = None,
+              single_class: bool = False, check_files: bool = True) -> dict:
+    """Validate a COCO dict and return it with list ``annotations`` and image ``path``s.
+
+    Checks: category ids exist, polygons have ≥ 3 points and lie in the image (1 px
+    tolerance), masks are not empty, every image file exists. ``single_class`` maps
+    every category to one 'cell' class (LIVECell pretraining).
+    """
+    anns = _annotations_list(data, where)
+    cat_ids = {int(c["id"]) for c in data["categories"] if isinstance(c, dict) and "id" in c}
+    images = {}
+    for im in data["images"]:
+        try:
+            iid, h, w, fname = int(im["id"]), int(im["height"]), int(im["width"]), str(im["file_name"])
+        except (KeyError, TypeError, ValueError):
+            raise CellpipeError(f"image entry {str(im)[:60]} lacks id/height/width/file_name", where=where) from None
+        path = im.get("path") or (str(Path(image_root) / fname) if image_root is not None else fname)
+        if check_files and not Path(path).is_file():
+            raise CellpipeError(f"image {iid}: file {path} is missing", where=where)
+        images[iid] = {**im, "id": iid, "height": h, "width": w, "file_name": fname, "path": str(path)}
+    out_anns = []
+    for a in anns:
+        aid = a.get("id") if isinstance(a, dict) else None
+        label = f"annotation {aid}"
+        if not isinstance(a, dict) or "image_id" not in a or "segmentation" not in a:
+            raise CellpipeError(f"{label}: lacks image_id or segmentation", where=where)
+        cid = a.get("category_id")
+        if cid not in cat_ids:
+            raise CellpipeError(f"{label}: category_id {cid!r} is not in 'categories'", where=where)
+        im = images.get(a["image_id"])
+        if im is None:
+            raise CellpipeError(f"{label}: image_id {a['image_id']!r} is not in 'images'", where=where)
+        h, w = im["height"], im["width"]
+        seg = a["segmentation"]
+        if isinstance(seg, list):
+            if not seg:
+                raise CellpipeError(f"{label}: empty polygon list", where=where)
+            for poly in seg:
+                if not isinstance(poly, list) or len(poly) < 6 or len(poly) % 2:
+                    raise CellpipeError(f"{label}: polygon with fewer than 3 points", where=where)
+                xy = np.asarray(poly, dtype=float).reshape(-1, 2)
+                if not np.isfinite(xy).all() or xy[:, 0].min() < -1 or xy[:, 1].min() < -1 \
+                        or xy[:, 0].max() > w + 1 or xy[:, 1].max() > h + 1:
+                    raise CellpipeError(f"{label}: polygon lies outside the {w}×{h} image", where=where)
+            rles = mask_util.frPyObjects(seg, h, w)
+            rle_ = mask_util.merge(rles)
+        elif isinstance(seg, dict) and "counts" in seg:
+            rle_ = seg if isinstance(seg["counts"], str | bytes) else mask_util.frPyObjects(seg, h, w)
+            if list(rle_.get("size", [h, w])) != [h, w]:
+                raise CellpipeError(f"{label}: RLE size {rle_['size']} differs from the image's {[h, w]}", where=where)
+        else:
+            raise CellpipeError(f"{label}: segmentation is neither polygons nor RLE", where=where)
+        area = float(mask_util.area(rle_))
+        if area <= 0:
+            raise CellpipeError(f"{label}: mask has zero area", where=where)
+        out_anns.append({**a, "category_id": 1 if single_class else int(cid), "area": area,
+                         "bbox": [float(v) for v in mask_util.toBbox(rle_)], "iscrowd": int(a.get("iscrowd", 0))})
+    categories = [{"id": 1, "name": "cell", "supercategory": "cell"}] if single_class else data["categories"]
+    return {**{k: v for k, v in data.items() if k not in ("annotations", "images", "categories")},
+            "images": list(images.values()), "annotations": out_anns, "categories": categories}

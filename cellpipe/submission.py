@@ -1,0 +1,107 @@
+"""Submission encoding: scored instances → non-overlapping masks → Kaggle RLE rows.
+
+Predicted masks of one image must not overlap. Each contested pixel goes to the
+highest-scoring instance (one ``np.unique`` over score-ordered pixels, no loop over
+instances); instances left smaller than ``min_size`` pixels are dropped. An image
+without any cell keeps one row with an empty ``predicted``.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Sequence
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import scipy.sparse as sp
+
+from cellpipe import rle
+from cellpipe.errors import CellpipeError
+
+
+def resolve_overlaps(instances: sp.csr_matrix, scores: np.ndarray, min_size: int = 0) -> tuple[sp.csr_matrix, np.ndarray]:
+    """Give each pixel to its highest-scoring instance; drop instances under ``min_size``.
+
+    Returns the non-overlapping instances (ordered by descending score) and the index
+    of each kept instance in the input.
+    """
+    m = sp.csr_matrix(instances)
+    n = m.shape[0]
+    if n == 0:
+        return m, np.zeros(0, dtype=np.int64)
+    order = np.argsort(-np.asarray(scores, dtype=np.float64), kind="stable")
+    m = m[order]
+    m.sort_indices()
+    rows = np.repeat(np.arange(n), np.diff(m.indptr))
+    pixels = m.indices
+    # first occurrence of each pixel in score order = its owner
+    _, first = np.unique(pixels, return_index=True)
+    keep_entry = np.zeros(len(pixels), dtype=bool)
+    keep_entry[first] = True
+    rows, pixels = rows[keep_entry], pixels[keep_entry]
+    sizes = np.bincount(rows, minlength=n)
+    kept = np.flatnonzero(sizes >= max(min_size, 1))
+    sel = np.isin(rows, kept)
+    new_row = np.searchsorted(kept, rows[sel])
+    out = sp.csr_matrix((np.ones(sel.sum(), np.float32), (new_row, pixels[sel])), shape=(len(kept), m.shape[1]))
+    return out, order[kept]
+
+
+def image_rows(image_id: str, instances: sp.csr_matrix) -> list[tuple[str, str]]:
+    """Submission rows of one image (one empty row when it has no cell)."""
+    strings = rle.to_strings(rle.from_csr(instances))
+    return [(image_id, s) for s in strings] or [(image_id, "")]
+
+
+def build(predictions: Iterable[tuple[str, sp.csr_matrix, np.ndarray]], order: Sequence[str],
+          min_size: int = 0) -> pd.DataFrame:
+    """Submission table in ``order`` (the sample submission's ids) from scored instances."""
+    by_id = {}
+    for image_id, inst, scores in predictions:
+        clean, _ = resolve_overlaps(inst, scores, min_size)
+        by_id[image_id] = image_rows(image_id, clean)
+    missing = [i for i in order if i not in by_id]
+    if missing:
+        raise CellpipeError(f"no predictions for test image {missing[0]} ({len(missing)} missing)")
+    rows = [r for image_id in order for r in by_id[image_id]]
+    return pd.DataFrame(rows, columns=["id", "predicted"])
+
+
+def validate(path: str | Path, expected_ids: Sequence[str], shape: tuple[int, int] = (520, 704)) -> dict:
+    """Check a submission file: header, known ids, every image present, valid RLE, no overlaps.
+
+    Returns a small summary; raises :class:`CellpipeError` naming the line on failure.
+    """
+    path = Path(path)
+    where = str(path)
+    if not path.is_file():
+        raise CellpipeError("submission file is missing", where=where)
+    try:
+        df = pd.read_csv(path, dtype=str, keep_default_na=False, encoding="utf-8-sig")
+    except (pd.errors.EmptyDataError, pd.errors.ParserError) as exc:
+        raise CellpipeError(f"not a readable CSV ({exc.__class__.__name__})", where=where) from None
+    if list(df.columns) != ["id", "predicted"]:
+        raise CellpipeError(f"header must be 'id,predicted', got {','.join(df.columns)!r}", where=where)
+    expected = set(expected_ids)
+    unknown = np.flatnonzero(~df["id"].isin(expected).to_numpy())
+    if len(unknown):
+        i = int(unknown[0])
+        raise CellpipeError(f"line {i + 2}: id {df['id'].iloc[i]!r} is not a test image", where=where)
+    absent = [i for i in expected_ids if i not in set(df["id"])]
+    if absent:
+        raise CellpipeError(f"image {absent[0]} has no row ({len(absent)} missing)", where=where)
+    n_pix = shape[0] * shape[1]
+    cells = 0
+    for image_id, idx in df.groupby("id", sort=False).indices.items():
+        strings = df["predicted"].iloc[idx].tolist()
+        nonempty = [s for s in strings if s.strip()]
+        if len(nonempty) < len(strings) and nonempty:
+            raise CellpipeError(f"image {image_id}: an empty row beside predicted cells", where=where)
+        runs = rle.parse_many(nonempty, n_pix, where=where,
+                              row_names=[f"line {int(idx[k]) + 2}" for k, s in enumerate(strings) if s.strip()])
+        covered = rle.to_csr(runs, n_pix).sum(axis=0).A1
+        if (covered > 1).any():
+            raise CellpipeError(f"image {image_id}: predicted masks overlap ({int((covered > 1).sum())} pixels)",
+                                where=where)
+        cells += runs.n
+    return {"rows": int(len(df)), "images": int(df["id"].nunique()), "cells": cells}

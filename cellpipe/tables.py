@@ -1,0 +1,161 @@
+"""Kaggle ``train.csv`` → validated annotation and image tables (Parquet-ready).
+
+One row per cell in ``annotations`` (image id, cell type, size, the Kaggle RLE, the
+COCO RLE counts, bbox, area and the metadata columns) and one row per image in
+``images``. Every row is validated; the first problem is raised as a
+:class:`~cellpipe.errors.CellpipeError` naming the file and its line number.
+"""
+
+from __future__ import annotations
+
+import csv
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+
+from cellpipe import rle
+from cellpipe.errors import CellpipeError
+from cellpipe.images import read_grey
+
+CELL_TYPES: tuple[str, ...] = ("shsy5y", "astro", "cort")
+COLUMNS: tuple[str, ...] = ("id", "annotation", "width", "height", "cell_type", "plate_time",
+                            "sample_date", "sample_id", "elapsed_timedelta")
+METADATA: tuple[str, ...] = ("plate_time", "sample_date", "sample_id", "elapsed_timedelta")
+
+
+def _line(i: int) -> str:
+    """CSV line number of data row ``i`` (the header is line 1)."""
+    return f"line {i + 2}"
+
+
+def read_train_csv(path: str | Path) -> pd.DataFrame:
+    """Read and validate the columns and values of a Kaggle ``train.csv``.
+
+    Accepts a UTF-8 BOM and CRLF line endings (both occur in re-saved downloads).
+    """
+    path = Path(path)
+    where = str(path)
+    if not path.is_file():
+        raise CellpipeError("annotation file is missing", where=where)
+    if path.stat().st_size == 0:
+        raise CellpipeError("annotation file is empty", where=where)
+    try:
+        df = pd.read_csv(path, dtype=str, keep_default_na=False, encoding="utf-8-sig", engine="c")
+    except pd.errors.EmptyDataError:
+        raise CellpipeError("annotation file is empty", where=where) from None
+    except (pd.errors.ParserError, UnicodeDecodeError, csv.Error) as exc:
+        msg = str(exc).strip().splitlines()[-1] if str(exc).strip() else exc.__class__.__name__
+        raise CellpipeError(f"not a readable CSV ({msg})", where=where) from None
+    df.columns = [c.strip() for c in df.columns]
+    missing = [c for c in COLUMNS if c not in df.columns]
+    if missing:
+        raise CellpipeError(f"missing column(s) {', '.join(missing)}; expected {', '.join(COLUMNS)}", where=where)
+    if len(df) == 0:
+        raise CellpipeError("annotation file has a header but no rows", where=where)
+    df = df[list(COLUMNS)].copy()
+    for col in ("id", "annotation", "cell_type"):
+        df[col] = df[col].str.strip()
+    empty_id = np.flatnonzero(df["id"].to_numpy() == "")
+    if len(empty_id):
+        raise CellpipeError(f"{_line(int(empty_id[0]))}: empty image id", where=where)
+    for col in ("width", "height"):
+        num = pd.to_numeric(df[col].str.strip(), errors="coerce")
+        bad = np.flatnonzero(num.isna().to_numpy() | (num.fillna(0) % 1 != 0).to_numpy() | (num.fillna(0) <= 0).to_numpy())
+        if len(bad):
+            i = int(bad[0])
+            raise CellpipeError(f"{_line(i)}: {col} {df[col].iloc[i]!r} is not a positive integer", where=where)
+        df[col] = num.astype(np.int64)
+    bad = np.flatnonzero(~df["cell_type"].isin(CELL_TYPES).to_numpy())
+    if len(bad):
+        i = int(bad[0])
+        raise CellpipeError(
+            f"{_line(i)}: unknown cell_type {df['cell_type'].iloc[i]!r}; expected one of {', '.join(CELL_TYPES)}",
+            where=where,
+        )
+    dup = np.flatnonzero(df.duplicated(["id", "annotation"]).to_numpy())
+    if len(dup):
+        i = int(dup[0])
+        first = int(np.flatnonzero(((df["id"] == df["id"].iloc[i]) & (df["annotation"] == df["annotation"].iloc[i])).to_numpy())[0])
+        raise CellpipeError(f"{_line(i)}: duplicate of {_line(first)} (same image {df['id'].iloc[i]} and mask)", where=where)
+    per_image = df.groupby("id", sort=False)[["width", "height", "cell_type"]].nunique()
+    for col in ("width", "height", "cell_type"):
+        bad_ids = per_image.index[per_image[col] > 1]
+        if len(bad_ids):
+            i = int(np.flatnonzero((df["id"] == bad_ids[0]).to_numpy())[1])
+            raise CellpipeError(f"{_line(i)}: image {bad_ids[0]} has more than one {col}", where=where)
+    return df
+
+
+def build_tables(df: pd.DataFrame, image_dir: str | Path, *, where: str = "train.csv",
+                 check_images: bool = True, progress=None) -> tuple[pd.DataFrame, pd.DataFrame]:
+    """Validated ``train.csv`` rows → (annotations, images) tables.
+
+    Parses every RLE at once (:func:`cellpipe.rle.parse_many`), derives area and bbox
+    straight from the runs and COCO RLE per image in one vectorised pass.
+    """
+    image_dir = Path(image_dir)
+    n_pix = (df["width"] * df["height"]).to_numpy()
+    runs = rle.parse_many(df["annotation"].tolist(), n_pix, where=where,
+                          row_names=[_line(i) for i in range(len(df))])
+    area = runs.areas()
+    bbox = np.zeros((len(df), 4), dtype=np.int64)
+    counts = np.empty(len(df), dtype=object)
+    kaggle = np.array(rle.to_strings(runs), dtype=object)  # normalised whitespace
+    image_rows = []
+    groups = df.groupby("id", sort=False).indices
+    for k, (image_id, idx) in enumerate(groups.items()):
+        h, w = int(df["height"].iloc[idx[0]]), int(df["width"].iloc[idx[0]])
+        path = image_dir / f"{image_id}.png"
+        if check_images:
+            read_grey(path, (h, w))
+        sub = runs.take(idx)
+        bbox[idx] = rle.boxes(sub, w)
+        counts[idx] = [c["counts"] for c in rle.to_coco(sub, (h, w))]
+        first = df.iloc[idx[0]]
+        image_rows.append({
+            "image_id": image_id, "file_name": f"{image_id}.png", "path": str(path), "height": h, "width": w,
+            "cell_type": first["cell_type"], **{m: first[m] for m in METADATA}, "n_cells": len(idx),
+        })
+        if progress:
+            progress(k + 1, len(groups))
+    ann = pd.DataFrame({
+        "ann_id": np.arange(1, len(df) + 1, dtype=np.int64),
+        "image_id": df["id"].to_numpy(),
+        "cell_type": df["cell_type"].to_numpy(),
+        "height": df["height"].to_numpy(),
+        "width": df["width"].to_numpy(),
+        "annotation": kaggle,
+        "coco_counts": counts,
+        "area": area,
+        "bbox_x": bbox[:, 0], "bbox_y": bbox[:, 1], "bbox_w": bbox[:, 2], "bbox_h": bbox[:, 3],
+        **{m: df[m].to_numpy() for m in METADATA},
+    })
+    images = pd.DataFrame(image_rows)
+    return ann, images
+
+
+def check_image_folder(image_dir: str | Path, images: pd.DataFrame, *, where: str) -> None:
+    """Every annotated image has a file; every training file has annotations."""
+    image_dir = Path(image_dir)
+    if not image_dir.is_dir():
+        raise CellpipeError("image folder is missing", where=str(image_dir))
+    on_disk = {p.stem for p in image_dir.glob("*.png")}
+    extra = sorted(on_disk - set(images["image_id"]))
+    if extra:
+        raise CellpipeError(
+            f"image {extra[0]} has no annotations ({len(extra)} image(s) without rows)", where=where)
+
+
+def read_sample_submission(path: str | Path) -> list[str]:
+    """Test image ids in the order of ``sample_submission.csv``."""
+    path = Path(path)
+    if not path.is_file():
+        raise CellpipeError("sample submission file is missing", where=str(path))
+    try:
+        df = pd.read_csv(path, dtype=str, keep_default_na=False, encoding="utf-8-sig")
+    except (pd.errors.EmptyDataError, pd.errors.ParserError) as exc:
+        raise CellpipeError(f"not a readable CSV ({exc.__class__.__name__})", where=str(path)) from None
+    if "id" not in df.columns:
+        raise CellpipeError("missing column id", where=str(path))
+    return list(dict.fromkeys(df["id"].str.strip()))

@@ -1,0 +1,74 @@
+"""Shared plumbing of the stage commands: params, progress bars, output writers."""
+
+from __future__ import annotations
+
+import json
+import os
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Any
+
+import pandas as pd
+import yaml
+from rich.console import Console
+from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
+
+from cellpipe.atomic import atomic_path
+from cellpipe.errors import CellpipeError
+from stages.schema import validate_params
+
+console = Console(stderr=True)
+PARAMS_HELP = "params file (the pipeline's knobs, grouped per stage)"
+
+
+def load_params(path: str | Path, section: str | None = None) -> dict[str, Any]:
+    """Read and validate ``params.yaml``; return one section (or all)."""
+    path = Path(path)
+    if not path.is_file():
+        raise CellpipeError("params file is missing", where=str(path))
+    try:
+        data = yaml.safe_load(path.read_text()) or {}
+    except yaml.YAMLError as exc:
+        raise CellpipeError(f"not valid YAML ({str(exc).splitlines()[0]})", where=str(path)) from None
+    data = validate_params(data, where=str(path))
+    return data[section] if section else data
+
+
+@contextmanager
+def progress(description: str) -> Iterator[Callable[[int, int], None]]:
+    """A rich progress bar driven by ``update(done, total)`` callbacks."""
+    disable = os.environ.get("CELLPIPE_NO_PROGRESS") == "1"
+    with Progress(TextColumn("[bold]{task.description}"), BarColumn(), MofNCompleteColumn(),
+                  TimeElapsedColumn(), TextColumn("eta"), TimeRemainingColumn(),
+                  console=console, disable=disable, transient=False) as bar:
+        task = bar.add_task(description, total=None)
+
+        def update(done: int, total: int) -> None:
+            bar.update(task, completed=done, total=total)
+
+        yield update
+
+
+def log(message: str) -> None:
+    console.print(f"[dim]cellpipe[/dim] {message}")
+
+
+def write_parquet(df: pd.DataFrame, target: str | Path) -> None:
+    with atomic_path(target) as tmp:
+        df.to_parquet(tmp, index=False)
+
+
+def write_json(obj: Any, target: str | Path, indent: int | None = 2) -> None:
+    with atomic_path(target) as tmp:
+        tmp.write_text(json.dumps(obj, indent=indent) + "\n")
+
+
+def read_parquet(path: str | Path) -> pd.DataFrame:
+    path = Path(path)
+    if not path.is_file():
+        raise CellpipeError("table is missing (run the stage that writes it first)", where=str(path))
+    try:
+        return pd.read_parquet(path)
+    except Exception as exc:  # pyarrow raises several types for corrupt files
+        raise CellpipeError(f"unreadable Parquet ({exc.__class__.__name__})", where=str(path)) from None

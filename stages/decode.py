@@ -1,0 +1,25 @@
+"""Stage ``decode``: Kaggle ``train.csv`` → ``annotations.parquet`` + ``images.parquet``."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import typer
+
+from cellpipe import tables
+from stages.common import log, progress, write_parquet
+
+
+def run(
+    kaggle_dir: Path = typer.Option(Path("data/raw/kaggle"), help="folder in the Kaggle layout (train.csv, train/)"),
+    annotations_out: Path = typer.Option(Path("data/interim/annotations.parquet"), help="one row per cell"),
+    images_out: Path = typer.Option(Path("data/interim/images.parquet"), help="one row per image"),
+) -> None:
+    csv_path = kaggle_dir / "train.csv"
+    df = tables.read_train_csv(csv_path)
+    with progress("decode images") as bar:
+        ann, images = tables.build_tables(df, kaggle_dir / "train", where=str(csv_path), progress=bar)
+    tables.check_image_folder(kaggle_dir / "train", images, where=str(csv_path))
+    write_parquet(ann, annotations_out)
+    write_parquet(images, images_out)
+    log(f"decoded {len(ann)} cells of {len(images)} images → {annotations_out}, {images_out}")

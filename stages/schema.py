@@ -1,0 +1,105 @@
+"""The params schema: every key of ``params.yaml``, its type and its allowed values.
+
+Checked up front by every stage so that a typo (``finetune.lr_rate``) or an
+impossible value (``coco.val_fraction: 1.5``) fails at once with the key's name,
+instead of hours later or, worse, silently.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from typing import Any
+
+from cellpipe.errors import CellpipeError
+
+Check = Callable[[Any], str | None]
+
+
+def positive(v: Any) -> str | None:
+    return None if v > 0 else "must be > 0"
+
+
+def non_negative(v: Any) -> str | None:
+    return None if v >= 0 else "must be ≥ 0"
+
+
+def open_unit(v: Any) -> str | None:
+    return None if 0 < v < 1 else "must be in (0, 1)"
+
+
+def unit(v: Any) -> str | None:
+    return None if 0 <= v <= 1 else "must be in [0, 1]"
+
+
+def one_of(*choices: str) -> Check:
+    def check(v: Any) -> str | None:
+        return None if v in choices else f"must be one of {', '.join(choices)}"
+    return check
+
+
+def per_type_counts(v: Any) -> str | None:
+    if not isinstance(v, dict):
+        return "must be a mapping of cell type to count"
+    for k, n in v.items():
+        if k not in ("shsy5y", "astro", "cort"):
+            return f"unknown cell type {k!r}"
+        if not isinstance(n, int) or isinstance(n, bool) or n < 0:
+            return f"count for {k} must be an integer ≥ 0"
+    return None
+
+
+# section -> key -> (types, check or None)
+SCHEMA: dict[str, dict[str, tuple[type | tuple[type, ...], Check | None]]] = {
+    "data": {
+        "kaggle_dir": (str, None),
+        "livecell_json": (str, None),
+        "livecell_images": (str, None),
+    },
+    "synth": {
+        "seed": (int, non_negative),
+        "images_per_type": (dict, per_type_counts),
+        "images_per_sample": (int, positive),
+        "cells_scale": ((int, float), positive),
+        "test_images": (int, non_negative),
+        "livecell_images": (int, non_negative),
+        "livecell_cells_scale": ((int, float), positive),
+    },
+    "coco": {
+        "val_fraction": ((int, float), open_unit),
+        "seed": (int, non_negative),
+    },
+}
+
+
+def validate_params(data: Any, *, where: str) -> dict[str, Any]:
+    """Reject unknown sections/keys, wrong types and impossible values, naming the key."""
+    if not isinstance(data, dict):
+        raise CellpipeError("params must be a mapping of sections", where=where)
+    for section, values in data.items():
+        if section not in SCHEMA:
+            raise CellpipeError(f"unknown params section {section!r}; known: {', '.join(SCHEMA)}", where=where)
+        if not isinstance(values, dict):
+            raise CellpipeError(f"params section {section!r} must be a mapping", where=where)
+        for key, value in values.items():
+            spec = SCHEMA[section].get(key)
+            if spec is None:
+                raise CellpipeError(f"unknown params key {section}.{key}", where=where)
+            types, check = spec
+            if isinstance(value, bool) and bool not in (types if isinstance(types, tuple) else (types,)):
+                raise CellpipeError(f"{section}.{key} must be {_name(types)}, got {value!r}", where=where)
+            if not isinstance(value, types):
+                raise CellpipeError(f"{section}.{key} must be {_name(types)}, got {value!r}", where=where)
+            problem = check(value) if check else None
+            if problem:
+                raise CellpipeError(f"{section}.{key} {problem} (got {value!r})", where=where)
+    for section, keys in SCHEMA.items():
+        missing = [k for k in keys if k not in data.get(section, {})]
+        if section in data and missing:
+            raise CellpipeError(f"params key {section}.{missing[0]} is missing", where=where)
+    return data
+
+
+def _name(types: type | tuple[type, ...]) -> str:
+    ts = types if isinstance(types, tuple) else (types,)
+    return " or ".join({"int": "an integer", "float": "a number", "str": "a string", "dict": "a mapping",
+                        "bool": "true/false", "list": "a list"}.get(t.__name__, t.__name__) for t in ts)
