@@ -1,0 +1,70 @@
+"""The DAG under DVC on a temp copy of the repo: repro from clean, then a no-op."""
+
+import os
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import yaml
+
+from tests.conftest import REPO
+
+TINY = {
+    "synth": {"images_per_type": {"shsy5y": 2, "astro": 2, "cort": 2}, "cells_scale": 0.1,
+              "test_images": 2, "livecell_images": 2, "livecell_cells_scale": 0.1},
+}
+
+
+def tracked_copy(dst: Path) -> None:
+    files = subprocess.run(["git", "ls-files", "-co", "--exclude-standard"], cwd=REPO, capture_output=True,
+                           text=True, check=True).stdout.split("\n")
+    for rel in filter(None, files):
+        src = REPO / rel
+        if src.is_file():
+            (dst / rel).parent.mkdir(parents=True, exist_ok=True)
+            shutil.copy2(src, dst / rel)
+
+
+def shrink_params(path: Path, overrides: dict) -> None:
+    params = yaml.safe_load(path.read_text())
+    for section, values in overrides.items():
+        params[section].update(values)
+    path.write_text(yaml.safe_dump(params, sort_keys=False))
+
+
+def dvc(cwd: Path, *args: str) -> subprocess.CompletedProcess:
+    env = {**os.environ, "PATH": f"{Path(sys.executable).parent}{os.pathsep}{os.environ['PATH']}",
+           "CELLPIPE_NO_PROGRESS": "1", "DVC_NO_ANALYTICS": "1"}
+    proc = subprocess.run([str(Path(sys.executable).parent / "dvc"), *args], cwd=cwd, env=env,
+                          capture_output=True, text=True, timeout=1800)
+    assert proc.returncode == 0, f"dvc {' '.join(args)} failed:\n{proc.stdout}\n{proc.stderr}"
+    return proc
+
+
+@pytest.fixture
+def repo_copy(tmp_path) -> Path:
+    dst = tmp_path / "repo"
+    dst.mkdir()
+    tracked_copy(dst)
+    (dst / "dvc.lock").unlink(missing_ok=True)
+    shrink_params(dst / "params.yaml", TINY)
+    for cmd in (["git", "init", "-q"], ["git", "add", "-A"],
+                ["git", "-c", "user.name=t", "-c", "user.email=t@t", "commit", "-qm", "copy"]):
+        subprocess.run(cmd, cwd=dst, check=True, capture_output=True)
+    return dst
+
+
+def ran_stages(output: str) -> list[str]:
+    return [line.split("'")[1] for line in output.splitlines() if line.startswith("Running stage")]
+
+
+@pytest.mark.slow
+def test_repro_from_clean_then_noop(repo_copy):
+    first = dvc(repo_copy, "repro")
+    assert ran_stages(first.stdout)[:3] == ["synth", "decode", "coco"]
+    assert (repo_copy / "data/coco/train.json").is_file()
+    second = dvc(repo_copy, "repro")
+    assert ran_stages(second.stdout) == []
+    assert "up to date" in dvc(repo_copy, "status").stdout
