@@ -13,7 +13,7 @@ import typer
 
 from cellpipe import __version__
 from cellpipe.errors import CellpipeError
-from stages import coco, decode, livecell, synth
+from stages import coco, decode, finetune, livecell, predict, pretrain, score, submit, synth, thresholds
 from stages import submission as submission_cmd
 from stages.common import console
 
@@ -48,6 +48,12 @@ app.command("synth", help="Generate the embedded synthetic data (Kaggle + LIVECe
 app.command("decode", help="Validate train.csv and decode its RLE masks into Parquet tables.")(decode.run)
 app.command("coco", help="Split images without leakage and write COCO JSON (train/val).")(coco.run)
 app.command("livecell", help="Validate and normalise the LIVECell COCO JSON for pretraining.")(livecell.run)
+app.command("pretrain", help="Train Mask R-CNN on the LIVECell COCO (one class).")(pretrain.run)
+app.command("finetune", help="Fine-tune from the LIVECell checkpoint on the competition train split.")(finetune.run)
+app.command("predict", help="Run the best checkpoint on val and test images → detections (Parquet).")(predict.run)
+app.command("thresholds", help="Tune per-class score thresholds on val.")(thresholds.run)
+app.command("score", help="Score val detections with the competition metric → metrics/val.json.")(score.run)
+app.command("submit", help="Test detections → non-overlapping masks → submission.csv (validated).")(submit.run)
 app.command("check-submission", help="Validate a submission.csv against the test image ids.")(submission_cmd.check)
 
 

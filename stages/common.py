@@ -72,3 +72,8 @@ def read_parquet(path: str | Path) -> pd.DataFrame:
         return pd.read_parquet(path)
     except Exception as exc:  # pyarrow raises several types for corrupt files
         raise CellpipeError(f"unreadable Parquet ({exc.__class__.__name__})", where=str(path)) from None
+
+
+def write_csv(df: pd.DataFrame, target: str | Path) -> None:
+    with atomic_path(target) as tmp:
+        df.to_csv(tmp, index=False)

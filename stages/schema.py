@@ -71,6 +71,75 @@ SCHEMA: dict[str, dict[str, tuple[type | tuple[type, ...], Check | None]]] = {
 }
 
 
+def boolean(v: Any) -> str | None:
+    return None
+
+
+def grid(v: Any) -> str | None:
+    if not isinstance(v, list) or not v or not all(isinstance(x, int | float) and 0 <= x <= 1 for x in v):
+        return "must be a non-empty list of numbers in [0, 1]"
+    return None
+
+
+def anchors(v: Any) -> str | None:
+    if not isinstance(v, list) or len(v) != 5 or not all(isinstance(x, int) and x > 0 for x in v):
+        return "must be 5 positive integers (one anchor size per FPN level)"
+    return None
+
+
+def ratios(v: Any) -> str | None:
+    if not isinstance(v, list) or not v or not all(isinstance(x, int | float) and x > 0 for x in v):
+        return "must be a non-empty list of positive numbers"
+    return None
+
+
+NUM = (int, float)
+TRAIN_KEYS: dict[str, tuple[type | tuple[type, ...], Check | None]] = {
+    "init": (str, None),
+    "iters": (int, positive),
+    "batch_size": (int, positive),
+    "lr": (NUM, positive),
+    "momentum": (NUM, unit),
+    "weight_decay": (NUM, non_negative),
+    "warmup_iters": (int, non_negative),
+    "warmup_factor": (NUM, unit),
+    "clip_grad": (NUM, positive),
+    "eval_every": (int, positive),
+    "eval_score_threshold": (NUM, unit),
+    "eval_min_size": (int, non_negative),
+    "seed": (int, non_negative),
+    "hflip": (bool, boolean),
+    "vflip": (bool, boolean),
+}
+SCHEMA["model"] = {
+    "backend": (str, one_of("torchvision")),
+    "backbone": (str, one_of("resnet18", "resnet34", "resnet50", "resnet101")),
+    "norm": (str, one_of("group", "batch", "frozen")),
+    "fpn_channels": (int, positive),
+    "box_head_dim": (int, positive),
+    "mask_head_channels": (int, positive),
+    "mask_head_layers": (int, positive),
+    "anchor_sizes": (list, anchors),
+    "aspect_ratios": (list, ratios),
+    "min_size": (int, positive),
+    "max_size": (int, positive),
+    "detections_per_img": (int, positive),
+    "rpn_batch_per_image": (int, positive),
+    "roi_batch_per_image": (int, positive),
+    "rpn_pre_nms_train": (int, positive),
+    "rpn_post_nms_train": (int, positive),
+    "rpn_pre_nms_test": (int, positive),
+    "rpn_post_nms_test": (int, positive),
+    "box_nms_thresh": (NUM, unit),
+    "box_score_thresh": (NUM, unit),
+    "mask_threshold": (NUM, open_unit),
+}
+SCHEMA["pretrain"] = {**TRAIN_KEYS, "val_images": (int, positive)}
+SCHEMA["finetune"] = dict(TRAIN_KEYS)
+SCHEMA["predict"] = {"tta": (bool, boolean), "tta_iou": (NUM, open_unit)}
+SCHEMA["thresholds"] = {"grid": (list, grid), "min_size": (int, non_negative), "fallback": (NUM, unit)}
+
+
 def validate_params(data: Any, *, where: str) -> dict[str, Any]:
     """Reject unknown sections/keys, wrong types and impossible values, naming the key."""
     if not isinstance(data, dict):

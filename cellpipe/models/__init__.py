@@ -1,0 +1,197 @@
+"""Model construction and checkpoints.
+
+torchvision's Mask R-CNN is the backend. ``build`` turns the ``model`` params into a
+network: a ResNet-FPN backbone of chosen depth and width (the CPU default is a narrow
+ResNet-18 FPN with light heads; the GPU recipe is the stock R50-FPN), anchors sized for
+cells, thousands of detections per image. ``initialise`` loads a checkpoint (or
+torchvision weights when they can be downloaded), re-initialising only the
+class-specific heads when the class count differs.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from dataclasses import asdict, dataclass, field, fields
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch import nn
+from torchvision.models import resnet
+from torchvision.models.detection import MaskRCNN
+from torchvision.models.detection.anchor_utils import AnchorGenerator
+from torchvision.models.detection.backbone_utils import BackboneWithFPN
+from torchvision.models.detection.faster_rcnn import FastRCNNPredictor, TwoMLPHead
+from torchvision.models.detection.mask_rcnn import MaskRCNNHeads, MaskRCNNPredictor
+from torchvision.ops.feature_pyramid_network import LastLevelMaxPool
+
+from cellpipe.errors import CellpipeError
+
+# heads whose shape depends on the number of classes
+CLASS_SPECIFIC = ("roi_heads.box_predictor.", "roi_heads.mask_predictor.mask_fcn_logits.")
+
+
+@dataclass(frozen=True)
+class ModelConfig:
+    """Architecture knobs (the ``model`` params section)."""
+
+    backbone: str = "resnet18"
+    norm: str = "group"  # group | batch | frozen
+    fpn_channels: int = 64
+    box_head_dim: int = 256
+    mask_head_channels: int = 64
+    mask_head_layers: int = 2
+    anchor_sizes: tuple[int, ...] = (8, 16, 32, 64, 128)
+    aspect_ratios: tuple[float, ...] = (0.5, 1.0, 2.0)
+    min_size: int = 260
+    max_size: int = 352
+    detections_per_img: int = 1000
+    rpn_batch_per_image: int = 256
+    roi_batch_per_image: int = 128
+    rpn_pre_nms_train: int = 2000
+    rpn_post_nms_train: int = 2000
+    rpn_pre_nms_test: int = 3000
+    rpn_post_nms_test: int = 3000
+    box_nms_thresh: float = 0.5
+    box_score_thresh: float = 0.05
+    mask_threshold: float = 0.5
+    extra: dict = field(default_factory=dict)
+
+    @classmethod
+    def from_params(cls, params: dict[str, Any]) -> ModelConfig:
+        known = {f.name for f in fields(cls)} - {"extra"}
+        kwargs = {k: (tuple(v) if isinstance(v, list) else v) for k, v in params.items() if k in known}
+        return cls(**kwargs)
+
+    def fingerprint(self) -> str:
+        return hashlib.sha256(json.dumps(asdict(self), sort_keys=True).encode()).hexdigest()[:16]
+
+
+def _norm_layer(kind: str):
+    if kind == "group":
+        return lambda c: nn.GroupNorm(min(32, max(1, c // 16)), c)
+    if kind == "batch":
+        return nn.BatchNorm2d
+    if kind == "frozen":
+        from torchvision.ops.misc import FrozenBatchNorm2d
+
+        return FrozenBatchNorm2d
+    raise CellpipeError(f"model.norm must be group, batch or frozen, got {kind!r}")
+
+
+def build(cfg: ModelConfig, num_classes: int) -> MaskRCNN:
+    """A Mask R-CNN with ``num_classes`` foreground classes, randomly initialised."""
+    if cfg.backbone not in ("resnet18", "resnet34", "resnet50", "resnet101"):
+        raise CellpipeError(f"model.backbone must be resnet18/34/50/101, got {cfg.backbone!r}")
+    body = getattr(resnet, cfg.backbone)(weights=None, norm_layer=_norm_layer(cfg.norm))
+    expansion = 4 if cfg.backbone in ("resnet50", "resnet101") else 1
+    in_channels = [64 * expansion, 128 * expansion, 256 * expansion, 512 * expansion]
+    backbone = BackboneWithFPN(body, {"layer1": "0", "layer2": "1", "layer3": "2", "layer4": "3"},
+                               in_channels, cfg.fpn_channels, extra_blocks=LastLevelMaxPool())
+    if len(cfg.anchor_sizes) != 5:
+        raise CellpipeError(f"model.anchor_sizes needs one size per FPN level (5), got {list(cfg.anchor_sizes)}")
+    anchors = AnchorGenerator(tuple((s,) for s in cfg.anchor_sizes), (tuple(cfg.aspect_ratios),) * 5)
+    c = cfg.fpn_channels
+    mask_layers = [cfg.mask_head_channels] * cfg.mask_head_layers
+    model = MaskRCNN(
+        backbone,
+        num_classes=None,
+        min_size=cfg.min_size,
+        max_size=cfg.max_size,
+        image_mean=[0.0, 0.0, 0.0],  # images arrive normalised per image (cellpipe.data)
+        image_std=[1.0, 1.0, 1.0],
+        rpn_anchor_generator=anchors,
+        rpn_pre_nms_top_n_train=cfg.rpn_pre_nms_train,
+        rpn_post_nms_top_n_train=cfg.rpn_post_nms_train,
+        rpn_pre_nms_top_n_test=cfg.rpn_pre_nms_test,
+        rpn_post_nms_top_n_test=cfg.rpn_post_nms_test,
+        rpn_batch_size_per_image=cfg.rpn_batch_per_image,
+        box_head=TwoMLPHead(c * 7 * 7, cfg.box_head_dim),
+        box_predictor=FastRCNNPredictor(cfg.box_head_dim, num_classes + 1),
+        box_score_thresh=cfg.box_score_thresh,
+        box_nms_thresh=cfg.box_nms_thresh,
+        box_detections_per_img=cfg.detections_per_img,
+        box_batch_size_per_image=cfg.roi_batch_per_image,
+        mask_head=MaskRCNNHeads(c, mask_layers, 1),
+        mask_predictor=MaskRCNNPredictor(mask_layers[-1], mask_layers[-1], num_classes + 1),
+    )
+    return model
+
+
+def load_checkpoint(path: str | Path, map_location: str = "cpu") -> dict[str, Any]:
+    """Load a cellpipe checkpoint with a one-line error when missing or damaged."""
+    path = Path(path)
+    if not path.is_file():
+        raise CellpipeError("checkpoint is missing", where=str(path))
+    try:
+        ckpt = torch.load(path, map_location=map_location, weights_only=False)
+    except Exception as exc:  # truncated zip, pickle errors, ...
+        raise CellpipeError(f"checkpoint is unreadable or truncated ({exc.__class__.__name__})", where=str(path)) from None
+    if not isinstance(ckpt, dict) or "model" not in ckpt:
+        raise CellpipeError("not a cellpipe checkpoint (no 'model' state)", where=str(path))
+    return ckpt
+
+
+def initialise(model: MaskRCNN, init: str, *, where: str = "init") -> str:
+    """Initialise ``model`` from ``init``: 'none', 'imagenet', 'coco' or a checkpoint path.
+
+    Returns a short description of what was loaded. With a checkpoint, every tensor
+    must match except the class-specific heads, which are kept at their random
+    initialisation when the class count differs.
+    """
+    if init in ("none", ""):
+        return "random initialisation"
+    if init in ("imagenet", "coco"):
+        return _torchvision_weights(model, init)
+    ckpt = load_checkpoint(init)
+    state = ckpt["model"]
+    own = model.state_dict()
+    skipped = []
+    for key, value in own.items():
+        if key not in state:
+            raise CellpipeError(f"checkpoint lacks {key}: it was trained with another architecture "
+                                f"(compare the model params)", where=str(init))
+        if state[key].shape != value.shape:
+            if key.startswith(CLASS_SPECIFIC):
+                skipped.append(key)
+                continue
+            raise CellpipeError(f"{key} has shape {tuple(state[key].shape)} in the checkpoint but "
+                                f"{tuple(value.shape)} in the model: another architecture", where=str(init))
+    model.load_state_dict({k: v for k, v in state.items() if k in own and k not in skipped}, strict=False)
+    if skipped:
+        return f"{init} (class-specific heads re-initialised: {len(skipped)} tensors)"
+    return str(init)
+
+
+def _torchvision_weights(model: MaskRCNN, which: str) -> str:
+    """ImageNet backbone or COCO Mask R-CNN weights from torchvision (needs a download)."""
+    from torchvision.models import get_model_weights
+
+    try:
+        if which == "imagenet":
+            blocks = model.backbone.body
+            n3 = len(blocks.layer3)
+            expansion_4 = hasattr(blocks.layer1[0], "conv3")
+            arch = {(False, 2): "resnet18", (False, 6): "resnet34", (True, 6): "resnet50", (True, 23): "resnet101"}[
+                (expansion_4, n3)]
+            weights = get_model_weights(arch).DEFAULT
+            state = weights.get_state_dict(progress=False)
+            missing = model.backbone.body.load_state_dict(
+                {k: v for k, v in state.items() if not k.startswith("fc.")}, strict=False)
+            return f"torchvision ImageNet {arch} backbone ({len(missing.missing_keys)} keys left random)"
+        weights = get_model_weights("maskrcnn_resnet50_fpn").DEFAULT
+        state = weights.get_state_dict(progress=False)
+    except KeyError:
+        raise CellpipeError(f"no torchvision {which} weights for this backbone") from None
+    except Exception as exc:  # URLError, HTTPError, OSError when offline
+        raise CellpipeError(
+            f"could not download torchvision {which} weights ({exc.__class__.__name__}); this machine seems "
+            f"offline: use init 'none' or a checkpoint path") from None
+    own = model.state_dict()
+    usable = {k: v for k, v in state.items() if k in own and own[k].shape == v.shape}
+    if len(usable) < len(own) // 2:
+        raise CellpipeError("torchvision COCO weights need model.backbone resnet50 with fpn_channels 256, "
+                            "box_head_dim 1024, mask_head_channels 256, mask_head_layers 4")
+    model.load_state_dict(usable, strict=False)
+    return f"torchvision COCO Mask R-CNN ({len(usable)}/{len(own)} tensors)"

@@ -1,0 +1,79 @@
+"""Stage ``predict``: the best fine-tuned checkpoint → raw detections for val and test.
+
+Also the way to apply a model to any folder of images (``--images-dir``), Kaggle
+layout or a plain folder of PNG/TIFF files.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import torch
+import typer
+
+from cellpipe import models, predictions
+from cellpipe.errors import CellpipeError
+from cellpipe.images import read_grey
+from cellpipe.predict import predict_image
+from cellpipe.train import default_device
+from stages.common import PARAMS_HELP, load_params, log, progress, write_parquet
+
+
+def load_model(checkpoint: Path, device) -> tuple[torch.nn.Module, models.ModelConfig, list[str]]:
+    ckpt = models.load_checkpoint(checkpoint)
+    for key in ("model_config", "classes"):
+        if key not in ckpt:
+            raise CellpipeError(f"checkpoint lacks '{key}': not written by cellpipe's training", where=str(checkpoint))
+    mcfg = models.ModelConfig(**{k: (tuple(v) if isinstance(v, list) else v) for k, v in ckpt["model_config"].items()})
+    model = models.build(mcfg, len(ckpt["classes"]))
+    try:
+        model.load_state_dict(ckpt["model"])
+    except RuntimeError as exc:
+        raise CellpipeError(f"weights do not fit the architecture they claim ({str(exc).splitlines()[0]})",
+                            where=str(checkpoint)) from None
+    return model.to(device).eval(), mcfg, list(ckpt["classes"])
+
+
+def predict_paths(model, mcfg, classes, paths: list[tuple[str, Path]], *, tta: bool, tta_iou: float, label: str, device):
+    items = []
+    with progress(f"predict {label}") as bar:
+        for k, (image_id, path) in enumerate(paths):
+            grey = read_grey(path)
+            items.append((image_id, predict_image(model, grey, device=device, mask_threshold=mcfg.mask_threshold,
+                                                  tta=tta, tta_iou=tta_iou)))
+            bar(k + 1, len(paths))
+    return predictions.to_frame(items, classes)
+
+
+def image_folder(folder: Path) -> list[tuple[str, Path]]:
+    if not folder.is_dir():
+        raise CellpipeError("image folder is missing", where=str(folder))
+    files = sorted(p for p in folder.iterdir() if p.suffix.lower() in (".png", ".tif", ".tiff"))
+    if not files:
+        raise CellpipeError("no .png/.tif images in the folder", where=str(folder))
+    return [(p.stem, p) for p in files]
+
+
+def run(
+    checkpoint: Path = typer.Option(Path("models/finetune/best.pt"), help="trained checkpoint"),
+    val: Path = typer.Option(Path("data/coco/val.json"), help="COCO JSON whose images to predict (val split)"),
+    test_dir: Path = typer.Option(Path("data/raw/kaggle/test"), help="folder of test images"),
+    val_out: Path = typer.Option(Path("data/predictions/val.parquet"), help="val detections"),
+    test_out: Path = typer.Option(Path("data/predictions/test.parquet"), help="test detections"),
+    params: Path = typer.Option(Path("params.yaml"), help=PARAMS_HELP),
+) -> None:
+    p = load_params(params, "predict")
+    device = default_device()
+    model, mcfg, classes = load_model(checkpoint, device)
+    val_coco = json.loads(val.read_text()) if val.is_file() else None
+    if val_coco is None:
+        raise CellpipeError("COCO file is missing", where=str(val))
+    val_paths = [(str(im.get("kaggle_id", im["id"])), Path(im["path"])) for im in val_coco["images"]]
+    val_df = predict_paths(model, mcfg, classes, val_paths, tta=p["tta"], tta_iou=p["tta_iou"], label="val", device=device)
+    test_df = predict_paths(model, mcfg, classes, image_folder(test_dir), tta=p["tta"], tta_iou=p["tta_iou"],
+                            label="test", device=device)
+    write_parquet(val_df, val_out)
+    write_parquet(test_df, test_out)
+    log(f"predicted {len(val_df)} val detections on {len(val_paths)} images, {len(test_df)} test detections → "
+        f"{val_out}, {test_out}")

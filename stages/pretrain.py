@@ -1,0 +1,20 @@
+"""Stage ``pretrain``: Mask R-CNN on the LIVECell COCO (one class 'cell')."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import typer
+
+from stages.common import PARAMS_HELP, load_params
+from stages.training import run_training
+
+
+def run(
+    livecell: Path = typer.Option(Path("data/coco/livecell.json"), help="normalised LIVECell COCO (livecell stage)"),
+    out: Path = typer.Option(Path("models/livecell"), help="checkpoints (best.pt, last.pt) and dvclive logs"),
+    params: Path = typer.Option(Path("params.yaml"), help=PARAMS_HELP),
+) -> None:
+    p = load_params(params)
+    run_training(stage="pretrain", train_json=livecell, val_source=livecell, out=out, params_all=p,
+                 single_class=True, val_images=p["pretrain"]["val_images"])

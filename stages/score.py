@@ -1,0 +1,55 @@
+"""Stage ``score``: val predictions scored with the competition metric → ``metrics/val.json``.
+
+Also scores any predictions table against any ``train.csv``-format truth.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import typer
+from rich.table import Table
+
+from cellpipe import metric, thresholds
+from cellpipe.errors import CellpipeError
+from cellpipe.tables import CELL_TYPES
+from stages.common import console, log, write_csv, write_json
+from stages.evaluation import load_predictions, load_truth, val_image_list
+
+
+def run(
+    predictions: Path = typer.Option(Path("data/predictions/val.parquet"), help="detections to score"),
+    val: Path = typer.Option(Path("data/coco/val.json"), help="COCO JSON listing the images to score"),
+    truth: Path = typer.Option(Path("data/interim/annotations.parquet"), help="truth: annotations.parquet or a train.csv"),
+    thresholds_file: Path = typer.Option(Path("metrics/thresholds.json"), "--thresholds",
+                                         help="per-class score thresholds (thresholds stage)"),
+    out: Path = typer.Option(Path("metrics/val.json"), help="metrics JSON (DVC metrics)"),
+    per_image_out: Path = typer.Option(Path("metrics/val_per_image.csv"), help="score per image and threshold"),
+) -> None:
+    if not thresholds_file.is_file():
+        raise CellpipeError("thresholds file is missing", where=str(thresholds_file))
+    th = json.loads(thresholds_file.read_text())
+    images = val_image_list(val)
+    ids = images["image_id"].tolist()
+    truths, types = load_truth(truth, ids)
+    rows = []
+    for pred in load_predictions(predictions, ids):
+        cls = thresholds.image_class(pred.labels, pred.scores, CELL_TYPES[0])
+        final = thresholds.apply(pred, th["score_threshold"].get(cls, 0.5), th.get("min_size", 0))
+        rows.append((pred.image_id, types[pred.image_id], truths[pred.image_id], final))
+    report = metric.evaluate(rows)
+    summary = report.to_dict()
+    write_json(summary, out)
+    write_csv(report.per_image, per_image_out)
+    table = Table(title=f"val MAP-IoU {summary['map_iou']:.4f} over {summary['images']} images")
+    table.add_column("class")
+    for t in metric.THRESHOLDS[::2]:
+        table.add_column(f"{t:.2f}")
+    table.add_column("mean")
+    per = report.per_threshold(by_class=True)
+    for cls, row in per.iterrows():
+        table.add_row(str(cls), *[f"{row[f't{t:.2f}']:.3f}" for t in metric.THRESHOLDS[::2]],
+                      f"{summary['per_class'][cls]:.3f}")
+    console.print(table)
+    log(f"→ {out}")

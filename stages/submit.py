@@ -1,0 +1,37 @@
+"""Stage ``submit``: test detections → non-overlapping masks → ``submission.csv`` (validated)."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import typer
+
+from cellpipe import submission, tables, thresholds
+from cellpipe.atomic import atomic_path
+from cellpipe.errors import CellpipeError
+from cellpipe.tables import CELL_TYPES
+from stages.common import log
+from stages.evaluation import load_predictions
+
+
+def run(
+    predictions: Path = typer.Option(Path("data/predictions/test.parquet"), help="test detections (predict stage)"),
+    sample_submission: Path = typer.Option(Path("data/raw/kaggle/sample_submission.csv"), help="ids and their order"),
+    thresholds_file: Path = typer.Option(Path("metrics/thresholds.json"), "--thresholds", help="per-class thresholds"),
+    out: Path = typer.Option(Path("data/submission/submission.csv"), help="the submission file"),
+) -> None:
+    if not thresholds_file.is_file():
+        raise CellpipeError("thresholds file is missing", where=str(thresholds_file))
+    th = json.loads(thresholds_file.read_text())
+    ids = tables.read_sample_submission(sample_submission)
+    final = []
+    for pred in load_predictions(predictions, ids):
+        cls = thresholds.image_class(pred.labels, pred.scores, CELL_TYPES[0])
+        keep = pred.scores >= th["score_threshold"].get(cls, 0.5)
+        final.append((pred.image_id, pred.masks[keep], pred.scores[keep]))
+    df = submission.build(final, ids, th.get("min_size", 0))
+    with atomic_path(out) as tmp:
+        df.to_csv(tmp, index=False)
+        summary = submission.validate(tmp, ids)
+    log(f"submission: {summary['rows']} rows, {summary['cells']} cells in {summary['images']} images → {out}")

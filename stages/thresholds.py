@@ -1,0 +1,32 @@
+"""Stage ``thresholds``: per-class score thresholds that maximise val MAP-IoU."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import typer
+
+from cellpipe import thresholds
+from cellpipe.tables import CELL_TYPES
+from stages.common import PARAMS_HELP, load_params, log, write_csv, write_json
+from stages.evaluation import load_predictions, load_truth, val_image_list
+
+
+def run(
+    predictions: Path = typer.Option(Path("data/predictions/val.parquet"), help="val detections (predict stage)"),
+    val: Path = typer.Option(Path("data/coco/val.json"), help="COCO JSON of the val split (its images)"),
+    truth: Path = typer.Option(Path("data/interim/annotations.parquet"), help="truth: annotations.parquet or a train.csv"),
+    out: Path = typer.Option(Path("metrics/thresholds.json"), help="chosen thresholds"),
+    sweep_out: Path = typer.Option(Path("metrics/threshold_sweep.csv"), help="score per class and threshold (plots)"),
+    params: Path = typer.Option(Path("params.yaml"), help=PARAMS_HELP),
+) -> None:
+    p = load_params(params, "thresholds")
+    images = val_image_list(val)
+    ids = images["image_id"].tolist()
+    truths, _ = load_truth(truth, ids)
+    preds = load_predictions(predictions, ids)
+    table = thresholds.sweep(preds, truths, p["grid"], p["min_size"], default_class=CELL_TYPES[0])
+    chosen = thresholds.choose(table, list(CELL_TYPES), p["fallback"])
+    write_csv(table, sweep_out)
+    write_json({"score_threshold": chosen, "min_size": p["min_size"]}, out)
+    log(f"thresholds {chosen} → {out}")
