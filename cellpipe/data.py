@@ -116,6 +116,7 @@ def _boxes(masks: torch.Tensor) -> torch.Tensor:
     """[x0, y0, x1, y1] boxes enclosing each mask (x1/y1 exclusive, as torchvision expects)."""
     if masks.shape[0] == 0:
         return torch.zeros((0, 4), dtype=torch.float32)
+    masks = masks.bool()
     rows = masks.any(dim=2)
     cols = masks.any(dim=1)
     n = masks.shape[0]

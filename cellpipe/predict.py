@@ -38,7 +38,7 @@ def _to_instances(out: dict, shape: tuple[int, int], mask_threshold: float, flip
     elif flip == "v":
         masks = masks.flip(-2)
     n = masks.shape[0]
-    flat = masks.reshape(n, -1)
+    flat = masks.reshape(n, shape[0] * shape[1])
     rows, cols = torch.nonzero(flat, as_tuple=True)
     m = sp.csr_matrix((np.ones(len(rows), np.float32), (rows.cpu().numpy(), cols.cpu().numpy())),
                       shape=(n, shape[0] * shape[1]))

@@ -193,6 +193,16 @@ def from_masks(masks: np.ndarray) -> Runs:
     return runs_from_flat_indices(mask_of, pixel, n)
 
 
+def from_label_image(labels: np.ndarray) -> tuple[np.ndarray, Runs]:
+    """(label values, runs) of every non-zero label of a label image, in label order."""
+    flat = np.asarray(labels).ravel()
+    pixel = np.flatnonzero(flat)
+    order = np.argsort(flat[pixel], kind="stable")
+    pixel = pixel[order]
+    values, mask_of = np.unique(flat[pixel], return_inverse=True)
+    return values, runs_from_flat_indices(mask_of.astype(np.int64), pixel.astype(np.int64), len(values))
+
+
 def from_csr(matrix: sp.csr_matrix) -> Runs:
     """Runs of the rows of a sparse ``(n, height*width)`` instance matrix."""
     m = matrix.tocsr()

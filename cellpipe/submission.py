@@ -1,8 +1,7 @@
 """Submission encoding: scored instances → non-overlapping masks → Kaggle RLE rows.
 
 Predicted masks of one image must not overlap. Each contested pixel goes to the
-highest-scoring instance (one ``np.unique`` over score-ordered pixels, no loop over
-instances); instances left smaller than ``min_size`` pixels are dropped. An image
+highest-scoring instance; instances left smaller than ``min_size`` pixels are dropped. An image
 without any cell keeps one row with an empty ``predicted``.
 """
 
@@ -20,31 +19,35 @@ from cellpipe.errors import CellpipeError
 
 
 def resolve_overlaps(instances: sp.csr_matrix, scores: np.ndarray, min_size: int = 0) -> tuple[sp.csr_matrix, np.ndarray]:
-    """Give each pixel to its highest-scoring instance; drop instances under ``min_size``.
+    """Give each pixel to the highest-scoring kept instance; drop instances under ``min_size``.
 
-    Returns the non-overlapping instances (ordered by descending score) and the index
-    of each kept instance in the input.
+    Instances are taken in descending score; each keeps the pixels no kept instance
+    took before it, and is dropped (leaving its pixels free) when fewer than
+    ``min_size`` remain. One pass over sparse pixel lists with a shared "taken"
+    array: no full-size mask per instance. Returns the non-overlapping instances
+    (ordered by descending score) and the index of each kept instance in the input.
     """
     m = sp.csr_matrix(instances)
     n = m.shape[0]
     if n == 0:
         return m, np.zeros(0, dtype=np.int64)
     order = np.argsort(-np.asarray(scores, dtype=np.float64), kind="stable")
-    m = m[order]
-    m.sort_indices()
-    rows = np.repeat(np.arange(n), np.diff(m.indptr))
-    pixels = m.indices
-    # first occurrence of each pixel in score order = its owner
-    _, first = np.unique(pixels, return_index=True)
-    keep_entry = np.zeros(len(pixels), dtype=bool)
-    keep_entry[first] = True
-    rows, pixels = rows[keep_entry], pixels[keep_entry]
-    sizes = np.bincount(rows, minlength=n)
-    kept = np.flatnonzero(sizes >= max(min_size, 1))
-    sel = np.isin(rows, kept)
-    new_row = np.searchsorted(kept, rows[sel])
-    out = sp.csr_matrix((np.ones(sel.sum(), np.float32), (new_row, pixels[sel])), shape=(len(kept), m.shape[1]))
-    return out, order[kept]
+    taken = np.zeros(m.shape[1], dtype=bool)
+    indptr, indices = m.indptr, m.indices
+    kept, pieces = [], []
+    floor = max(min_size, 1)
+    for k in order:
+        pix = indices[indptr[k] : indptr[k + 1]]
+        free = pix[~taken[pix]]
+        if len(free) >= floor:
+            taken[free] = True
+            kept.append(k)
+            pieces.append(np.sort(free))
+    counts = np.array([len(p) for p in pieces], dtype=np.int64)
+    cols = np.concatenate(pieces) if pieces else np.zeros(0, np.int64)
+    out = sp.csr_matrix((np.ones(len(cols), np.float32), cols, np.concatenate([[0], np.cumsum(counts)])),
+                        shape=(len(kept), m.shape[1]))
+    return out, np.asarray(kept, dtype=np.int64)
 
 
 def image_rows(image_id: str, instances: sp.csr_matrix) -> list[tuple[str, str]]:

@@ -171,9 +171,9 @@ def train(
             best, best_it = score, it
             _save({"model": model.state_dict(), "iteration": it, "best": best, **meta}, out_dir / "best.pt")
         logs["val/best_map_iou"] = best
+        _save(_checkpoint(model, optimizer, scheduler, scaler, it, best, best_it, meta), last)
         if on_log:
             on_log(it, logs)
-        _save(_checkpoint(model, optimizer, scheduler, scaler, it, best, best_it, meta), last)
 
     model.train()
     for it in range(start, cfg.iters):

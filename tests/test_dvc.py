@@ -1,5 +1,6 @@
 """The DAG under DVC on a temp copy of the repo: repro from clean, then a no-op."""
 
+import json
 import os
 import shutil
 import subprocess
@@ -12,8 +13,14 @@ import yaml
 from tests.conftest import REPO
 
 TINY = {
-    "synth": {"images_per_type": {"shsy5y": 2, "astro": 2, "cort": 2}, "cells_scale": 0.1,
-              "test_images": 2, "livecell_images": 2, "livecell_cells_scale": 0.1},
+    "synth": {"images_per_type": {"shsy5y": 2, "astro": 2, "cort": 2}, "cells_scale": 0.1, "images_per_sample": 1,
+              "test_images": 2, "livecell_images": 3, "livecell_cells_scale": 0.1},
+    "model": {"fpn_channels": 16, "box_head_dim": 32, "mask_head_channels": 16, "mask_head_layers": 1,
+              "min_size": 130, "max_size": 176, "anchor_sizes": [4, 8, 16, 32, 64], "detections_per_img": 50,
+              "rpn_pre_nms_test": 200, "rpn_post_nms_test": 100},
+    "pretrain": {"iters": 2, "eval_every": 2, "val_images": 1, "warmup_iters": 1},
+    "finetune": {"iters": 2, "eval_every": 2, "warmup_iters": 1},
+    "thresholds": {"grid": [0.05, 0.5]},
 }
 
 
@@ -63,8 +70,18 @@ def ran_stages(output: str) -> list[str]:
 @pytest.mark.slow
 def test_repro_from_clean_then_noop(repo_copy):
     first = dvc(repo_copy, "repro")
-    assert ran_stages(first.stdout)[:3] == ["synth", "decode", "coco"]
+    assert set(ran_stages(first.stdout)) == {"synth", "decode", "coco", "livecell", "pretrain", "finetune", "predict",
+                                            "thresholds", "score", "submit"}
     assert (repo_copy / "data/coco/train.json").is_file()
+    assert (repo_copy / "data/submission/submission.csv").is_file()
+    metrics = json.loads((repo_copy / "metrics/val.json").read_text())
+    assert 0.0 <= metrics["map_iou"] <= 1.0 and set(metrics["per_class"]) == {"shsy5y", "astro", "cort"}
     second = dvc(repo_copy, "repro")
     assert ran_stages(second.stdout) == []
     assert "up to date" in dvc(repo_copy, "status").stdout
+    shown = dvc(repo_copy, "metrics", "show").stdout
+    assert "map_iou" in shown and "per_class.cort" in shown
+    # an experiment on a finetune knob reruns finetune and what follows, nothing upstream
+    exp = dvc(repo_copy, "exp", "run", "-S", "finetune.lr=0.01")
+    assert set(ran_stages(exp.stdout)) == {"finetune", "predict", "thresholds", "score", "submit"}
+    assert "map_iou" in dvc(repo_copy, "exp", "show", "--no-pager").stdout

@@ -86,3 +86,12 @@ def test_malformed_rle_names_the_row(bad, message):
     with pytest.raises(CellpipeError, match=message) as err:
         rle.parse_many(["1 1", bad], 12, where="train.csv", row_names=["line 2", "line 3"])
     assert "train.csv: line 3" in str(err.value)
+
+
+@given(arrays(np.int16, (7, 9), elements=st.integers(0, 5)))
+@settings(max_examples=200, deadline=None)
+def test_from_label_image(labels):
+    values, runs = rle.from_label_image(labels)
+    assert list(values) == sorted(set(labels.ravel()) - {0})
+    for v, s in zip(values, rle.to_strings(runs)):
+        assert s == reference_encode(labels == v)

@@ -22,7 +22,7 @@ from torchvision.models import resnet
 from torchvision.models.detection import MaskRCNN
 from torchvision.models.detection.anchor_utils import AnchorGenerator
 from torchvision.models.detection.backbone_utils import BackboneWithFPN
-from torchvision.models.detection.faster_rcnn import FastRCNNPredictor, TwoMLPHead
+from torchvision.models.detection.faster_rcnn import FastRCNNConvFCHead, FastRCNNPredictor, TwoMLPHead
 from torchvision.models.detection.mask_rcnn import MaskRCNNHeads, MaskRCNNPredictor
 from torchvision.ops.feature_pyramid_network import LastLevelMaxPool
 
@@ -37,7 +37,9 @@ class ModelConfig:
     """Architecture knobs (the ``model`` params section)."""
 
     backbone: str = "resnet18"
-    norm: str = "group"  # group | batch | frozen
+    norm: str = "group"  # backbone: group | batch | frozen
+    head_norm: str = "group"  # FPN, box and mask heads: group | none (the from-scratch recipe needs one)
+    box_head_convs: int = 0
     fpn_channels: int = 64
     box_head_dim: int = 256
     mask_head_channels: int = 64
@@ -87,8 +89,11 @@ def build(cfg: ModelConfig, num_classes: int) -> MaskRCNN:
     body = getattr(resnet, cfg.backbone)(weights=None, norm_layer=_norm_layer(cfg.norm))
     expansion = 4 if cfg.backbone in ("resnet50", "resnet101") else 1
     in_channels = [64 * expansion, 128 * expansion, 256 * expansion, 512 * expansion]
+    if cfg.head_norm not in ("group", "none"):
+        raise CellpipeError(f"model.head_norm must be group or none, got {cfg.head_norm!r}")
+    head_norm = _norm_layer("group") if cfg.head_norm == "group" else None
     backbone = BackboneWithFPN(body, {"layer1": "0", "layer2": "1", "layer3": "2", "layer4": "3"},
-                               in_channels, cfg.fpn_channels, extra_blocks=LastLevelMaxPool())
+                               in_channels, cfg.fpn_channels, extra_blocks=LastLevelMaxPool(), norm_layer=head_norm)
     if len(cfg.anchor_sizes) != 5:
         raise CellpipeError(f"model.anchor_sizes needs one size per FPN level (5), got {list(cfg.anchor_sizes)}")
     anchors = AnchorGenerator(tuple((s,) for s in cfg.anchor_sizes), (tuple(cfg.aspect_ratios),) * 5)
@@ -107,13 +112,14 @@ def build(cfg: ModelConfig, num_classes: int) -> MaskRCNN:
         rpn_pre_nms_top_n_test=cfg.rpn_pre_nms_test,
         rpn_post_nms_top_n_test=cfg.rpn_post_nms_test,
         rpn_batch_size_per_image=cfg.rpn_batch_per_image,
-        box_head=TwoMLPHead(c * 7 * 7, cfg.box_head_dim),
+        box_head=(FastRCNNConvFCHead((c, 7, 7), [c] * cfg.box_head_convs, [cfg.box_head_dim], norm_layer=head_norm)
+                  if cfg.box_head_convs or head_norm else TwoMLPHead(c * 7 * 7, cfg.box_head_dim)),
         box_predictor=FastRCNNPredictor(cfg.box_head_dim, num_classes + 1),
         box_score_thresh=cfg.box_score_thresh,
         box_nms_thresh=cfg.box_nms_thresh,
         box_detections_per_img=cfg.detections_per_img,
         box_batch_size_per_image=cfg.roi_batch_per_image,
-        mask_head=MaskRCNNHeads(c, mask_layers, 1),
+        mask_head=MaskRCNNHeads(c, mask_layers, 1, norm_layer=head_norm),
         mask_predictor=MaskRCNNPredictor(mask_layers[-1], mask_layers[-1], num_classes + 1),
     )
     return model
