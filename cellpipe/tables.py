@@ -76,8 +76,10 @@ def read_train_csv(path: str | Path) -> pd.DataFrame:
     dup = np.flatnonzero(df.duplicated(["id", "annotation"]).to_numpy())
     if len(dup):
         i = int(dup[0])
-        first = int(np.flatnonzero(((df["id"] == df["id"].iloc[i]) & (df["annotation"] == df["annotation"].iloc[i])).to_numpy())[0])
-        raise CellpipeError(f"{_line(i)}: duplicate of {_line(first)} (same image {df['id'].iloc[i]} and mask)", where=where)
+        same = (df["id"] == df["id"].iloc[i]) & (df["annotation"] == df["annotation"].iloc[i])
+        first = int(np.flatnonzero(same.to_numpy())[0])
+        raise CellpipeError(f"{_line(i)}: duplicate of {_line(first)} (same image {df['id'].iloc[i]} and mask)",
+                            where=where)
     per_image = df.groupby("id", sort=False)[["width", "height", "cell_type"]].nunique()
     for col in ("width", "height", "cell_type"):
         bad_ids = per_image.index[per_image[col] > 1]

@@ -13,7 +13,7 @@ import typer
 
 from cellpipe import __version__
 from cellpipe.errors import CellpipeError
-from stages import coco, decode, finetune, livecell, predict, pretrain, score, submit, synth, thresholds
+from stages import coco, decode, finetune, livecell, predict, pretrain, score, submit, synth, thresholds, visualize
 from stages import submission as submission_cmd
 from stages.common import console
 
@@ -54,6 +54,7 @@ app.command("predict", help="Run the best checkpoint on val and test images → 
 app.command("thresholds", help="Tune per-class score thresholds on val.")(thresholds.run)
 app.command("score", help="Score val detections with the competition metric → metrics/val.json.")(score.run)
 app.command("submit", help="Test detections → non-overlapping masks → submission.csv (validated).")(submit.run)
+app.command("visualize", help="Draw predictions over val/test images (overlays for dvc plots).")(visualize.run)
 app.command("check-submission", help="Validate a submission.csv against the test image ids.")(submission_cmd.check)
 
 

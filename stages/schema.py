@@ -115,6 +115,8 @@ SCHEMA["model"] = {
     "backend": (str, one_of("torchvision")),
     "backbone": (str, one_of("resnet18", "resnet34", "resnet50", "resnet101")),
     "norm": (str, one_of("group", "batch", "frozen")),
+    "head_norm": (str, one_of("group", "none")),
+    "box_head_convs": (int, non_negative),
     "fpn_channels": (int, positive),
     "box_head_dim": (int, positive),
     "mask_head_channels": (int, positive),

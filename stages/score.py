@@ -8,6 +8,7 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
+import pandas as pd
 import typer
 from rich.table import Table
 
@@ -26,6 +27,7 @@ def run(
                                          help="per-class score thresholds (thresholds stage)"),
     out: Path = typer.Option(Path("metrics/val.json"), help="metrics JSON (DVC metrics)"),
     per_image_out: Path = typer.Option(Path("metrics/val_per_image.csv"), help="score per image and threshold"),
+    per_iou_out: Path = typer.Option(Path("metrics/val_per_iou.csv"), help="score per IoU threshold, per class (plots)"),
 ) -> None:
     if not thresholds_file.is_file():
         raise CellpipeError("thresholds file is missing", where=str(thresholds_file))
@@ -42,6 +44,12 @@ def run(
     summary = report.to_dict()
     write_json(summary, out)
     write_csv(report.per_image, per_image_out)
+    per_class = report.per_threshold(by_class=True).T
+    per_iou = pd.DataFrame({"iou_threshold": [float(c[1:]) for c in per_class.index],
+                            "all": report.per_threshold().iloc[0].to_numpy()})
+    for cls in CELL_TYPES:
+        per_iou[cls] = per_class[cls].to_numpy() if cls in per_class.columns else float("nan")
+    write_csv(per_iou, per_iou_out)
     table = Table(title=f"val MAP-IoU {summary['map_iou']:.4f} over {summary['images']} images")
     table.add_column("class")
     for t in metric.THRESHOLDS[::2]:

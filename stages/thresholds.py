@@ -17,7 +17,8 @@ def run(
     val: Path = typer.Option(Path("data/coco/val.json"), help="COCO JSON of the val split (its images)"),
     truth: Path = typer.Option(Path("data/interim/annotations.parquet"), help="truth: annotations.parquet or a train.csv"),
     out: Path = typer.Option(Path("metrics/thresholds.json"), help="chosen thresholds"),
-    sweep_out: Path = typer.Option(Path("metrics/threshold_sweep.csv"), help="score per class and threshold (plots)"),
+    sweep_out: Path = typer.Option(Path("metrics/threshold_sweep.csv"), help="val score per threshold, a column per class"),
+    counts_out: Path = typer.Option(Path("metrics/threshold_counts.csv"), help="TP/FP/FN at IoU 0.5 per threshold"),
     params: Path = typer.Option(Path("params.yaml"), help=PARAMS_HELP),
 ) -> None:
     p = load_params(params, "thresholds")
@@ -27,6 +28,8 @@ def run(
     preds = load_predictions(predictions, ids)
     table = thresholds.sweep(preds, truths, p["grid"], p["min_size"], default_class=CELL_TYPES[0])
     chosen = thresholds.choose(table, list(CELL_TYPES), p["fallback"])
-    write_csv(table, sweep_out)
+    wide = table.pivot(index="threshold", columns="cell_type", values="score").reset_index()
+    write_csv(wide.reindex(columns=["threshold", *CELL_TYPES]), sweep_out)
+    write_csv(table.groupby("threshold", as_index=False)[["tp", "fp", "fn"]].sum(), counts_out)
     write_json({"score_threshold": chosen, "min_size": p["min_size"]}, out)
     log(f"thresholds {chosen} → {out}")
