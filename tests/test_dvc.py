@@ -71,9 +71,11 @@ def ran_stages(output: str) -> list[str]:
 def test_repro_from_clean_then_noop(repo_copy):
     first = dvc(repo_copy, "repro")
     assert set(ran_stages(first.stdout)) == {"synth", "decode", "coco", "livecell", "pretrain", "finetune", "predict",
-                                            "thresholds", "score", "submit"}
+                                            "thresholds", "score", "submit", "visualize"}
     assert (repo_copy / "data/coco/train.json").is_file()
     assert (repo_copy / "data/submission/submission.csv").is_file()
+    overlays = sorted(p.name for p in (repo_copy / "plots/overlays").iterdir())
+    assert len([o for o in overlays if o.startswith("val_")]) == 3 and len(overlays) == 5
     metrics = json.loads((repo_copy / "metrics/val.json").read_text())
     assert 0.0 <= metrics["map_iou"] <= 1.0 and set(metrics["per_class"]) == {"shsy5y", "astro", "cort"}
     second = dvc(repo_copy, "repro")
@@ -83,5 +85,5 @@ def test_repro_from_clean_then_noop(repo_copy):
     assert "map_iou" in shown and "per_class.cort" in shown
     # an experiment on a finetune knob reruns finetune and what follows, nothing upstream
     exp = dvc(repo_copy, "exp", "run", "-S", "finetune.lr=0.01")
-    assert set(ran_stages(exp.stdout)) == {"finetune", "predict", "thresholds", "score", "submit"}
-    assert "map_iou" in dvc(repo_copy, "exp", "show", "--no-pager").stdout
+    assert set(ran_stages(exp.stdout)) == {"finetune", "predict", "thresholds", "score", "submit", "visualize"}
+    assert "map_iou" in dvc(repo_copy, "exp", "show", "--csv").stdout
