@@ -2,9 +2,10 @@
 
 Images are normalised per image (the real images sit near grey 128 with a small,
 image-dependent spread; a fixed mean/std would leave some nearly flat), replicated to
-three channels, and resized once to the model's input size together with their masks
-(torchvision transforms v2), then kept in memory: decoding hundreds of COCO masks per
-image every step would dominate a CPU step. Flips are applied per step.
+three channels, and resized once to the model's input size; instances are kept as
+box-sized crops, so an image with hundreds of cells costs kilobytes, not a full mask
+per cell, and decoding COCO masks happens once, not every step. A random window and
+flips (torchvision transforms v2) are drawn per step.
 """
 
 from __future__ import annotations
@@ -38,19 +39,30 @@ def input_size(height: int, width: int, min_size: int, max_size: int) -> tuple[i
 
 @dataclass
 class Sample:
+    """An image at training scale (1×H×W) and its instances as box-cropped masks."""
+
     image: torch.Tensor
-    target: dict
+    corners: np.ndarray  # (n, 2) top-left (y, x) of each instance's crop
+    masks: list[np.ndarray]  # boolean crops
+    labels: np.ndarray
 
 
 class CocoInstances(Dataset):
-    """Instances of a COCO JSON (cellpipe's or normalised LIVECell) as model inputs."""
+    """Instances of a COCO JSON (cellpipe's or normalised LIVECell) as model inputs.
+
+    Each step sees a random ``crop_size`` window of the (resized) image, or the whole
+    image when ``crop_size`` is 0. Crops at full resolution keep small cells large
+    enough for the 7×7/14×14 RoI features while costing less than whole images.
+    """
 
     def __init__(self, coco: dict, min_size: int, max_size: int, *, hflip: bool = False, vflip: bool = False,
-                 class_agnostic: bool = False, image_ids: list[int] | None = None) -> None:
+                 class_agnostic: bool = False, image_ids: list[int] | None = None, crop_size: int = 0) -> None:
         self.coco = coco
         self.min_size, self.max_size = min_size, max_size
         self.class_agnostic = class_agnostic
-        self.images = [im for im in coco["images"] if image_ids is None or im["id"] in set(image_ids)]
+        self.crop_size = crop_size
+        wanted = None if image_ids is None else set(image_ids)
+        self.images = [im for im in coco["images"] if wanted is None or im["id"] in wanted]
         self.by_image: dict[int, list[dict]] = {}
         for a in coco["annotations"]:
             self.by_image.setdefault(a["image_id"], []).append(a)
@@ -67,49 +79,78 @@ class CocoInstances(Dataset):
         return len(self.images)
 
     def load(self, index: int) -> Sample:
-        """Normalised, resized image and targets (cached)."""
+        """Normalised, resized image and its instances (cached)."""
         if index in self._cache:
             return self._cache[index]
         info = self.images[index]
         h, w = int(info["height"]), int(info["width"])
-        image = normalise_image(read_grey(Path(info["path"]), (h, w)))
-        anns = self.by_image.get(info["id"], [])
+        image = normalise_image(read_grey(Path(info["path"]), (h, w)))[:1]
         size = input_size(h, w, self.min_size, self.max_size)
-        image = F.resize(image, list(size), antialias=True)
-        if anns:
-            rles = []
-            for a in anns:
-                seg = a["segmentation"]
-                if isinstance(seg, list):
-                    rles.append(mask_util.merge(mask_util.frPyObjects(seg, h, w)))
-                elif isinstance(seg["counts"], list):
-                    rles.append(mask_util.frPyObjects(seg, h, w))
-                else:
-                    rles.append(seg)
-            masks = torch.from_numpy(mask_util.decode(rles)).permute(2, 0, 1)
-            masks = F.resize(masks[:, None].float(), list(size), antialias=False)[:, 0] >= 0.5
-            labels = torch.tensor([1 if self.class_agnostic else int(a["category_id"]) for a in anns])
-            keep = masks.flatten(1).any(1)
-            self.dropped += int((~keep).sum())  # cells too small to survive the resize
-            masks, labels = masks[keep].to(torch.uint8), labels[keep]
-        else:
-            masks = torch.zeros((0, *size), dtype=torch.uint8)
-            labels = torch.zeros(0, dtype=torch.int64)
-        sample = Sample(image, {"masks": masks, "labels": labels})
+        if size != (h, w):
+            image = F.resize(image, list(size), antialias=True)
+        anns = self.by_image.get(info["id"], [])
+        corners, crops, labels = [], [], []
+        for a in anns:
+            seg = a["segmentation"]
+            if isinstance(seg, list):
+                rle_ = mask_util.merge(mask_util.frPyObjects(seg, h, w))
+            elif isinstance(seg["counts"], list):
+                rle_ = mask_util.frPyObjects(seg, h, w)
+            else:
+                rle_ = seg
+            x, y, bw, bh = (int(v) for v in mask_util.toBbox(rle_))
+            full = mask_util.decode(rle_)
+            if size != (h, w):
+                m = F.resize(torch.from_numpy(full)[None].float(), list(size), antialias=False)[0].numpy() >= 0.5
+                ys, xs = np.nonzero(m)
+                if len(ys) == 0:
+                    self.dropped += 1  # a cell too small to survive the resize
+                    continue
+                y, x, bh, bw = ys.min(), xs.min(), ys.max() - ys.min() + 1, xs.max() - xs.min() + 1
+            else:
+                m = full.astype(bool)
+            corners.append((y, x))
+            crops.append(np.ascontiguousarray(m[y : y + bh, x : x + bw]))
+            labels.append(1 if self.class_agnostic else int(a["category_id"]))
+        sample = Sample(image, np.asarray(corners, dtype=np.int64).reshape(-1, 2), crops,
+                        np.asarray(labels, dtype=np.int64))
         self._cache[index] = sample
         return sample
 
+    def window(self, s: Sample) -> tuple[int, int, int, int]:
+        """A random crop window (top, left, height, width), drawn from torch's RNG."""
+        H, W = s.image.shape[-2:]
+        if not self.crop_size:
+            return 0, 0, H, W
+        ch, cw = min(self.crop_size, H), min(self.crop_size, W)
+        top = int(torch.randint(0, H - ch + 1, ()).item())
+        left = int(torch.randint(0, W - cw + 1, ()).item())
+        return top, left, ch, cw
+
     def __getitem__(self, index: int) -> tuple[torch.Tensor, dict]:
         s = self.load(index)
-        image = tv_tensors.Image(s.image)
-        masks = tv_tensors.Mask(s.target["masks"])
-        target = {"masks": masks, "labels": s.target["labels"]}
+        top, left, ch, cw = self.window(s)
+        masks, labels = [], []
+        for (y, x), crop, label in zip(s.corners, s.masks, s.labels):
+            y0, x0 = max(y, top), max(x, left)
+            y1, x1 = min(y + crop.shape[0], top + ch), min(x + crop.shape[1], left + cw)
+            if y1 <= y0 or x1 <= x0:
+                continue
+            part = crop[y0 - y : y1 - y, x0 - x : x1 - x]
+            if part.sum() < 4:  # slivers at the window's edge teach nothing
+                continue
+            m = np.zeros((ch, cw), dtype=np.uint8)
+            m[y0 - top : y1 - top, x0 - left : x1 - left] = part
+            masks.append(m)
+            labels.append(label)
+        image = tv_tensors.Image(s.image[:, top : top + ch, left : left + cw].expand(3, -1, -1))
+        mask_t = torch.from_numpy(np.stack(masks)) if masks else torch.zeros((0, ch, cw), dtype=torch.uint8)
+        target = {"masks": tv_tensors.Mask(mask_t), "labels": torch.as_tensor(labels, dtype=torch.int64)}
         if self.augment is not None:
             image, target = self.augment(image, target)
         m = target["masks"]
-        boxes = _boxes(m)
-        return image.as_subclass(torch.Tensor), {
-            "boxes": boxes, "labels": target["labels"], "masks": m.as_subclass(torch.Tensor)}
+        return image.as_subclass(torch.Tensor).contiguous(), {
+            "boxes": _boxes(m), "labels": target["labels"], "masks": m.as_subclass(torch.Tensor)}
 
 
 def _boxes(masks: torch.Tensor) -> torch.Tensor:

@@ -42,6 +42,8 @@ class Style:
     processes: tuple[int, int]
     process_len: tuple[float, float]
     process_width: int
+    spikes: tuple[int, int]  # tapering protrusions of the outline (astro lobes, neurite roots)
+    spike_amp: tuple[float, float]  # their length, × the cell's radius
     cluster_sigma: float  # 0 = uniform placement
     max_overlap: float  # fraction of a cell's area that may lie under neighbours
     bg_noise: float
@@ -55,11 +57,11 @@ class Style:
 
 
 STYLES: dict[str, Style] = {
-    "shsy5y": Style(337, 790, 195, 0.55, (1.6, 3.5), 0.12, (0, 2), (8, 30), 2, 28.0, 0.06,
+    "shsy5y": Style(337, 790, 195, 0.55, (1.6, 3.2), 0.12, (0, 1), (6, 16), 2, (0, 2), (0.6, 1.6), 28.0, 0.06,
                     bg_noise=5.0, body=3.0, texture=10.0, halo=32.0, rim=20.0, nucleus=14.0, neurites=10),
-    "astro": Style(80, 594, 653, 0.75, (1.2, 2.6), 0.28, (1, 3), (15, 60), 3, 60.0, 0.04,
+    "astro": Style(80, 594, 653, 0.75, (1.2, 2.4), 0.25, (0, 0), (0, 0), 3, (2, 4), (0.8, 2.2), 60.0, 0.04,
                    bg_noise=3.0, body=-2.0, texture=8.0, halo=20.0, rim=14.0, nucleus=6.0),
-    "cort": Style(34, 108, 209, 0.5, (1.0, 1.35), 0.06, (0, 1), (6, 18), 2, 0.0, 0.02,
+    "cort": Style(34, 108, 209, 0.5, (1.0, 1.35), 0.06, (0, 1), (6, 18), 2, (0, 0), (0.0, 0.0), 0.0, 0.02,
                   bg_noise=7.0, body=8.0, texture=18.0, halo=60.0, rim=32.0, nucleus=18.0, debris=140, neurites=25),
 }
 
@@ -86,12 +88,17 @@ def _cell_shape(rng: np.random.Generator, style: Style, scale_area: float = 1.0,
     aspect = rng.uniform(*style.aspect)
     a = math.sqrt(area * aspect / math.pi)
     b = area / (math.pi * a)
-    n = 40
+    n = 72
     theta = np.linspace(0, 2 * np.pi, n, endpoint=False)
     radius = np.ones(n)
     for k in range(2, 6):
         radius += rng.normal(0, style.wobble / k) * np.cos(k * theta + rng.uniform(0, 2 * np.pi))
     radius = np.clip(radius, 0.45, 1.8)
+    for _ in range(int(rng.integers(style.spikes[0], style.spikes[1] + 1))):
+        # a tapering protrusion: a narrow bump of the outline, mostly along the long axis
+        centre = rng.choice([0.0, np.pi]) + rng.normal(0, 0.6)
+        d = np.angle(np.exp(1j * (theta - centre)))
+        radius += rng.uniform(*style.spike_amp) * np.exp(-0.5 * (d / rng.uniform(0.08, 0.16)) ** 2)
     rot = rng.uniform(0, np.pi)
     x = a * radius * np.cos(theta)
     y = b * radius * np.sin(theta)

@@ -29,10 +29,13 @@ def _line(i: int) -> str:
     return f"line {i + 2}"
 
 
-def read_train_csv(path: str | Path) -> pd.DataFrame:
+def read_train_csv(path: str | Path, *, duplicates: str = "error") -> pd.DataFrame:
     """Read and validate the columns and values of a Kaggle ``train.csv``.
 
     Accepts a UTF-8 BOM and CRLF line endings (both occur in re-saved downloads).
+    Rows repeating an earlier row's image and mask are an error, or with
+    ``duplicates="drop"`` dropped (they carry no information; the real download has
+    15 such rows) and reported in ``df.attrs["dropped_duplicates"]`` (line numbers).
     """
     path = Path(path)
     where = str(path)
@@ -74,12 +77,17 @@ def read_train_csv(path: str | Path) -> pd.DataFrame:
             where=where,
         )
     dup = np.flatnonzero(df.duplicated(["id", "annotation"]).to_numpy())
+    if len(dup) and duplicates == "drop":
+        lines = [i + 2 for i in dup]
+        df = df.drop(index=df.index[dup]).reset_index(drop=True)
+        df.attrs["dropped_duplicates"] = lines
+        dup = dup[:0]
     if len(dup):
         i = int(dup[0])
         same = (df["id"] == df["id"].iloc[i]) & (df["annotation"] == df["annotation"].iloc[i])
         first = int(np.flatnonzero(same.to_numpy())[0])
-        raise CellpipeError(f"{_line(i)}: duplicate of {_line(first)} (same image {df['id'].iloc[i]} and mask)",
-                            where=where)
+        raise CellpipeError(f"{_line(i)}: duplicate of {_line(first)} (same image {df['id'].iloc[i]} and mask; "
+                            f"{len(dup)} duplicate rows in all; decode.duplicates: drop drops them)", where=where)
     per_image = df.groupby("id", sort=False)[["width", "height", "cell_type"]].nunique()
     for col in ("width", "height", "cell_type"):
         bad_ids = per_image.index[per_image[col] > 1]

@@ -51,6 +51,7 @@ class TrainConfig:
     seed: int = 0
     hflip: bool = True
     vflip: bool = True
+    crop_size: int = 256
 
     def __post_init__(self) -> None:
         for key in ("iters", "batch_size", "eval_every"):

@@ -7,16 +7,22 @@ from pathlib import Path
 import typer
 
 from cellpipe import tables
-from stages.common import log, progress, write_parquet
+from stages.common import PARAMS_HELP, load_params, log, progress, write_parquet
 
 
 def run(
     kaggle_dir: Path = typer.Option(Path("data/raw/kaggle"), help="folder in the Kaggle layout (train.csv, train/)"),
     annotations_out: Path = typer.Option(Path("data/interim/annotations.parquet"), help="one row per cell"),
     images_out: Path = typer.Option(Path("data/interim/images.parquet"), help="one row per image"),
+    params: Path = typer.Option(Path("params.yaml"), help=PARAMS_HELP),
 ) -> None:
+    p = load_params(params, "decode")
     csv_path = kaggle_dir / "train.csv"
-    df = tables.read_train_csv(csv_path)
+    df = tables.read_train_csv(csv_path, duplicates=p["duplicates"])
+    dropped = df.attrs.get("dropped_duplicates", [])
+    if dropped:
+        log(f"[yellow]dropped {len(dropped)} exact duplicate rows of {csv_path} (lines {dropped[:10]}"
+            f"{' …' if len(dropped) > 10 else ''})[/yellow]")
     with progress("decode images") as bar:
         ann, images = tables.build_tables(df, kaggle_dir / "train", where=str(csv_path), progress=bar)
     tables.check_image_folder(kaggle_dir / "train", images, where=str(csv_path))

@@ -64,6 +64,9 @@ SCHEMA: dict[str, dict[str, tuple[type | tuple[type, ...], Check | None]]] = {
         "livecell_images": (int, non_negative),
         "livecell_cells_scale": ((int, float), positive),
     },
+    "decode": {
+        "duplicates": (str, one_of("error", "drop")),
+    },
     "coco": {
         "val_fraction": ((int, float), open_unit),
         "seed": (int, non_negative),
@@ -110,6 +113,7 @@ TRAIN_KEYS: dict[str, tuple[type | tuple[type, ...], Check | None]] = {
     "seed": (int, non_negative),
     "hflip": (bool, boolean),
     "vflip": (bool, boolean),
+    "crop_size": (int, non_negative),
 }
 SCHEMA["model"] = {
     "backend": (str, one_of("torchvision")),

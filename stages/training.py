@@ -64,7 +64,7 @@ def run_training(*, stage: str, train_json: Path, val_source: Path, out: Path, p
         val_coco = coco.normalise(coco.load_json(val_source), where=str(val_source), single_class=single_class)
     class_names = [c["name"] for c in sorted(train_coco["categories"], key=lambda c: c["id"])]
     dataset = CocoInstances(train_coco, mcfg.min_size, mcfg.max_size, hflip=tcfg.hflip, vflip=tcfg.vflip,
-                            image_ids=train_ids)
+                            image_ids=train_ids, crop_size=tcfg.crop_size)
     val = engine.val_images(val_coco)
     torch.manual_seed(tcfg.seed)
     model = models.build(mcfg, len(class_names))

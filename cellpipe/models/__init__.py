@@ -122,6 +122,9 @@ def build(cfg: ModelConfig, num_classes: int) -> MaskRCNN:
         mask_head=MaskRCNNHeads(c, mask_layers, 1, norm_layer=head_norm),
         mask_predictor=MaskRCNNPredictor(mask_layers[-1], mask_layers[-1], num_classes + 1),
     )
+    # training inputs arrive at the model's scale already (cellpipe.data crops them);
+    # only inference resizes, from the full image to min_size/max_size
+    model.transform._skip_resize = True
     return model
 
 
