@@ -36,13 +36,29 @@ case "${1:-}" in
     dvc repro "$@"
     dvc metrics show 2>/dev/null || true
     ;;
+  profile)
+    # dvc exp run with every "key: value" line of profiles/NAME.yaml as -S key=value
+    setup
+    name=${2:?usage: $0 profile NAME (see profiles/)}
+    shift 2
+    args=()
+    while IFS= read -r line; do
+      case "$line" in ""|"#"*) continue ;; esac
+      key=${line%%:*}
+      value=${line#*:}
+      value=$(echo "$value" | sed -e 's/^ *//' -e 's/^"//' -e 's/"$//')
+      args+=(-S "$key=$value")
+    done < "profiles/$name.yaml"
+    dvc exp run "${args[@]}" "$@"
+    dvc metrics show 2>/dev/null || true
+    ;;
   test)
     setup
     shift
     python -m pytest -n 2 "$@"
     ;;
   *)
-    echo "usage: $0 pipeline|test [extra args for dvc repro / pytest]" >&2
+    echo "usage: $0 pipeline|test|profile NAME [extra args for dvc repro / pytest / dvc exp run]" >&2
     exit 2
     ;;
 esac

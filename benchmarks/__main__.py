@@ -139,6 +139,13 @@ def main() -> None:
                    "note": r.note} for r in results],
     }
     args.out.write_text(json.dumps(payload, indent=2) + "\n")
+    lines = ["| case | size | reference | cellpipe | ratio | identical | note |", "|---|---|---|---|---|---|---|"]
+    for r in results:
+        lines.append(f"| {r.name} | {r.size} {r.unit} | {r.ref_s:.2f} s | {r.cellpipe_s:.3f} s | {r.ratio:.1f}× | "
+                     f"{'yes' if r.identical else 'NO'} | {r.note} |")
+    lines.append(f"\nDecode stage peak RSS: {rss:.0f} MiB. Machine: {payload['machine']['platform']}, "
+                 f"{payload['machine']['cpus']} CPUs, Python {payload['machine']['python']}.")
+    args.out.with_suffix(".md").write_text("\n".join(lines) + "\n")
     if not all(r.identical for r in results):
         sys.exit("results differ from the reference")
 

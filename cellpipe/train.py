@@ -121,8 +121,13 @@ def train(
     device: torch.device | None = None,
     on_log: Callable[[int, dict[str, float]], None] | None = None,
     on_step: Callable[[int, int, float, float], None] | None = None,
+    data_fingerprint: str = "",
 ) -> dict[str, Any]:
     """Train ``model`` for ``cfg.iters`` iterations, resuming from ``out_dir/last.pt``.
+
+    A ``last.pt`` is resumed only when it was written with the same model and train
+    config, init and ``data_fingerprint`` (a hash of the training inputs): a persisted
+    checkpoint of another configuration or other data is ignored, never continued.
 
     Returns a summary (best val score and iteration, iterations run now, seconds).
     """
@@ -138,7 +143,7 @@ def train(
     scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda it: lr_factor(it, cfg))
     scaler = torch.amp.GradScaler("cuda") if device.type == "cuda" else None
     meta = {"train_config": asdict(cfg), "model_config": asdict(model_cfg), "classes": classes, "init": init,
-            "fingerprint": f"{model_cfg.fingerprint()}:{hash_config(cfg)}:{init}:{len(classes)}"}
+            "fingerprint": f"{model_cfg.fingerprint()}:{hash_config(cfg)}:{init}:{len(classes)}:{data_fingerprint}"}
     start, best, best_it = 0, -1.0, -1
     last = out_dir / "last.pt"
     if last.is_file():
@@ -153,6 +158,8 @@ def train(
             if scaler is not None and ckpt.get("scaler"):
                 scaler.load_state_dict(ckpt["scaler"])
             start, best, best_it = ckpt["iteration"], ckpt["best"], ckpt["best_iteration"]
+    if start == 0:  # a fresh run: a best.pt of another configuration must not survive
+        (out_dir / "best.pt").unlink(missing_ok=True)
     t0 = time.perf_counter()
     mask_threshold = model_cfg.mask_threshold
 
@@ -185,8 +192,12 @@ def train(
         images = [im.to(device) for im in images]
         targets = [{k: v.to(device) for k, v in t.items()} for t in targets]
         model.train()
-        with torch.autocast(device_type="cuda", enabled=device.type == "cuda"):
-            losses = model(images, targets)
+        try:
+            with torch.autocast(device_type="cuda", enabled=device.type == "cuda"):
+                losses = model(images, targets)
+        except torch.OutOfMemoryError:
+            raise CellpipeError(f"out of memory at iteration {it + 1} on {device}: lower batch_size or crop_size, "
+                                f"or model.min_size/max_size") from None
         loss = sum(losses.values())
         loss_value = float(loss.detach())
         if not torch.isfinite(loss):

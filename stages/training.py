@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import hashlib
 import os
 from pathlib import Path
 from typing import Any
@@ -16,6 +17,16 @@ from cellpipe.errors import CellpipeError
 from stages.common import console, log, write_json
 
 TRAIN_FIELDS = set(engine.TrainConfig.__dataclass_fields__)
+
+
+def file_digest(paths: list[Path]) -> str:
+    """Content hash of the training inputs: resuming is only safe on the same data."""
+    h = hashlib.sha256()
+    for p in paths:
+        with open(p, "rb") as f:
+            for chunk in iter(lambda: f.read(1 << 20), b""):
+                h.update(chunk)
+    return h.hexdigest()[:16]
 
 
 def train_config(p: dict[str, Any]) -> engine.TrainConfig:
@@ -72,6 +83,7 @@ def run_training(*, stage: str, train_json: Path, val_source: Path, out: Path, p
     if init == "livecell":
         init = "models/livecell/best.pt"
     desc = models.initialise(model, init)
+    data_fp = file_digest([train_json, val_source] + ([Path(init)] if Path(init).is_file() else []))
     device = engine.default_device()
     log(f"{stage}: {len(dataset)} train / {len(val)} val images, {len(class_names)} classes, init: {desc}, "
         f"device {device}, {tcfg.iters} iterations")
@@ -92,7 +104,7 @@ def run_training(*, stage: str, train_json: Path, val_source: Path, out: Path, p
 
         try:
             summary = engine.train(model, dataset, val, tcfg, mcfg, out, classes=class_names, init=desc,
-                                   device=device, on_log=on_log, on_step=on_step)
+                                   device=device, on_log=on_log, on_step=on_step, data_fingerprint=data_fp)
         finally:
             logger.close()
     summary["dropped_tiny_cells"] = dataset.dropped

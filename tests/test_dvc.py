@@ -10,7 +10,7 @@ from pathlib import Path
 import pytest
 import yaml
 
-from tests.conftest import REPO
+from tests.conftest import REPO, SAMPLE, SHARED, requires_shared
 
 TINY = {
     "synth": {"images_per_type": {"shsy5y": 2, "astro": 2, "cort": 2}, "cells_scale": 0.1, "images_per_sample": 1,
@@ -87,3 +87,24 @@ def test_repro_from_clean_then_noop(repo_copy):
     exp = dvc(repo_copy, "exp", "run", "-S", "finetune.lr=0.01")
     assert set(ran_stages(exp.stdout)) == {"finetune", "predict", "thresholds", "score", "submit", "visualize"}
     assert "map_iou" in dvc(repo_copy, "exp", "show", "--csv").stdout
+
+
+@pytest.mark.slow
+@requires_shared()
+def test_real_sample_profile_runs_the_whole_dag(repo_copy):
+    """The README's real-data path on the shared real samples (6 Kaggle + 5 LIVECell images)."""
+    livecell = SHARED / "livecell"
+    shrink_params(repo_copy / "params.yaml", {
+        "data": {"kaggle_dir": str(SAMPLE), "livecell_json": str(livecell / "livecell_coco_val_subset5img.json"),
+                 "livecell_images": str(livecell / "images")},
+        "decode": {"duplicates": "drop"},
+    })
+    dvc(repo_copy, "repro")
+    test_ids = {p.stem for p in (SAMPLE / "test").glob("*.png")}
+    sub = (repo_copy / "data/submission/submission.csv").read_text().splitlines()
+    assert sub[0] == "id,predicted" and {line.split(",")[0] for line in sub[1:]} == test_ids
+    overlays = {p.name for p in (repo_copy / "plots/overlays").iterdir()}
+    assert {f"test_{i}.png" for i in test_ids} <= overlays
+    assert len([o for o in overlays if o.startswith("val_")]) >= 1
+    metrics = json.loads((repo_copy / "metrics/val.json").read_text())
+    assert metrics["images"] >= 1
