@@ -20,7 +20,9 @@ from pycocotools import mask as mask_util
 from cellpipe import metric, rle, submission, tables
 
 H, W = 520, 704
-THRESHOLDS = np.arange(0.5, 1.0, 0.05)
+# the competition's thresholds 0.50, 0.55, …, 0.95 (rounded: np.arange's 0.6000000000000001
+# would make an IoU of exactly 0.6 count differently from the metric's definition)
+THRESHOLDS = np.round(np.arange(0.5, 1.0, 0.05), 2)
 
 
 # --------------------------------------------------------------------------- references
@@ -50,8 +52,8 @@ def ref_iou_score(true_masks: np.ndarray, pred_masks: np.ndarray) -> float:
         return 1.0
     if len(t) == 0 or len(p) == 0:
         return 0.0
-    inter = t @ p.T
-    union = t.sum(1)[:, None] + p.sum(1)[None, :] - inter
+    inter = (t @ p.T).astype(np.float64)  # exact integer counts; divide in float64 so that an IoU
+    union = t.sum(1)[:, None] + p.sum(1)[None, :] - inter  # of exactly t is not rounded above t
     iou = inter / union
     scores = []
     for th in THRESHOLDS:

@@ -14,6 +14,7 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from dataclasses import dataclass
+import warnings
 from itertools import chain
 
 import numpy as np
@@ -36,6 +37,7 @@ class Runs:
     starts: np.ndarray
     lengths: np.ndarray
     offsets: np.ndarray
+    canonical: bool = False  # parsed from strings already in canonical form ("s l s l", single spaces)
 
     @property
     def n(self) -> int:
@@ -103,8 +105,15 @@ def parse_many(
     non-integers, starts < 1, lengths < 1, runs past the image and unsorted or
     overlapping runs; for empty strings unless ``allow_empty``.
     """
-    tokens = [("" if s is None or (isinstance(s, float) and s != s) else str(s)).split() for s in strings]
-    counts = np.fromiter(map(len, tokens), dtype=np.int64, count=len(tokens))
+    texts = [s if isinstance(s, str) else ("" if s is None or (isinstance(s, float) and s != s) else str(s))
+             for s in strings]
+    fast = _parse_canonical(texts)
+    if fast is not None:
+        flat, counts = fast
+        canonical = True
+    else:
+        flat, counts = _parse_tokens(texts, where, row_names)
+        canonical = False
     odd = np.flatnonzero(counts % 2)
     if len(odd):
         i = int(odd[0])
@@ -116,6 +125,46 @@ def parse_many(
         empty = np.flatnonzero(counts == 0)
         if len(empty):
             raise CellpipeError(f"{_row_name(row_names, int(empty[0]))}: empty RLE (a cell with no pixels)", where=where)
+    return _validated(flat, counts, n_pixels, where, row_names, canonical)
+
+
+def _parse_canonical(texts: list[str]) -> tuple[np.ndarray, np.ndarray] | None:
+    """All strings at once in C (``np.fromstring``), or None when any is unusual.
+
+    Each row's token count is taken as its number of spaces + 1, which equals the true
+    count only for canonical rows ("s l s l": single spaces, no signs or decimals that
+    stop the C parser early); any difference in the total hands over to the careful
+    per-token path, which also names the offending row.
+    """
+    counts = np.fromiter((t.count(" ") + 1 if t else 0 for t in texts), dtype=np.int64, count=len(texts))
+    total = int(counts.sum())
+    if total == 0:
+        return np.zeros(0, np.int64), counts
+    joined = " ".join(texts)
+    if "+" in joined:  # "+5" parses, but is not the canonical form
+        return None
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # a partial parse warns; it is caught by the count check
+        try:
+            values = np.fromstring(joined, dtype=np.int64, sep=" ")
+        except ValueError:
+            return None
+    if len(values) != total:
+        return None
+    return values, counts
+
+
+def _parse_tokens(texts: list[str], where: str | None, row_names: Sequence[str] | None) -> tuple[np.ndarray, np.ndarray]:
+    """The careful path: split every string, name the first token that is not an integer."""
+    tokens = [t.split() for t in texts]
+    counts = np.fromiter(map(len, tokens), dtype=np.int64, count=len(tokens))
+    odd = np.flatnonzero(counts % 2)
+    if len(odd):
+        i = int(odd[0])
+        raise CellpipeError(
+            f"{_row_name(row_names, i)}: RLE has an odd number of values ({counts[i]}); expected 'start length' pairs",
+            where=where,
+        )
     try:
         flat = np.array(list(chain.from_iterable(tokens)), dtype=np.int64) if counts.sum() else np.zeros(0, np.int64)
     except (ValueError, OverflowError):
@@ -130,11 +179,18 @@ def parse_many(
                         f"{_row_name(row_names, i)}: RLE value {t[:20]!r} is not an integer", where=where
                     ) from None
         raise  # pragma: no cover - np.array failed but every token parsed
+    return flat, counts
+
+
+def _validated(flat: np.ndarray, counts: np.ndarray, n_pixels: int | np.ndarray, where: str | None,
+               row_names: Sequence[str] | None, canonical: bool) -> Runs:
+    """Runs from parsed values, after checking every run against its image."""
+    tokens_n = len(counts)
     starts1 = flat[0::2]
     lengths = flat[1::2]
     offsets = np.concatenate([[0], np.cumsum(counts // 2)])
-    run_row = np.repeat(np.arange(len(tokens)), counts // 2)
-    limit = np.broadcast_to(np.asarray(n_pixels, dtype=np.int64), (len(tokens),))[run_row]
+    run_row = np.repeat(np.arange(tokens_n), counts // 2)
+    limit = np.broadcast_to(np.asarray(n_pixels, dtype=np.int64), (tokens_n,))[run_row]
 
     def fail(mask: np.ndarray, what: str) -> None:
         bad = np.flatnonzero(mask)
@@ -153,7 +209,7 @@ def parse_many(
     overlap = np.zeros(len(starts1), dtype=bool)
     overlap[1:] = same & (starts1[1:] < starts1[:-1] + lengths[:-1])
     fail(overlap, "RLE runs are unsorted or overlap")
-    return Runs(starts1 - 1, lengths, offsets)
+    return Runs(starts1 - 1, lengths, offsets, canonical)
 
 
 def parse(rle: str, shape: Shape, *, where: str | None = None, allow_empty: bool = True) -> Runs:
@@ -197,9 +253,15 @@ def from_label_image(labels: np.ndarray) -> tuple[np.ndarray, Runs]:
     """(label values, runs) of every non-zero label of a label image, in label order."""
     flat = np.asarray(labels).ravel()
     pixel = np.flatnonzero(flat)
-    order = np.argsort(flat[pixel], kind="stable")
-    pixel = pixel[order]
-    values, mask_of = np.unique(flat[pixel], return_inverse=True)
+    lab = flat[pixel]
+    if len(lab) and 0 <= lab.min() and lab.max() < 2**16:
+        lab = lab.astype(np.uint16)  # numpy's stable sort is a linear radix sort for 16-bit keys
+    order = np.argsort(lab, kind="stable")
+    pixel, lab = pixel[order], lab[order]
+    first = np.ones(len(lab), dtype=bool)
+    first[1:] = lab[1:] != lab[:-1]
+    values = lab[first].astype(flat.dtype)
+    mask_of = np.cumsum(first) - 1
     return values, runs_from_flat_indices(mask_of.astype(np.int64), pixel.astype(np.int64), len(values))
 
 
@@ -216,12 +278,10 @@ def to_strings(runs: Runs) -> list[str]:
     pairs = np.empty(2 * len(runs.starts), dtype=np.int64)
     pairs[0::2] = runs.starts + 1
     pairs[1::2] = runs.lengths
-    text = pairs.astype(str)
-    out: list[str] = []
-    o = runs.offsets
-    for k in range(runs.n):
-        out.append(" ".join(text[2 * o[k] : 2 * o[k + 1]]))
-    return out
+    values = pairs.tolist()  # Python ints format faster than a numpy string array
+    bounds = (2 * runs.offsets).tolist()
+    join = " ".join
+    return [join(map(str, values[a:b])) for a, b in zip(bounds[:-1], bounds[1:])]
 
 
 def encode(mask: np.ndarray) -> str:
@@ -279,18 +339,28 @@ def to_coco(runs: Runs, shape: Shape) -> list[dict]:
     """COCO compressed RLE (pycocotools' column-major counts) of every mask.
 
     The row-major runs are re-ordered column-major in one vectorised pass over all
-    pixels of all masks; pycocotools then compresses the counts. Equal to
+    pixels of all masks (no full-size mask per cell); pycocotools compresses the counts. Equal to
     ``pycocotools.mask.encode(np.asfortranarray(full_mask))`` for each mask.
     """
     h, w = shape
     if runs.n == 0:
         return []
     mask_of, pixel = runs.pixels()
-    cm = (pixel % w) * h + pixel // w
-    key = mask_of.astype(np.int64) * (h * w) + cm
-    key.sort()
-    mask_of = key // (h * w)
-    cm = key - mask_of * (h * w)
+    # scatter every pixel into its mask's box stored column by column; reading the
+    # set positions back in order yields each mask's pixels in column-major order,
+    # with no sort (linear in the total box area)
+    x0, y0, bw, bh = boxes(runs, w).T
+    bh = np.maximum(bh, 1)
+    offsets = np.concatenate([[0], np.cumsum(bw * bh)])
+    y = pixel // w
+    x = pixel - y * w
+    buf = np.zeros(int(offsets[-1]), dtype=bool)
+    buf[offsets[mask_of] + (x - x0[mask_of]) * bh[mask_of] + (y - y0[mask_of])] = True
+    pos = np.flatnonzero(buf)
+    mask_of = np.searchsorted(offsets, pos, side="right") - 1
+    local = pos - offsets[mask_of]
+    col = local // bh[mask_of]
+    cm = (x0[mask_of] + col) * h + y0[mask_of] + (local - col * bh[mask_of])
     cm_runs = runs_from_flat_indices(mask_of, cm, runs.n)
     # counts alternate background/foreground lengths, starting with background
     starts, lengths, off = cm_runs.starts, cm_runs.lengths, cm_runs.offsets

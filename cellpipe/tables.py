@@ -111,7 +111,8 @@ def build_tables(df: pd.DataFrame, image_dir: str | Path, *, where: str = "train
     area = runs.areas()
     bbox = np.zeros((len(df), 4), dtype=np.int64)
     counts = np.empty(len(df), dtype=object)
-    kaggle = np.array(rle.to_strings(runs), dtype=object)  # normalised whitespace
+    # keep the strings as given when already canonical; otherwise store them normalised
+    kaggle = df["annotation"].to_numpy(dtype=object) if runs.canonical else np.array(rle.to_strings(runs), dtype=object)
     image_rows = []
     groups = df.groupby("id", sort=False).indices
     for k, (image_id, idx) in enumerate(groups.items()):

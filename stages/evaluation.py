@@ -25,6 +25,13 @@ def val_image_list(val: Path) -> pd.DataFrame:
                           "height": im["height"], "width": im["width"]} for im in data["images"]])
 
 
+def truth_ids(path: Path) -> list[str]:
+    """Image ids of a truth file (annotations.parquet or train.csv), in file order."""
+    if path.suffix == ".parquet":
+        return list(dict.fromkeys(read_parquet(path)["image_id"]))
+    return list(dict.fromkeys(tables.read_train_csv(path)["id"]))
+
+
 def load_truth(path: Path, image_ids: list[str]) -> tuple[dict[str, sp.csr_matrix], dict[str, str]]:
     """True instances per image from ``annotations.parquet`` or a ``train.csv``."""
     if path.suffix == ".parquet":

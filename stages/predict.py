@@ -58,22 +58,34 @@ def image_folder(folder: Path) -> list[tuple[str, Path]]:
 def run(
     checkpoint: Path = typer.Option(Path("models/finetune/best.pt"), help="trained checkpoint"),
     val: Path = typer.Option(Path("data/coco/val.json"), help="COCO JSON whose images to predict (val split)"),
-    test_dir: Path = typer.Option(Path("data/raw/kaggle/test"), help="folder of test images"),
+    test_dir: Path = typer.Option(Path("data/raw/kaggle/test"),
+                                  help="folder of images to predict (Kaggle test/ or any folder of PNG/TIFF)"),
     val_out: Path = typer.Option(Path("data/predictions/val.parquet"), help="val detections"),
     test_out: Path = typer.Option(Path("data/predictions/test.parquet"), help="test detections"),
+    skip_val: bool = typer.Option(False, "--skip-val", help="predict only the image folder (apply a model to new images)"),
+    submission_out: Path | None = typer.Option(None, help="also write a submission-format CSV of the folder's images"),
+    thresholds_file: Path = typer.Option(Path("metrics/thresholds.json"), "--thresholds",
+                                         help="per-class score thresholds for --submission-out (0.5 if missing)"),
     params: Path = typer.Option(Path("params.yaml"), help=PARAMS_HELP),
 ) -> None:
     p = load_params(params, "predict")
     device = default_device()
     model, mcfg, classes = load_model(checkpoint, device)
-    val_coco = json.loads(val.read_text()) if val.is_file() else None
-    if val_coco is None:
-        raise CellpipeError("COCO file is missing", where=str(val))
-    val_paths = [(str(im.get("kaggle_id", im["id"])), Path(im["path"])) for im in val_coco["images"]]
-    val_df = predict_paths(model, mcfg, classes, val_paths, tta=p["tta"], tta_iou=p["tta_iou"], label="val", device=device)
-    test_df = predict_paths(model, mcfg, classes, image_folder(test_dir), tta=p["tta"], tta_iou=p["tta_iou"],
-                            label="test", device=device)
-    write_parquet(val_df, val_out)
+    if not skip_val:
+        if not val.is_file():
+            raise CellpipeError("COCO file is missing", where=str(val))
+        val_coco = json.loads(val.read_text())
+        val_paths = [(str(im.get("kaggle_id", im["id"])), Path(im["path"])) for im in val_coco["images"]]
+        val_df = predict_paths(model, mcfg, classes, val_paths, tta=p["tta"], tta_iou=p["tta_iou"], label="val",
+                               device=device)
+        write_parquet(val_df, val_out)
+        log(f"predicted {len(val_df)} val detections on {len(val_paths)} images → {val_out}")
+    folder = image_folder(test_dir)
+    test_df = predict_paths(model, mcfg, classes, folder, tta=p["tta"], tta_iou=p["tta_iou"], label="test",
+                            device=device)
     write_parquet(test_df, test_out)
-    log(f"predicted {len(val_df)} val detections on {len(val_paths)} images, {len(test_df)} test detections → "
-        f"{val_out}, {test_out}")
+    log(f"predicted {len(test_df)} detections on {len(folder)} images of {test_dir} → {test_out}")
+    if submission_out is not None:
+        from stages.submit import write_submission
+
+        write_submission(test_out, [i for i, _ in folder], thresholds_file, submission_out, default_threshold=0.5)

@@ -16,7 +16,7 @@ from cellpipe import metric, thresholds
 from cellpipe.errors import CellpipeError
 from cellpipe.tables import CELL_TYPES
 from stages.common import console, log, write_csv, write_json
-from stages.evaluation import load_predictions, load_truth, val_image_list
+from stages.evaluation import load_predictions, load_truth, truth_ids, val_image_list
 
 
 def run(
@@ -28,12 +28,13 @@ def run(
     out: Path = typer.Option(Path("metrics/val.json"), help="metrics JSON (DVC metrics)"),
     per_image_out: Path = typer.Option(Path("metrics/val_per_image.csv"), help="score per image and threshold"),
     per_iou_out: Path = typer.Option(Path("metrics/val_per_iou.csv"), help="score per IoU threshold, per class (plots)"),
+    all_truth_images: bool = typer.Option(False, "--all-truth-images",
+                                          help="score every image of the truth file instead of the images of --val"),
 ) -> None:
     if not thresholds_file.is_file():
         raise CellpipeError("thresholds file is missing", where=str(thresholds_file))
     th = json.loads(thresholds_file.read_text())
-    images = val_image_list(val)
-    ids = images["image_id"].tolist()
+    ids = truth_ids(truth) if all_truth_images else val_image_list(val)["image_id"].tolist()
     truths, types = load_truth(truth, ids)
     rows = []
     for pred in load_predictions(predictions, ids):

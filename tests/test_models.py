@@ -1,6 +1,7 @@
 """Model construction, initialisation and the training engine on tiny data."""
 
 import json
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -129,3 +130,46 @@ def test_predict_returns_full_size_instances(tiny_coco):
     assert inst.masks.shape[1] == 520 * 704
     assert len(inst.scores) == inst.masks.shape[0] == len(inst.labels)
     json.dumps(TINY_MODEL.fingerprint())
+
+
+def test_apply_a_model_to_a_plain_folder_and_score_it(tiny_coco, tmp_path):
+    """`cellpipe predict --skip-val` on any image folder, then `cellpipe score` against a train.csv."""
+    import shutil
+
+    import pandas as pd
+    from PIL import Image
+
+    from tests.conftest import run_cli
+
+    tiny_train(tiny_coco, tmp_path / "model", 2, eval_every=2)
+    folder = tmp_path / "mine"
+    folder.mkdir()
+    first = tiny_coco["images"][0]
+    shutil.copy(first["path"], folder / f"{first['kaggle_id']}.png")
+    Image.open(first["path"]).save(folder / "other.tif")
+    (tmp_path / "p.yaml").write_text("predict: {tta: false, tta_iou: 0.5}\n")
+    proc = run_cli("predict", "--skip-val", "--checkpoint", str(tmp_path / "model/best.pt"), "--test-dir", str(folder),
+                   "--test-out", str(tmp_path / "preds.parquet"), "--submission-out", str(tmp_path / "sub.csv"),
+                   "--thresholds", str(tmp_path / "none.json"), "--params", str(tmp_path / "p.yaml"))
+    assert proc.returncode == 0, proc.stderr
+    sub = pd.read_csv(tmp_path / "sub.csv", keep_default_na=False)
+    assert set(sub["id"]) == {first["kaggle_id"], "other"}
+    # score against a train.csv-format truth of that image
+    kaggle_dir = Path(first["path"]).parent.parent
+    truth = pd.read_csv(kaggle_dir / "train.csv")
+    truth[truth["id"] == first["kaggle_id"]].to_csv(tmp_path / "truth.csv", index=False)
+    (tmp_path / "th.json").write_text(json.dumps({"score_threshold": {}, "min_size": 0}))
+    proc = run_cli("score", "--predictions", str(tmp_path / "preds.parquet"), "--truth", str(tmp_path / "truth.csv"),
+                   "--all-truth-images", "--thresholds", str(tmp_path / "th.json"), "--out", str(tmp_path / "s.json"),
+                   "--per-image-out", str(tmp_path / "pi.csv"), "--per-iou-out", str(tmp_path / "piou.csv"))
+    assert proc.returncode == 0, proc.stderr
+    assert json.loads((tmp_path / "s.json").read_text())["images"] == 1
+    # bad input fails clearly
+    empty = tmp_path / "empty"
+    empty.mkdir()
+    proc = run_cli("predict", "--skip-val", "--checkpoint", str(tmp_path / "model/best.pt"), "--test-dir", str(empty),
+                   "--params", str(tmp_path / "p.yaml"))
+    assert proc.returncode == 1 and "no .png/.tif images" in proc.stderr
+    proc = run_cli("predict", "--skip-val", "--checkpoint", str(tmp_path / "nope.pt"), "--test-dir", str(folder),
+                   "--params", str(tmp_path / "p.yaml"))
+    assert proc.returncode == 1 and "checkpoint is missing" in proc.stderr
