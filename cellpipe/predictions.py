@@ -9,6 +9,7 @@ re-running the model.
 from __future__ import annotations
 
 from collections.abc import Iterable
+from typing import TYPE_CHECKING
 
 import numpy as np
 import pandas as pd
@@ -16,8 +17,10 @@ import scipy.sparse as sp
 
 from cellpipe import rle
 from cellpipe.errors import CellpipeError
-from cellpipe.predict import Instances
 from cellpipe.thresholds import ImagePredictions
+
+if TYPE_CHECKING:  # cellpipe.predict imports torch; reading predictions must not
+    from cellpipe.predict import Instances
 
 COLUMNS = ["image_id", "label", "score", "height", "width", "rle"]
 

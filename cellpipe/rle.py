@@ -12,9 +12,9 @@ materialising a full-size mask per cell.
 
 from __future__ import annotations
 
+import warnings
 from collections.abc import Sequence
 from dataclasses import dataclass
-import warnings
 from itertools import chain
 
 import numpy as np
@@ -204,7 +204,9 @@ def _validated(flat: np.ndarray, counts: np.ndarray, n_pixels: int | np.ndarray,
 
     fail(starts1 < 1, "RLE start < 1 (starts are 1-based)")
     fail(lengths < 1, "RLE run length < 1")
-    fail(starts1 + lengths - 1 > limit, f"RLE run goes past the image's {int(limit[0]) if len(limit) else 0} pixels")
+    # compare start and length separately first: their sum can overflow int64
+    past = (starts1 > limit) | (lengths > limit) | (starts1 + np.minimum(lengths, limit) - 1 > limit)
+    fail(past, f"RLE run goes past the image's {int(limit[0]) if len(limit) else 0} pixels")
     same = run_row[1:] == run_row[:-1]
     overlap = np.zeros(len(starts1), dtype=bool)
     overlap[1:] = same & (starts1[1:] < starts1[:-1] + lengths[:-1])
@@ -254,7 +256,7 @@ def from_label_image(labels: np.ndarray) -> tuple[np.ndarray, Runs]:
     flat = np.asarray(labels).ravel()
     pixel = np.flatnonzero(flat)
     lab = flat[pixel]
-    if len(lab) and 0 <= lab.min() and lab.max() < 2**16:
+    if len(lab) and lab.min() >= 0 and lab.max() < 2**16:
         lab = lab.astype(np.uint16)  # numpy's stable sort is a linear radix sort for 16-bit keys
     order = np.argsort(lab, kind="stable")
     pixel, lab = pixel[order], lab[order]

@@ -16,6 +16,16 @@ from stages.common import read_parquet
 SHAPE = (520, 704)
 
 
+def image_folder(folder: Path) -> list[tuple[str, Path]]:
+    """(id, path) of every PNG/TIFF image of a folder, sorted by name."""
+    if not folder.is_dir():
+        raise CellpipeError("image folder is missing", where=str(folder))
+    files = sorted(p for p in folder.iterdir() if p.suffix.lower() in (".png", ".tif", ".tiff"))
+    if not files:
+        raise CellpipeError("no .png/.tif images in the folder", where=str(folder))
+    return [(p.stem, p) for p in files]
+
+
 def val_image_list(val: Path) -> pd.DataFrame:
     """image_id / cell_type / height / width of the images of a COCO JSON."""
     if not val.is_file():

@@ -7,7 +7,6 @@ from pathlib import Path
 import typer
 
 from stages.common import PARAMS_HELP, load_params
-from stages.training import run_training
 
 
 def run(
@@ -16,5 +15,7 @@ def run(
     out: Path = typer.Option(Path("models/finetune"), help="checkpoints (best.pt, last.pt) and dvclive logs"),
     params: Path = typer.Option(Path("params.yaml"), help=PARAMS_HELP),
 ) -> None:
+    from stages.training import run_training  # imports torch: only when training
+
     run_training(stage="finetune", train_json=train, val_source=val, out=out, params_all=load_params(params),
                  single_class=False)

@@ -9,18 +9,18 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
-import torch
 import typer
 
-from cellpipe import models, predictions
 from cellpipe.errors import CellpipeError
 from cellpipe.images import read_grey
-from cellpipe.predict import predict_image
-from cellpipe.train import default_device
 from stages.common import PARAMS_HELP, load_params, log, progress, write_parquet
+from stages.evaluation import image_folder
 
 
-def load_model(checkpoint: Path, device) -> tuple[torch.nn.Module, models.ModelConfig, list[str]]:
+def load_model(checkpoint: Path, device):
+    """Model, its config and class names from a cellpipe checkpoint."""
+    from cellpipe import models
+
     ckpt = models.load_checkpoint(checkpoint)
     for key in ("model_config", "classes"):
         if key not in ckpt:
@@ -36,6 +36,9 @@ def load_model(checkpoint: Path, device) -> tuple[torch.nn.Module, models.ModelC
 
 
 def predict_paths(model, mcfg, classes, paths: list[tuple[str, Path]], *, tta: bool, tta_iou: float, label: str, device):
+    from cellpipe import predictions
+    from cellpipe.predict import predict_image
+
     items = []
     with progress(f"predict {label}") as bar:
         for k, (image_id, path) in enumerate(paths):
@@ -44,15 +47,6 @@ def predict_paths(model, mcfg, classes, paths: list[tuple[str, Path]], *, tta: b
                                                   tta=tta, tta_iou=tta_iou)))
             bar(k + 1, len(paths))
     return predictions.to_frame(items, classes)
-
-
-def image_folder(folder: Path) -> list[tuple[str, Path]]:
-    if not folder.is_dir():
-        raise CellpipeError("image folder is missing", where=str(folder))
-    files = sorted(p for p in folder.iterdir() if p.suffix.lower() in (".png", ".tif", ".tiff"))
-    if not files:
-        raise CellpipeError("no .png/.tif images in the folder", where=str(folder))
-    return [(p.stem, p) for p in files]
 
 
 def run(
@@ -68,6 +62,8 @@ def run(
                                          help="per-class score thresholds for --submission-out (0.5 if missing)"),
     params: Path = typer.Option(Path("params.yaml"), help=PARAMS_HELP),
 ) -> None:
+    from cellpipe.train import default_device
+
     p = load_params(params, "predict")
     device = default_device()
     model, mcfg, classes = load_model(checkpoint, device)

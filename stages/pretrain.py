@@ -7,7 +7,6 @@ from pathlib import Path
 import typer
 
 from stages.common import PARAMS_HELP, load_params
-from stages.training import run_training
 
 
 def run(
@@ -15,6 +14,8 @@ def run(
     out: Path = typer.Option(Path("models/livecell"), help="checkpoints (best.pt, last.pt) and dvclive logs"),
     params: Path = typer.Option(Path("params.yaml"), help=PARAMS_HELP),
 ) -> None:
+    from stages.training import run_training  # imports torch: only when training
+
     p = load_params(params)
     run_training(stage="pretrain", train_json=livecell, val_source=livecell, out=out, params_all=p,
                  single_class=True, val_images=p["pretrain"]["val_images"])

@@ -17,8 +17,7 @@ from cellpipe.errors import CellpipeError
 from cellpipe.images import read_grey
 from cellpipe.tables import CELL_TYPES
 from stages.common import log
-from stages.evaluation import load_predictions, load_truth, val_image_list
-from stages.predict import image_folder
+from stages.evaluation import image_folder, load_predictions, load_truth, val_image_list
 
 
 def run(
