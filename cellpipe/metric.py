@@ -3,9 +3,9 @@
 For each image, IoU between every true and predicted cell comes from one sparse
 product of instance matrices (rows = instances, columns = pixels), so overlapping
 truths and overlapping raw predictions are both counted exactly and no Python loop
-runs over pairs. With thresholds ≥ 0.5 a cell can match at most one other (two IoUs
-above 0.5 cannot share a cell), so the one-to-one matching is simply the pairs above
-the threshold.
+runs over pairs. With thresholds ≥ 0.5 a cell can match at most one other unless
+cells of one side overlap each other heavily, so the one-to-one matching is simply the
+pairs above the threshold, with a greedy fallback for that rare case.
 """
 
 from __future__ import annotations
@@ -74,14 +74,37 @@ class ImageScore:
         return float(self.per_threshold.mean())
 
 
+def _one_to_one(iou: np.ndarray, t: float) -> int:
+    """Matches above ``t`` when some cell has several: greedy by descending IoU."""
+    rows, cols = np.nonzero(iou > t)
+    order = np.argsort(-iou[rows, cols], kind="stable")
+    used_r, used_c = set(), set()
+    for r, c in zip(rows[order].tolist(), cols[order].tolist()):
+        if r not in used_r and c not in used_c:
+            used_r.add(r)
+            used_c.add(c)
+    return len(used_r)
+
+
 def score_iou(iou: np.ndarray, thresholds: np.ndarray = THRESHOLDS) -> ImageScore:
-    """Counts from an IoU matrix: a pair with IoU > t is a hit (one-to-one for t ≥ 0.5)."""
+    """Counts from an IoU matrix: a pair with IoU > t is a hit, one-to-one.
+
+    Above 0.5 a cell can overlap at most one other cell that much, unless the truths
+    (or the predictions) overlap each other heavily; only then is a greedy matching
+    needed, and only for the thresholds where it matters.
+    """
     n_true, n_pred = iou.shape
+    tp = np.zeros(len(thresholds), dtype=np.int64)
     if iou.size:
-        hits = iou[iou > thresholds.min()]
-        tp = (hits[None, :] > thresholds[:, None]).sum(axis=1)
-    else:
-        tp = np.zeros(len(thresholds), dtype=np.int64)
+        above = iou > thresholds.min()
+        r, c = np.nonzero(above)
+        vals = iou[r, c]
+        for k, t in enumerate(thresholds):
+            sel = vals > t
+            n = int(sel.sum())
+            if n and (np.bincount(r[sel]).max() > 1 or np.bincount(c[sel]).max() > 1):
+                n = _one_to_one(iou, t)
+            tp[k] = n
     return ImageScore(tp=tp, fp=n_pred - tp, fn=n_true - tp)
 
 

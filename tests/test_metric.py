@@ -37,6 +37,12 @@ def test_iou_exactly_at_a_threshold_is_not_a_hit():
     assert s.score == pytest.approx((1 + 1 + 8 * 0) / 10)
 
 
+def test_duplicate_cells_match_one_to_one():
+    t = masks((0, 3, 0, 3), (0, 3, 0, 3))
+    p = masks((0, 3, 0, 3), (0, 3, 0, 3), (0, 3, 0, 3))
+    assert metric.score_image(t, p).score == pytest.approx(2 / 3)
+
+
 def test_empty_cases():
     empty = np.zeros((0, 10, 10), bool)
     one = masks((0, 3, 0, 3))
@@ -73,8 +79,15 @@ def test_matches_dense_reference(tb, pb):
     iou = np.where(union > 0, inter / np.maximum(union, 1), 0)
     scores = []
     for th in metric.THRESHOLDS:
-        hit = iou > th
-        tp = int(hit.sum())
+        # one-to-one: greedy by descending IoU (pairs above 0.5 are unique unless cells duplicate)
+        pairs = sorted(((iou[i, j], i, j) for i in range(len(t)) for j in range(len(p)) if iou[i, j] > th),
+                       reverse=True)
+        used_t, used_p = set(), set()
+        for _, i, j in pairs:
+            if i not in used_t and j not in used_p:
+                used_t.add(i)
+                used_p.add(j)
+        tp = len(used_t)
         fp, fn = len(p) - tp, len(t) - tp
         scores.append(1.0 if tp + fp + fn == 0 else tp / (tp + fp + fn))
     assert metric.score_image(t, p).score == pytest.approx(np.mean(scores), abs=1e-12)
