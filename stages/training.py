@@ -83,7 +83,13 @@ def run_training(*, stage: str, train_json: Path, val_source: Path, out: Path, p
     if init == "livecell":
         init = "models/livecell/best.pt"
     desc = models.initialise(model, init)
-    data_fp = file_digest([train_json, val_source] + ([Path(init)] if Path(init).is_file() else []))
+    # resuming is safe only with the same inputs and the same training code
+    import cellpipe.data
+    import cellpipe.models
+    import cellpipe.train
+
+    code = [Path(m.__file__) for m in (cellpipe.train, cellpipe.data, cellpipe.models)]
+    data_fp = file_digest([train_json, val_source, *code] + ([Path(init)] if Path(init).is_file() else []))
     device = engine.default_device()
     log(f"{stage}: {len(dataset)} train / {len(val)} val images, {len(class_names)} classes, init: {desc}, "
         f"device {device}, {tcfg.iters} iterations")
