@@ -158,13 +158,6 @@ def _parse_tokens(texts: list[str], where: str | None, row_names: Sequence[str] 
     """The careful path: split every string, name the first token that is not an integer."""
     tokens = [t.split() for t in texts]
     counts = np.fromiter(map(len, tokens), dtype=np.int64, count=len(tokens))
-    odd = np.flatnonzero(counts % 2)
-    if len(odd):
-        i = int(odd[0])
-        raise CellpipeError(
-            f"{_row_name(row_names, i)}: RLE has an odd number of values ({counts[i]}); expected 'start length' pairs",
-            where=where,
-        )
     try:
         flat = np.array(list(chain.from_iterable(tokens)), dtype=np.int64) if counts.sum() else np.zeros(0, np.int64)
     except (ValueError, OverflowError):

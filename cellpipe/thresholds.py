@@ -44,6 +44,13 @@ def apply(pred: ImagePredictions, threshold: float, min_size: int) -> sp.csr_mat
     return clean
 
 
+def apply_chosen(pred: ImagePredictions, chosen: Mapping[str, float], min_size: int, default_class: str,
+                 fallback: float = 0.5) -> tuple[str, sp.csr_matrix]:
+    """The image's voted class and its final instances under the chosen per-class thresholds."""
+    cls = image_class(pred.labels, pred.scores, default_class)
+    return cls, apply(pred, chosen.get(cls, fallback), min_size)
+
+
 def sweep(preds: Sequence[ImagePredictions], truths: Mapping[str, sp.csr_matrix], grid: Sequence[float],
           min_size: int, default_class: str) -> pd.DataFrame:
     """Mean val score per (image class, threshold), with TP/FP/FN at IoU 0.5."""

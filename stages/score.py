@@ -38,8 +38,7 @@ def run(
     truths, types = load_truth(truth, ids)
     rows = []
     for pred in load_predictions(predictions, ids):
-        cls = thresholds.image_class(pred.labels, pred.scores, CELL_TYPES[0])
-        final = thresholds.apply(pred, th["score_threshold"].get(cls, 0.5), th.get("min_size", 0))
+        _, final = thresholds.apply_chosen(pred, th["score_threshold"], th.get("min_size", 0), CELL_TYPES[0])
         rows.append((pred.image_id, types[pred.image_id], truths[pred.image_id], final))
     report = metric.evaluate(rows)
     summary = report.to_dict()

@@ -40,16 +40,14 @@ def run(
     truths, types = load_truth(truth, ids)
     with atomic_path(out, directory=True) as tmp:
         for pred in load_predictions(val_predictions, ids):
-            cls = thresholds.image_class(pred.labels, pred.scores, CELL_TYPES[0])
-            final = thresholds.apply(pred, th["score_threshold"].get(cls, 0.5), th.get("min_size", 0))
+            _, final = thresholds.apply_chosen(pred, th["score_threshold"], th.get("min_size", 0), CELL_TYPES[0])
             grey = read_grey(paths[pred.image_id])
             title = f"val {pred.image_id} ({types[pred.image_id]}): truth vs prediction"
             overlay.draw(grey, truths[pred.image_id], final, title=title).save(
                 tmp / f"val_{types[pred.image_id]}_{pred.image_id}.png")
         test = image_folder(test_dir)
         for pred in load_predictions(test_predictions, [i for i, _ in test]):
-            cls = thresholds.image_class(pred.labels, pred.scores, CELL_TYPES[0])
-            final = thresholds.apply(pred, th["score_threshold"].get(cls, 0.5), th.get("min_size", 0))
+            cls, final = thresholds.apply_chosen(pred, th["score_threshold"], th.get("min_size", 0), CELL_TYPES[0])
             grey = read_grey(dict(test)[pred.image_id])
             overlay.draw(grey, None, final, title=f"test {pred.image_id} (predicted {cls}): {final.shape[0]} cells").save(
                 tmp / f"test_{pred.image_id}.png")
