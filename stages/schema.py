@@ -142,7 +142,7 @@ SCHEMA["model"] = {
 }
 SCHEMA["pretrain"] = {**TRAIN_KEYS, "val_images": (int, positive)}
 SCHEMA["finetune"] = dict(TRAIN_KEYS)
-SCHEMA["predict"] = {"tta": (bool, boolean), "tta_iou": (NUM, open_unit)}
+SCHEMA["predict"] = {"tta": (bool, boolean), "tta_iou": (NUM, open_unit), "detections_per_img": (int, non_negative)}
 SCHEMA["thresholds"] = {"grid": (list, grid), "min_size": (int, non_negative), "fallback": (NUM, unit)}
 
 
