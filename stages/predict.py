@@ -67,7 +67,7 @@ def run(
     p = load_params(params, "predict")
     device = default_device()
     model, mcfg, classes = load_model(checkpoint, device)
-    if p.get("detections_per_img", 0):
+    if p["detections_per_img"]:
         # a predict-time cap, so that trying another cap does not retrain the model
         model.roi_heads.detections_per_img = p["detections_per_img"]
         log(f"detections per image capped at {p['detections_per_img']} (checkpoint: {mcfg.detections_per_img})")

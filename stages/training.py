@@ -73,6 +73,11 @@ def run_training(*, stage: str, train_json: Path, val_source: Path, out: Path, p
     else:
         train_ids = None
         val_coco = coco.normalise(coco.load_json(val_source), where=str(val_source), single_class=single_class)
+    for data, source in ((train_coco, train_json), (val_coco, val_source)):
+        if not data["images"]:
+            raise CellpipeError("COCO file has no images to train or evaluate on", where=str(source))
+    if not train_coco["categories"]:
+        raise CellpipeError("COCO file has no categories", where=str(train_json))
     class_names = [c["name"] for c in sorted(train_coco["categories"], key=lambda c: c["id"])]
     dataset = CocoInstances(train_coco, mcfg.min_size, mcfg.max_size, hflip=tcfg.hflip, vflip=tcfg.vflip,
                             image_ids=train_ids, crop_size=tcfg.crop_size)

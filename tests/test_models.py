@@ -147,7 +147,7 @@ def test_apply_a_model_to_a_plain_folder_and_score_it(tiny_coco, tmp_path):
     first = tiny_coco["images"][0]
     shutil.copy(first["path"], folder / f"{first['kaggle_id']}.png")
     Image.open(first["path"]).save(folder / "other.tif")
-    (tmp_path / "p.yaml").write_text("predict: {tta: false, tta_iou: 0.5}\n")
+    (tmp_path / "p.yaml").write_text("predict: {tta: false, tta_iou: 0.5, detections_per_img: 0}\n")
     proc = run_cli("predict", "--skip-val", "--checkpoint", str(tmp_path / "model/best.pt"), "--test-dir", str(folder),
                    "--test-out", str(tmp_path / "preds.parquet"), "--submission-out", str(tmp_path / "sub.csv"),
                    "--thresholds", str(tmp_path / "none.json"), "--params", str(tmp_path / "p.yaml"))

@@ -1,0 +1,196 @@
+"""Bad COCO JSON, checkpoints and submissions through the real CLI: one line, exit 1, no output.
+
+The data-file classes (train.csv, images, params) are covered through the CLI in
+``test_stages_data.py``; these are the remaining classes of ``docs/reliability.md``.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+
+from cellpipe import models
+from tests.conftest import run_cli
+
+
+def one_line_error(proc, *needles: str) -> None:
+    """Exit code 1, a single ``error:`` line naming what is wrong, no traceback."""
+    assert proc.returncode == 1, (proc.stdout, proc.stderr)
+    assert "Traceback" not in proc.stderr
+    lines = [line for line in proc.stderr.splitlines() if line.strip()]
+    err = " ".join(" ".join(lines).split())
+    assert err.startswith("error:"), proc.stderr
+    for needle in needles:
+        assert needle in err, (needle, proc.stderr)
+
+
+# ---------------------------------------------------------------- COCO JSON (LIVECell's and ours)
+
+GOOD_POLY = [[1, 1, 30, 1, 15, 25]]
+
+
+def livecell_folder(tmp_path: Path, annotations, images=None, write_files=True) -> Path:
+    folder = tmp_path / "lc"
+    (folder / "images").mkdir(parents=True)
+    images = images or [{"id": 1, "height": 40, "width": 50, "file_name": "a.tif"}]
+    if write_files:
+        for im in images:
+            Image.fromarray(np.full((im["height"], im["width"]), 100, np.uint8)).save(folder / "images" / im["file_name"])
+    data = {"images": images, "categories": [{"id": 1, "name": "cell"}], "annotations": annotations}
+    (folder / "x.json").write_text(json.dumps(data))
+    return folder
+
+
+def ann(**kw):
+    return {"id": 5, "image_id": 1, "category_id": 1, "segmentation": GOOD_POLY, **kw}
+
+
+def run_livecell(folder: Path, tmp_path: Path):
+    return run_cli("livecell", "--livecell-json", str(folder / "x.json"), "--livecell-images",
+                   str(folder / "images"), "--out", str(tmp_path / "out" / "lc.json"))
+
+
+@pytest.mark.parametrize("name, annotation, message", [
+    ("polygon_2_points", ann(segmentation=[[1, 1, 2, 2]]), "annotation 5: polygon with fewer than 3 points"),
+    ("out_of_bounds", ann(segmentation=[[1, 1, 80, 2, 3, 9]]), "annotation 5"),
+    ("unknown_category", ann(category_id=9), "category_id 9"),
+    ("unknown_image", ann(image_id=2), "image_id 2"),
+    ("zero_area", ann(segmentation=[[1, 1, 1, 1, 1, 1]]), "zero area"),
+])
+def test_bad_coco_annotations_through_the_cli(tmp_path, name, annotation, message):
+    folder = livecell_folder(tmp_path, [annotation])
+    proc = run_livecell(folder, tmp_path)
+    one_line_error(proc, "x.json", message)
+    assert not (tmp_path / "out" / "lc.json").exists()
+
+
+def test_coco_dict_annotations_are_accepted(tmp_path):
+    folder = livecell_folder(tmp_path, {"5": ann()})
+    proc = run_livecell(folder, tmp_path)
+    assert proc.returncode == 0, proc.stderr
+    assert len(json.loads((tmp_path / "out" / "lc.json").read_text())["annotations"]) == 1
+
+
+def test_coco_image_without_file_through_the_cli(tmp_path):
+    folder = livecell_folder(tmp_path, [ann()], write_files=False)
+    one_line_error(run_livecell(folder, tmp_path), "a.tif", "missing")
+    assert not (tmp_path / "out" / "lc.json").exists()
+
+
+@pytest.mark.parametrize("text, message", [
+    ("{not json", "not valid JSON"),
+    ("", "not valid JSON"),
+    ('{"images": []}', "'categories'"),
+    ('{"images": [], "categories": []}', "annotations"),
+])
+def test_broken_coco_files_through_the_cli(tmp_path, text, message):
+    folder = livecell_folder(tmp_path, [ann()])
+    (folder / "x.json").write_text(text)
+    one_line_error(run_livecell(folder, tmp_path), "x.json", message)
+
+
+def test_our_coco_files_are_checked_by_the_training_stages(tmp_path):
+    (tmp_path / "train.json").write_text('{"images": [], "annotations": [], "categories": []}')
+    (tmp_path / "p.yaml").write_text(Path("params.yaml").read_text())
+    proc = run_cli("finetune", "--train", str(tmp_path / "train.json"), "--val", str(tmp_path / "train.json"),
+                   "--out", str(tmp_path / "ft"), "--params", str(tmp_path / "p.yaml"))
+    one_line_error(proc, "train.json")
+    assert not (tmp_path / "ft").exists() or not any((tmp_path / "ft").glob("*.pt"))
+
+
+# ---------------------------------------------------------------- checkpoints
+
+TINY = models.ModelConfig(min_size=130, max_size=176, fpn_channels=16, box_head_dim=32, mask_head_channels=16,
+                          mask_head_layers=1, norm="batch", detections_per_img=50)
+
+
+def cellpipe_checkpoint(path: Path, cfg: models.ModelConfig, classes: list[str]) -> None:
+    model = models.build(cfg, len(classes))
+    torch.save({"model": model.state_dict(), "model_config": cfg.__dict__ | {"anchor_sizes": list(cfg.anchor_sizes),
+                                                                            "aspect_ratios": list(cfg.aspect_ratios)},
+                "classes": classes, "iteration": 1}, path)
+
+
+@pytest.mark.parametrize("damage, message", [
+    ("missing", "checkpoint is missing"),
+    ("truncated", "unreadable or truncated"),
+    ("not_cellpipe", "not a cellpipe checkpoint"),
+    ("other_architecture", "architecture"),
+    ("other_class_count", "architecture"),
+])
+def test_bad_checkpoints_through_predict(tmp_path, damage, message):
+    ckpt = tmp_path / "best.pt"
+    images = tmp_path / "images"
+    images.mkdir()
+    Image.fromarray(np.full((52, 70), 90, np.uint8)).save(images / "a.png")
+    if damage == "truncated":
+        cellpipe_checkpoint(ckpt, TINY, ["shsy5y", "astro", "cort"])
+        ckpt.write_bytes(ckpt.read_bytes()[:5000])
+    elif damage == "not_cellpipe":
+        torch.save({"weights": 1}, ckpt)
+    elif damage in ("other_architecture", "other_class_count"):
+        cellpipe_checkpoint(ckpt, TINY, ["shsy5y", "astro", "cort"])
+        state = torch.load(ckpt, weights_only=False)
+        if damage == "other_architecture":
+            state["model_config"]["fpn_channels"] = 32  # claims a wider FPN than its weights
+        else:
+            state["classes"] = ["cell"]  # claims one class, weights have three
+        torch.save(state, ckpt)
+    (tmp_path / "p.yaml").write_text("predict: {tta: false, tta_iou: 0.5, detections_per_img: 0}\n")
+    proc = run_cli("predict", "--checkpoint", str(ckpt), "--skip-val", "--test-dir", str(images),
+                   "--test-out", str(tmp_path / "out" / "t.parquet"), "--params", str(tmp_path / "p.yaml"))
+    one_line_error(proc, "best.pt", message)
+    assert not (tmp_path / "out").exists()
+
+
+def test_bad_init_checkpoint_through_finetune(tmp_path, tiny_kaggle):
+    """``finetune.init: <path>``: a truncated file fails before any training, naming it."""
+    params = Path("params.yaml").read_text().replace("init: livecell", f"init: {tmp_path / 'init.pt'}")
+    (tmp_path / "p.yaml").write_text(params)
+    (tmp_path / "init.pt").write_bytes(b"PK\x03\x04garbage")
+    run_cli("decode", "--kaggle-dir", str(tiny_kaggle), "--annotations-out", str(tmp_path / "a.parquet"),
+            "--images-out", str(tmp_path / "i.parquet"), "--params", str(tmp_path / "p.yaml"), check=True)
+    run_cli("coco", "--annotations", str(tmp_path / "a.parquet"), "--images", str(tmp_path / "i.parquet"),
+            "--train-out", str(tmp_path / "train.json"), "--val-out", str(tmp_path / "val.json"),
+            "--params", str(tmp_path / "p.yaml"), check=True)
+    proc = run_cli("finetune", "--train", str(tmp_path / "train.json"), "--val", str(tmp_path / "val.json"),
+                   "--out", str(tmp_path / "ft"), "--params", str(tmp_path / "p.yaml"))
+    one_line_error(proc, "init.pt", "unreadable or truncated")
+    assert not list((tmp_path / "ft").glob("*.pt")) if (tmp_path / "ft").exists() else True
+
+
+# ---------------------------------------------------------------- submissions
+
+def sample_submission(tmp_path: Path, ids=("a", "b")) -> Path:
+    path = tmp_path / "sample_submission.csv"
+    path.write_text("id,predicted\n" + "".join(f"{i},\n" for i in ids))
+    return path
+
+
+@pytest.mark.parametrize("name, body, message", [
+    ("overlap", "a,1 4\na,3 2\nb,\n", "overlap"),
+    ("bad_rle", "a,1 x\nb,\n", "not an integer"),
+    ("odd_rle", "a,1 4 9\nb,\n", "odd number"),
+    ("past_image", "a,366080 5\nb,\n", "past the image"),
+    ("unknown_id", "a,1 4\nb,\nc,1 4\n", "not a test image"),
+    ("missing_image", "a,1 4\n", "image b has no row"),
+    ("missing_column", "a\nb\n", "predicted"),
+])
+def test_bad_submissions_through_check_submission(tmp_path, name, body, message):
+    sub = tmp_path / "submission.csv"
+    sub.write_text("id,predicted\n" + body if name != "missing_column" else "id\n" + body)
+    proc = run_cli("check-submission", str(sub), "--sample-submission", str(sample_submission(tmp_path)))
+    one_line_error(proc, "submission.csv", message)
+
+
+def test_good_submission_passes_check_submission(tmp_path):
+    sub = tmp_path / "submission.csv"
+    sub.write_text("id,predicted\na,1 4\na,10 2\nb,\n")
+    proc = run_cli("check-submission", str(sub), "--sample-submission", str(sample_submission(tmp_path)))
+    assert proc.returncode == 0, proc.stderr
+    assert "is valid" in proc.stderr + proc.stdout
