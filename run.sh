@@ -55,7 +55,7 @@ case "${1:-}" in
   test)
     setup
     shift
-    python -m pytest -n 2 "$@"
+    python -m pytest -n 2 --dist loadgroup "$@"
     ;;
   *)
     echo "usage: $0 pipeline|test|profile NAME [extra args for dvc repro / pytest / dvc exp run]" >&2

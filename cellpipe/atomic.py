@@ -23,6 +23,7 @@ def atomic_path(target: str | os.PathLike[str], *, directory: bool = False) -> I
     """
     target = Path(target)
     target.parent.mkdir(parents=True, exist_ok=True)
+    remove_stale(target.parent, target.name)
     if directory:
         tmp = Path(tempfile.mkdtemp(prefix=f".{target.name}.", suffix=".tmp", dir=target.parent))
     else:
@@ -50,6 +51,22 @@ def atomic_path(target: str | os.PathLike[str], *, directory: bool = False) -> I
         else:
             tmp.unlink(missing_ok=True)
         raise
+
+
+def remove_stale(folder: str | os.PathLike[str], name: str = "*") -> list[Path]:
+    """Remove temporaries a killed writer left in ``folder`` (of ``name``, or of any name).
+
+    They are hidden (``.name.XXXX.tmp``/``.name.old``) and never an output themselves, but
+    inside an output folder (a persisted checkpoint folder) DVC would cache them.
+    """
+    folder = Path(folder)
+    stale = [*folder.glob(f".{name}.*.tmp"), *folder.glob(f".{name}.old")] if folder.is_dir() else []
+    for path in stale:
+        if path.is_dir():
+            shutil.rmtree(path, ignore_errors=True)
+        else:
+            path.unlink(missing_ok=True)
+    return stale
 
 
 def write_text(target: str | os.PathLike[str], text: str) -> None:

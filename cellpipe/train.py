@@ -15,7 +15,6 @@ dvclive or progress bars.
 from __future__ import annotations
 
 import math
-import os
 import time
 from collections.abc import Callable
 from dataclasses import asdict, dataclass
@@ -27,6 +26,7 @@ import scipy.sparse as sp
 import torch
 
 from cellpipe import metric, submission
+from cellpipe.atomic import atomic_path, remove_stale
 from cellpipe.data import CocoInstances, collate
 from cellpipe.errors import CellpipeError
 from cellpipe.models import ModelConfig
@@ -103,9 +103,8 @@ def _checkpoint(model, optimizer, scheduler, scaler, it: int, best: float, best_
 
 
 def _save(obj: dict, path: Path) -> None:
-    tmp = path.with_name(f".{path.name}.tmp")
-    torch.save(obj, tmp)
-    os.replace(tmp, path)
+    with atomic_path(path) as tmp:
+        torch.save(obj, tmp)
 
 
 def train(
@@ -133,6 +132,7 @@ def train(
     """
     device = device or default_device()
     out_dir.mkdir(parents=True, exist_ok=True)
+    remove_stale(out_dir)  # temporaries of a killed run must not end up in the cached folder
     if len(dataset) == 0:
         raise CellpipeError("the training set has no images")
     if not val:

@@ -1,0 +1,181 @@
+"""SIGKILL at random moments: every stage leaves complete outputs or none; training resumes.
+
+Both tests run the DAG on tiny synthetic data in a temp copy of the repo, then replay
+each stage's command exactly as ``dvc.lock`` recorded it.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import random
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+import torch
+import yaml
+
+from tests.test_dvc import TINY, dvc, ran_stages, shrink_params, tracked_copy
+
+KILL_POINTS = int(os.environ.get("KILL_POINTS", "2"))  # per stage
+TRAINING = {"pretrain", "finetune"}
+
+
+def make_repo(root: Path, finetune: dict) -> Path:
+    dst = root / "repo"
+    dst.mkdir()
+    tracked_copy(dst)
+    (dst / "dvc.lock").unlink(missing_ok=True)
+    shrink_params(dst / "params.yaml", {**TINY, "finetune": {**TINY["finetune"], **finetune}})
+    for cmd in (["git", "init", "-q"], ["git", "add", "-A"],
+                ["git", "-c", "user.name=t", "-c", "user.email=t@t", "commit", "-qm", "copy"]):
+        subprocess.run(cmd, cwd=dst, check=True, capture_output=True)
+    return dst
+
+
+FINETUNE_ITERS = 24
+
+
+@pytest.fixture(scope="module")
+def dag(tmp_path_factory) -> tuple[Path, dict, dict]:
+    """A tiny repo after an uninterrupted ``dvc repro``: its metrics and final fine-tune weights."""
+    repo = make_repo(tmp_path_factory.mktemp("kill"), {"iters": FINETUNE_ITERS, "eval_every": 4})
+    dvc(repo, "repro")
+    metrics = json.loads((repo / "metrics/val.json").read_text())
+    weights = torch.load(repo / "models/finetune/last.pt", weights_only=False)["model"]
+    return repo, metrics, weights
+
+
+def env() -> dict[str, str]:
+    return {**os.environ, "PATH": f"{Path(sys.executable).parent}{os.pathsep}{os.environ['PATH']}",
+            "CELLPIPE_NO_PROGRESS": "1", "DVC_NO_ANALYTICS": "1"}
+
+
+def digest(path: Path) -> dict[str, str] | None:
+    """Content of an output: {relative file: sha256}; None when absent."""
+    if not path.exists():
+        return None
+    files = [path] if path.is_file() else sorted(p for p in path.rglob("*") if p.is_file())
+    return {str(p.relative_to(path)) if p != path else ".": hashlib.sha256(p.read_bytes()).hexdigest() for p in files}
+
+
+def check_training_folder(folder: Path) -> list[str]:
+    """What is wrong in a (possibly interrupted) checkpoint folder: every checkpoint loads."""
+    problems = []
+    if not folder.exists():
+        return problems
+    for p in folder.glob("*.pt"):
+        try:
+            ckpt = torch.load(p, weights_only=False)
+            assert "model" in ckpt and "iteration" in ckpt
+        except Exception as exc:  # noqa: BLE001 - any failure is the finding
+            problems.append(f"{p.name}: {exc.__class__.__name__}")
+    if (folder / "summary.json").exists():
+        json.loads((folder / "summary.json").read_text())
+    return problems
+
+
+def run_killed(cmd: str, cwd: Path, delay: float) -> int:
+    proc = subprocess.Popen(cmd, shell=True, cwd=cwd, env=env(), stdout=subprocess.DEVNULL,
+                            stderr=subprocess.DEVNULL, start_new_session=True)
+    try:
+        proc.wait(timeout=delay)
+    except subprocess.TimeoutExpired:
+        os.killpg(proc.pid, signal.SIGKILL)
+    return proc.wait()
+
+
+@pytest.mark.slow
+@pytest.mark.xdist_group("kill")
+def test_every_stage_killed_at_random_moments_leaves_complete_outputs_or_none(dag, tmp_path):
+    repo = dag[0]
+    lock = yaml.safe_load((repo / "dvc.lock").read_text())["stages"]
+    rng = random.Random(0)
+    tried, problems = 0, []
+    for name, stage in lock.items():
+        outs = [repo / o["path"] for o in stage.get("outs", [])]
+        complete = {o: digest(o) for o in outs}
+        backup = tmp_path / "backup" / name
+        for o in outs:
+            (backup / o.relative_to(repo)).parent.mkdir(parents=True, exist_ok=True)
+            subprocess.run(["cp", "-a", str(o), str(backup / o.relative_to(repo))], check=True)
+        t = time.perf_counter()
+        subprocess.run(stage["cmd"], shell=True, cwd=repo, env=env(), check=True, capture_output=True)
+        full = time.perf_counter() - t
+        if name not in TRAINING:  # a rerun on the same inputs writes the same bytes
+            assert {o: digest(o) for o in outs} == complete, f"{name} is not deterministic"
+        for k in range(KILL_POINTS):
+            if k % 2 == 0 and name not in TRAINING:  # half the tries start without the old output
+                for o in outs:
+                    subprocess.run(["rm", "-rf", str(o)], check=True)
+            # most of a short stage's time is Python importing: aim at the second half
+            rc = run_killed(stage["cmd"], repo, rng.uniform(0.4, 1.0) * full)
+            tried += 1
+            for o in outs:
+                if name in TRAINING:
+                    problems += [f"{name} ({rc}): {p}" for p in check_training_folder(o)]
+                elif digest(o) not in (None, complete[o]):
+                    problems.append(f"{name} (rc {rc}): {o.relative_to(repo)} is partial or different")
+        for o in outs:  # complete outputs again for the stages after it
+            subprocess.run(["rm", "-rf", str(o)], check=True)
+            subprocess.run(["cp", "-a", str(backup / o.relative_to(repo)), str(o)], check=True)
+    assert not problems, problems
+    assert tried == KILL_POINTS * len(lock)
+    # stale temporaries of killed writers never sit inside an output folder
+    assert not [p for p in (repo / "models").rglob("*.tmp")]
+    assert "up to date" in dvc(repo, "status").stdout
+
+
+def flat(d: dict, prefix: str = "") -> dict[str, float]:
+    out = {}
+    for k, v in d.items():
+        out.update(flat(v, f"{prefix}{k}.") if isinstance(v, dict) else {f"{prefix}{k}": v})
+    return out
+
+
+def wait_for_checkpoint(path: Path, at_least: int, proc: subprocess.Popen, timeout: float = 300) -> int:
+    end = time.monotonic() + timeout
+    while time.monotonic() < end:
+        if proc.poll() is not None:
+            raise AssertionError("dvc repro ended before it could be interrupted")
+        if path.is_file():
+            try:
+                it = torch.load(path, weights_only=False)["iteration"]
+            except Exception:  # noqa: BLE001 - being replaced right now
+                it = 0
+            if it >= at_least:
+                return it
+        time.sleep(0.05)
+    raise AssertionError(f"no checkpoint at iteration ≥ {at_least} within {timeout} s")
+
+
+@pytest.mark.slow
+@pytest.mark.xdist_group("kill")
+def test_finetune_killed_then_dvc_repro_resumes_to_the_same_result(dag):
+    """Kill ``dvc repro`` during finetune, rerun it: it resumes and ends where an uninterrupted run ends."""
+    repo, uninterrupted, weights = dag
+    iters = FINETUNE_ITERS
+
+    subprocess.run(["rm", "-rf", str(repo / "models/finetune")], check=True)
+    proc = subprocess.Popen([str(Path(sys.executable).parent / "dvc"), "repro"], cwd=repo, env=env(),
+                            stdout=subprocess.PIPE, stderr=subprocess.STDOUT, start_new_session=True)
+    killed_at = wait_for_checkpoint(repo / "models/finetune/last.pt", 8, proc)
+    os.killpg(proc.pid, signal.SIGKILL)
+    proc.wait()
+    assert 8 <= killed_at < iters
+
+    second = dvc(repo, "repro")
+    assert "finetune" in ran_stages(second.stdout)
+    summary = json.loads((repo / "models/finetune/summary.json").read_text())
+    assert summary["resumed_from"] >= killed_at and summary["iterations"] == iters
+    resumed = torch.load(repo / "models/finetune/last.pt", weights_only=False)
+    assert resumed["iteration"] == iters
+    for key, value in weights.items():
+        assert torch.allclose(resumed["model"][key].float(), value.float(), atol=1e-5), key
+    assert flat(json.loads((repo / "metrics/val.json").read_text())) == pytest.approx(flat(uninterrupted), abs=1e-6)
+    assert "up to date" in dvc(repo, "status").stdout
