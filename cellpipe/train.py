@@ -29,7 +29,7 @@ from cellpipe import metric, submission
 from cellpipe.atomic import atomic_path, remove_stale
 from cellpipe.data import CocoInstances, collate
 from cellpipe.errors import CellpipeError
-from cellpipe.models import ModelConfig
+from cellpipe.models import ModelConfig, test_head
 from cellpipe.predict import predict_image
 
 
@@ -166,13 +166,14 @@ def train(
     def do_eval(it: int) -> None:
         nonlocal best, best_it
         # boxes under the eval threshold are discarded anyway: don't paste their masks
-        saved = model.roi_heads.score_thresh
-        model.roi_heads.score_thresh = max(saved, cfg.eval_score_threshold)
+        head = test_head(model)
+        saved = head.score_thresh
+        head.score_thresh = max(saved, cfg.eval_score_threshold)
         try:
             report = evaluate(model, val, device=device, score_threshold=cfg.eval_score_threshold,
                               min_size=cfg.eval_min_size, mask_threshold=mask_threshold)
         finally:
-            model.roi_heads.score_thresh = saved
+            head.score_thresh = saved
         score = report.score
         logs = {"val/map_iou": score, **{f"val/{k}": v for k, v in report.per_class().items()}}
         if score > best:

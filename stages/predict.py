@@ -62,6 +62,7 @@ def run(
                                          help="per-class score thresholds for --submission-out (0.5 if missing)"),
     params: Path = typer.Option(Path("params.yaml"), help=PARAMS_HELP),
 ) -> None:
+    from cellpipe import models
     from cellpipe.train import default_device
 
     p = load_params(params, "predict")
@@ -69,7 +70,7 @@ def run(
     model, mcfg, classes = load_model(checkpoint, device)
     if p["detections_per_img"]:
         # a predict-time cap, so that trying another cap does not retrain the model
-        model.roi_heads.detections_per_img = p["detections_per_img"]
+        models.test_head(model).detections_per_img = p["detections_per_img"]
         log(f"detections per image capped at {p['detections_per_img']} (checkpoint: {mcfg.detections_per_img})")
     if not skip_val:
         if not val.is_file():

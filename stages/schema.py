@@ -116,7 +116,8 @@ TRAIN_KEYS: dict[str, tuple[type | tuple[type, ...], Check | None]] = {
     "crop_size": (int, non_negative),
 }
 SCHEMA["model"] = {
-    "backend": (str, one_of("torchvision")),
+    "backend": (str, one_of("torchvision", "detectron2")),
+    "d2_config": (str, lambda v: None),
     "backbone": (str, one_of("resnet18", "resnet34", "resnet50", "resnet101")),
     "norm": (str, one_of("group", "batch", "frozen")),
     "head_norm": (str, one_of("group", "none")),

@@ -61,6 +61,10 @@ def run_training(*, stage: str, train_json: Path, val_source: Path, out: Path, p
                  single_class: bool, val_images: int | None = None) -> None:
     p = params_all[stage]
     mcfg = models.ModelConfig.from_params(params_all["model"])
+    if mcfg.backend == "detectron2":  # fail before any work when it is not installed
+        from cellpipe.models import d2
+
+        d2.require()
     tcfg = train_config(p)
     train_coco = coco.normalise(coco.load_json(train_json), where=str(train_json), single_class=single_class)
     if val_images is not None:  # hold out the last LIVECell images
@@ -94,6 +98,10 @@ def run_training(*, stage: str, train_json: Path, val_source: Path, out: Path, p
     import cellpipe.train
 
     code = [Path(m.__file__) for m in (cellpipe.train, cellpipe.data, cellpipe.models)]
+    if mcfg.backend == "detectron2":
+        import cellpipe.models.d2
+
+        code.append(Path(cellpipe.models.d2.__file__))
     data_fp = file_digest([train_json, val_source, *code] + ([Path(init)] if Path(init).is_file() else []))
     device = engine.default_device()
     log(f"{stage}: {len(dataset)} train / {len(val)} val images, {len(class_names)} classes, init: {desc}, "

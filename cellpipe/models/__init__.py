@@ -1,6 +1,8 @@
-"""Model construction and checkpoints.
+"""Model construction and checkpoints, for both backends.
 
-torchvision's Mask R-CNN is the backend. ``build`` turns the ``model`` params into a
+torchvision's Mask R-CNN is the default backend; ``model.backend: detectron2`` builds
+detectron2's instead (:mod:`cellpipe.models.d2`, imported only then) behind the same
+calling convention, so training, prediction and checkpoints work the same way. ``build`` turns the ``model`` params into a
 network: a ResNet-FPN backbone of chosen depth and width (the CPU default is a narrow
 ResNet-18 FPN with light heads; the GPU recipe is the stock R50-FPN), anchors sized for
 cells, thousands of detections per image. ``initialise`` loads a checkpoint (or
@@ -36,6 +38,8 @@ CLASS_SPECIFIC = ("roi_heads.box_predictor.", "roi_heads.mask_predictor.mask_fcn
 class ModelConfig:
     """Architecture knobs (the ``model`` params section)."""
 
+    backend: str = "torchvision"  # torchvision | detectron2
+    d2_config: str = ""  # detectron2 only: model-zoo name or YAML path; "" = the knobs below
     backbone: str = "resnet18"
     norm: str = "group"  # backbone: group | batch | frozen
     head_norm: str = "group"  # FPN, box and mask heads: group | none (the from-scratch recipe needs one)
@@ -82,8 +86,18 @@ def _norm_layer(kind: str):
     raise CellpipeError(f"model.norm must be group, batch or frozen, got {kind!r}")
 
 
-def build(cfg: ModelConfig, num_classes: int) -> MaskRCNN:
+BACKENDS = ("torchvision", "detectron2")
+
+
+def build(cfg: ModelConfig, num_classes: int) -> nn.Module:
     """A Mask R-CNN with ``num_classes`` foreground classes, randomly initialised."""
+    if cfg.backend == "detectron2":
+        from cellpipe.models import d2
+
+        d2.require()
+        return d2.Detectron2MaskRCNN(cfg, num_classes)
+    if cfg.backend != "torchvision":
+        raise CellpipeError(f"model.backend must be one of {', '.join(BACKENDS)}, got {cfg.backend!r}")
     if cfg.backbone not in ("resnet18", "resnet34", "resnet50", "resnet101"):
         raise CellpipeError(f"model.backbone must be resnet18/34/50/101, got {cfg.backbone!r}")
     body = getattr(resnet, cfg.backbone)(weights=None, norm_layer=_norm_layer(cfg.norm))
@@ -128,6 +142,15 @@ def build(cfg: ModelConfig, num_classes: int) -> MaskRCNN:
     return model
 
 
+def test_head(model: nn.Module) -> Any:
+    """The object holding the test-time ``score_thresh`` and ``detections_per_img`` of either backend."""
+    return model.roi_heads if isinstance(model, MaskRCNN) else model
+
+
+def is_detectron2(model: nn.Module) -> bool:
+    return hasattr(model, "net") and hasattr(model, "class_specific")
+
+
 def load_checkpoint(path: str | Path, map_location: str = "cpu") -> dict[str, Any]:
     """Load a cellpipe checkpoint with a one-line error when missing or damaged."""
     path = Path(path)
@@ -142,7 +165,7 @@ def load_checkpoint(path: str | Path, map_location: str = "cpu") -> dict[str, An
     return ckpt
 
 
-def initialise(model: MaskRCNN, init: str, *, where: str = "init") -> str:
+def initialise(model: nn.Module, init: str, *, where: str = "init") -> str:
     """Initialise ``model`` from ``init``: 'none', 'imagenet', 'coco' or a checkpoint path.
 
     Returns a short description of what was loaded. With a checkpoint, every tensor
@@ -151,9 +174,22 @@ def initialise(model: MaskRCNN, init: str, *, where: str = "init") -> str:
     """
     if init in ("none", ""):
         return "random initialisation"
+    detectron2 = is_detectron2(model)
     if init in ("imagenet", "coco"):
+        if detectron2:
+            raise CellpipeError(f"init {init!r} downloads torchvision weights; with model.backend detectron2 give a "
+                                f"detectron2 checkpoint path (.pth/.pkl) instead")
         return _torchvision_weights(model, init)
+    if detectron2 and str(init).endswith(".pkl"):  # model-zoo / LIVECell pickles
+        from cellpipe.models import d2
+
+        return d2.load_detectron2_checkpoint(model, init)
     ckpt = load_checkpoint(init)
+    if detectron2 and "model_config" not in ckpt:  # a detectron2 .pth, not one of ours
+        from cellpipe.models import d2
+
+        return d2.load_detectron2_checkpoint(model, init)
+    class_specific = getattr(model, "class_specific", CLASS_SPECIFIC)
     state = ckpt["model"]
     own = model.state_dict()
     skipped = []
@@ -162,7 +198,7 @@ def initialise(model: MaskRCNN, init: str, *, where: str = "init") -> str:
             raise CellpipeError(f"checkpoint lacks {key}: it was trained with another architecture "
                                 f"(compare the model params)", where=str(init))
         if state[key].shape != value.shape:
-            if key.startswith(CLASS_SPECIFIC):
+            if key.startswith(class_specific):
                 skipped.append(key)
                 continue
             raise CellpipeError(f"{key} has shape {tuple(state[key].shape)} in the checkpoint but "

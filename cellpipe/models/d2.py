@@ -1,0 +1,242 @@
+"""The detectron2 backend: detectron2's Mask R-CNN behind torchvision's calling convention.
+
+:class:`Detectron2MaskRCNN` wraps a detectron2 ``GeneralizedRCNN`` so that it takes
+and returns exactly what torchvision's ``MaskRCNN`` does (a list of 3×H×W float images;
+in training, targets with ``boxes``/``labels``/``masks`` → a dict of losses; in
+evaluation, per image ``boxes``/``scores``/``labels``/``masks`` at the input's size).
+Everything around the model — the data, the training engine with its eval-every-N,
+best-checkpoint keeping, resume and dvclive logs, prediction, thresholds, the metric and
+the submission — is shared by both backends and cannot drift apart.
+
+The architecture comes either from cellpipe's ``model`` params (mapped onto detectron2's
+``Base-RCNN-FPN`` config, so both backends build the same network) or from a detectron2
+config (``model.d2_config``: a model-zoo name such as
+``COCO-InstanceSegmentation/mask_rcnn_R_50_FPN_3x.yaml`` or a YAML path such as
+LIVECell's); the params always set the class count, the test-time limits and the
+sampling sizes. detectron2 is imported only here, and only when this backend is chosen.
+"""
+
+from __future__ import annotations
+
+from contextlib import contextmanager
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from cellpipe.errors import CellpipeError
+
+if TYPE_CHECKING:
+    from cellpipe.models import ModelConfig
+
+INSTALL_HINT = ("pip install --no-build-isolation 'git+https://github.com/facebookresearch/detectron2.git' "
+                "'setuptools<81'")
+BASE_CONFIG = "Base-RCNN-FPN.yaml"
+NORMS = {"group": "GN", "batch": "BN", "frozen": "FrozenBN"}
+
+
+def available() -> bool:
+    try:
+        import detectron2  # noqa: F401
+        from detectron2.modeling import build_model  # noqa: F401
+    except Exception:  # noqa: BLE001 - any import failure means "not usable"
+        return False
+    return True
+
+
+def require() -> None:
+    """A one-line error with the install command when detectron2 cannot be imported."""
+    try:
+        import detectron2  # noqa: F401
+        from detectron2.modeling import build_model  # noqa: F401
+    except Exception as exc:  # noqa: BLE001
+        raise CellpipeError(f"model.backend is detectron2 but detectron2 cannot be imported "
+                            f"({exc.__class__.__name__}: {exc}); install it with: {INSTALL_HINT}") from None
+
+
+def _config_file(name: str) -> str:
+    if Path(name).is_file():
+        return str(name)
+    from detectron2 import model_zoo
+
+    try:
+        return model_zoo.get_config_file(name)
+    except RuntimeError:
+        raise CellpipeError(f"model.d2_config {name!r} is neither a YAML file nor a detectron2 model-zoo "
+                            f"config (e.g. COCO-InstanceSegmentation/mask_rcnn_R_50_FPN_3x.yaml)") from None
+
+
+def make_config(mc: ModelConfig, num_classes: int):
+    """detectron2 ``CfgNode`` for ``mc``: the architecture from params or ``mc.d2_config``."""
+    from detectron2.config import get_cfg
+
+    cfg = get_cfg()
+    cfg.merge_from_file(_config_file(mc.d2_config or BASE_CONFIG))
+    m = cfg.MODEL
+    m.MASK_ON = True
+    m.DEVICE = "cpu"  # moved with .to(device) like any module
+    m.WEIGHTS = ""
+    if not mc.d2_config:  # the same network as the torchvision backend builds from these params
+        depth = {"resnet18": 18, "resnet34": 34, "resnet50": 50, "resnet101": 101}.get(mc.backbone)
+        if depth is None:
+            raise CellpipeError(f"model.backbone must be resnet18/34/50/101, got {mc.backbone!r}")
+        if mc.norm not in NORMS:
+            raise CellpipeError(f"model.norm must be group, batch or frozen, got {mc.norm!r}")
+        m.RESNETS.DEPTH = depth
+        if depth < 50:
+            m.RESNETS.RES2_OUT_CHANNELS = 64
+        m.RESNETS.NORM = NORMS[mc.norm]
+        m.BACKBONE.FREEZE_AT = 0  # nothing is pretrained: every stage learns
+        head_norm = "GN" if mc.head_norm == "group" else ""
+        if head_norm:  # detectron2's GroupNorm has 32 groups
+            for key in ("fpn_channels", "mask_head_channels"):
+                if getattr(mc, key) % 32:
+                    raise CellpipeError(f"model.{key} must be a multiple of 32 for detectron2's GroupNorm "
+                                        f"(head_norm: group), got {getattr(mc, key)}")
+        m.FPN.OUT_CHANNELS = mc.fpn_channels
+        m.FPN.NORM = head_norm
+        if mc.box_head_convs or head_norm:
+            m.ROI_BOX_HEAD.NUM_CONV, m.ROI_BOX_HEAD.CONV_DIM = mc.box_head_convs, mc.fpn_channels
+            m.ROI_BOX_HEAD.NUM_FC, m.ROI_BOX_HEAD.NORM = 1, head_norm
+        m.ROI_BOX_HEAD.FC_DIM = mc.box_head_dim
+        m.ROI_MASK_HEAD.NUM_CONV, m.ROI_MASK_HEAD.CONV_DIM = mc.mask_head_layers, mc.mask_head_channels
+        m.ROI_MASK_HEAD.NORM = head_norm
+        m.ANCHOR_GENERATOR.SIZES = [[int(s)] for s in mc.anchor_sizes]
+        m.ANCHOR_GENERATOR.ASPECT_RATIOS = [[float(a) for a in mc.aspect_ratios]]
+    # images arrive normalised per image (cellpipe.data): no second normalisation
+    m.PIXEL_MEAN, m.PIXEL_STD = [0.0, 0.0, 0.0], [1.0, 1.0, 1.0]
+    m.ROI_HEADS.NUM_CLASSES = num_classes
+    m.ROI_HEADS.BATCH_SIZE_PER_IMAGE = mc.roi_batch_per_image
+    m.ROI_HEADS.SCORE_THRESH_TEST = mc.box_score_thresh
+    m.ROI_HEADS.NMS_THRESH_TEST = mc.box_nms_thresh
+    m.RPN.BATCH_SIZE_PER_IMAGE = mc.rpn_batch_per_image
+    m.RPN.PRE_NMS_TOPK_TRAIN, m.RPN.POST_NMS_TOPK_TRAIN = mc.rpn_pre_nms_train, mc.rpn_post_nms_train
+    m.RPN.PRE_NMS_TOPK_TEST, m.RPN.POST_NMS_TOPK_TEST = mc.rpn_pre_nms_test, mc.rpn_post_nms_test
+    cfg.TEST.DETECTIONS_PER_IMAGE = mc.detections_per_img
+    return cfg
+
+
+class Detectron2MaskRCNN(nn.Module):
+    """detectron2's Mask R-CNN with torchvision's inputs and outputs (see the module doc)."""
+
+    # heads whose shape depends on the number of classes
+    class_specific = ("net.roi_heads.box_predictor.", "net.roi_heads.mask_head.predictor.")
+
+    def __init__(self, mc: ModelConfig, num_classes: int) -> None:
+        super().__init__()
+        from detectron2.modeling import build_model
+
+        self.config = make_config(mc, num_classes)
+        self.net = build_model(self.config)
+        self.min_size, self.max_size = mc.min_size, mc.max_size
+        self._iteration = 0
+
+    # -- the two knobs the engine and predict change at run time
+    @property
+    def score_thresh(self) -> float:
+        return self.net.roi_heads.box_predictor.test_score_thresh
+
+    @score_thresh.setter
+    def score_thresh(self, value: float) -> None:
+        self.net.roi_heads.box_predictor.test_score_thresh = value
+
+    @property
+    def detections_per_img(self) -> int:
+        return self.net.roi_heads.box_predictor.test_topk_per_image
+
+    @detections_per_img.setter
+    def detections_per_img(self, value: int) -> None:
+        self.net.roi_heads.box_predictor.test_topk_per_image = value
+
+    def forward(self, images: list[torch.Tensor], targets: list[dict] | None = None) -> Any:
+        if self.training:
+            if targets is None:
+                raise ValueError("targets are required in training mode")
+            return self._losses(images, targets)
+        return self._detect(images)
+
+    def _losses(self, images: list[torch.Tensor], targets: list[dict]) -> dict[str, torch.Tensor]:
+        from detectron2.structures import BitMasks, Boxes, Instances
+        from detectron2.utils.events import EventStorage
+
+        inputs = []
+        for image, t in zip(images, targets):
+            inst = Instances(tuple(image.shape[-2:]))
+            inst.gt_boxes = Boxes(t["boxes"].float())
+            inst.gt_classes = t["labels"].long() - 1  # torchvision counts background as 0
+            inst.gt_masks = BitMasks(t["masks"].bool())
+            inputs.append({"image": image, "instances": inst})
+        # detectron2's heads log training statistics into an event storage
+        with EventStorage(self._iteration):
+            losses = self.net(inputs)
+        self._iteration += 1
+        return losses
+
+    def _detect(self, images: list[torch.Tensor]) -> list[dict[str, torch.Tensor]]:
+        from cellpipe.data import input_size
+
+        inputs = []
+        for image in images:
+            h, w = image.shape[-2:]
+            size = input_size(h, w, self.min_size, self.max_size)
+            x = image if size == (h, w) else F.interpolate(image[None], size=size, mode="bilinear",
+                                                           align_corners=False)[0]
+            inputs.append({"image": x, "height": h, "width": w})  # outputs come back at h×w
+        outs = []
+        for r in self.net.inference(inputs):
+            inst = r["instances"]
+            outs.append({"boxes": inst.pred_boxes.tensor, "scores": inst.scores, "labels": inst.pred_classes + 1,
+                         "masks": inst.pred_masks[:, None].float()})
+        return outs
+
+
+@contextmanager
+def _quiet_fvcore():
+    import logging
+
+    names = ("fvcore.common.checkpoint", "detectron2.checkpoint.c2_model_loading", "d2.checkpoint.c2_model_loading")
+    loggers = [logging.getLogger(n) for n in names]
+    levels = [lg.level for lg in loggers]
+    for lg in loggers:
+        lg.setLevel(logging.ERROR)
+    try:
+        yield
+    finally:
+        for lg, level in zip(loggers, levels):
+            lg.setLevel(level)
+
+
+def load_detectron2_checkpoint(model: Detectron2MaskRCNN, path: str | Path) -> str:
+    """Initialise from a detectron2 checkpoint (``.pth`` or model-zoo/LIVECell ``.pkl``).
+
+    Class-specific heads whose shape differs (another class count) keep their random
+    initialisation; any other mismatch means another architecture and is an error that
+    names the config to use.
+    """
+    from detectron2.checkpoint import DetectionCheckpointer
+
+    path = Path(path)
+    if not path.is_file():
+        raise CellpipeError("checkpoint is missing", where=str(path))
+    checkpointer = DetectionCheckpointer(model.net)
+    try:
+        data = checkpointer._load_file(str(path))
+    except Exception as exc:  # noqa: BLE001 - truncated zip, pickle errors, ...
+        raise CellpipeError(f"checkpoint is unreadable or truncated ({exc.__class__.__name__})", where=str(path)) from None
+    if not isinstance(data, dict) or "model" not in data:
+        raise CellpipeError("not a detectron2 checkpoint (no 'model' state)", where=str(path))
+    with _quiet_fvcore():
+        incompatible = checkpointer._load_model(data)
+    heads = tuple(p[len("net."):] for p in model.class_specific)
+    wrong = [k for k, *_ in incompatible.incorrect_shapes if not k.startswith(heads)]
+    missing = [k for k in incompatible.missing_keys if not k.startswith(heads)]
+    if wrong or missing:
+        key = (wrong or missing)[0]
+        raise CellpipeError(f"{key} {'has another shape' if wrong else 'is missing'} in the checkpoint: it was "
+                            f"trained with another architecture (set model.d2_config to its config)", where=str(path))
+    reinit = [k for k, *_ in incompatible.incorrect_shapes]
+    if reinit:
+        return f"{path} (detectron2; class-specific heads re-initialised: {len(reinit)} tensors)"
+    return f"{path} (detectron2)"

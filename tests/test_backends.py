@@ -1,0 +1,200 @@
+"""The backend contract: what the engine, predict and checkpoints need from a Mask R-CNN.
+
+Every contract test runs on torchvision always and on detectron2 when it is importable
+(skipped, with the reason shown, when it is not: detectron2 is an optional install).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import os
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+from cellpipe import models
+from cellpipe import train as engine
+from cellpipe.data import CocoInstances, collate
+from cellpipe.errors import CellpipeError
+from cellpipe.models import d2
+from cellpipe.predict import predict_image
+from tests.conftest import run_cli
+from tests.test_models import tiny_coco  # noqa: F401 - fixture
+
+NEEDS_D2 = pytest.mark.skipif(not d2.available(), reason="detectron2 is not installed (optional backend, README)")
+BACKENDS = ["torchvision", pytest.param("detectron2", marks=NEEDS_D2)]
+CLASSES = ["shsy5y", "astro", "cort"]
+
+
+def tiny(backend: str, **kw) -> models.ModelConfig:
+    # 32 channels: detectron2's GroupNorm has 32 groups
+    return models.ModelConfig(backend=backend, min_size=130, max_size=176, fpn_channels=32, box_head_dim=32,
+                              mask_head_channels=32, mask_head_layers=1, norm="batch", detections_per_img=50,
+                              rpn_pre_nms_test=200, rpn_post_nms_test=100, anchor_sizes=(4, 8, 16, 32, 64), **kw)
+
+
+def batch(tiny_coco, cfg):  # noqa: F811
+    ds = CocoInstances(tiny_coco, cfg.min_size, cfg.max_size, crop_size=96)
+    torch.manual_seed(0)
+    return collate([ds[0], ds[1]])
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+def test_train_step_gives_finite_losses_and_gradients(backend, tiny_coco):  # noqa: F811
+    cfg = tiny(backend)
+    model = models.build(cfg, 3).train()
+    images, targets = batch(tiny_coco, cfg)
+    losses = model(list(images), list(targets))
+    assert {"loss_classifier", "loss_box_reg", "loss_mask"} <= set(losses) or \
+        {"loss_cls", "loss_box_reg", "loss_mask", "loss_rpn_cls", "loss_rpn_loc"} <= set(losses)
+    total = sum(losses.values())
+    assert torch.isfinite(total)
+    total.backward()
+    grads = [p.grad for p in model.parameters() if p.requires_grad]
+    assert sum(g is not None and bool(g.abs().sum() > 0) for g in grads) > len(grads) // 2
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+def test_predict_gives_full_size_instances_and_obeys_test_limits(backend):
+    torch.manual_seed(0)
+    model = models.build(tiny(backend, box_score_thresh=0.0), 3).eval()
+    rng = np.random.default_rng(0)
+    grey = rng.integers(0, 255, (520, 704), dtype=np.uint8)
+    inst = predict_image(model, grey, tta=True)
+    assert inst.masks.shape == (len(inst.scores), 520 * 704) and len(inst.labels) == len(inst.scores)
+    assert set(np.unique(inst.labels)) <= {1, 2, 3}
+    head = models.test_head(model)
+    head.detections_per_img = 5
+    assert len(predict_image(model, grey).scores) <= 5
+    head.detections_per_img, head.score_thresh = 50, 1.01
+    assert len(predict_image(model, grey).scores) == 0
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+def test_engine_checkpoints_reload_to_identical_predictions(backend, tiny_coco, tmp_path):  # noqa: F811
+    from stages.predict import load_model
+
+    cfg = tiny(backend)
+    torch.manual_seed(0)
+    model = models.build(cfg, 3)
+    ds = CocoInstances(tiny_coco, cfg.min_size, cfg.max_size, hflip=True, crop_size=96)
+    val = engine.val_images({**tiny_coco, "images": tiny_coco["images"][:1]})
+    tcfg = engine.TrainConfig(iters=4, eval_every=2, warmup_iters=1, lr=0.01, eval_score_threshold=0.0)
+    summary = engine.train(model, ds, val, tcfg, cfg, tmp_path, classes=CLASSES, init="none")
+    assert summary["iterations"] == 4 and (tmp_path / "best.pt").is_file() and (tmp_path / "last.pt").is_file()
+    last = torch.load(tmp_path / "last.pt", weights_only=False)
+    loaded, mcfg, classes = load_model(tmp_path / "last.pt", "cpu")
+    assert mcfg.backend == backend and classes == CLASSES
+    model.load_state_dict(last["model"])
+    grey = np.asarray(val[0].grey)
+    a, b = predict_image(model.eval(), grey), predict_image(loaded, grey)
+    assert np.array_equal(a.scores, b.scores) and (a.masks != b.masks).nnz == 0
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+def test_class_count_change_reinitialises_only_class_heads(backend, tmp_path):
+    one = models.build(tiny(backend), 1)
+    torch.save({"model": one.state_dict(), "model_config": {}}, tmp_path / "c.pt")
+    three = models.build(tiny(backend), 3)
+    desc = models.initialise(three, str(tmp_path / "c.pt"))
+    assert "class-specific heads re-initialised" in desc
+    shared = [k for k, v in one.state_dict().items() if v.shape == three.state_dict()[k].shape and
+              v.dtype.is_floating_point]
+    assert all(torch.equal(three.state_dict()[k], one.state_dict()[k]) for k in shared)
+    other = models.build(dataclasses.replace(tiny(backend), fpn_channels=64), 3)
+    torch.save({"model": other.state_dict(), "model_config": {}}, tmp_path / "other.pt")
+    with pytest.raises(CellpipeError, match="another architecture"):
+        models.initialise(three, str(tmp_path / "other.pt"))
+
+
+def test_detectron2_selected_but_not_importable_fails_before_any_work(tmp_path):
+    """A stand-in ``detectron2`` that cannot be imported: the error names the install command."""
+    fake = tmp_path / "fake" / "detectron2"
+    fake.mkdir(parents=True)
+    (fake / "__init__.py").write_text("raise ImportError('No module named detectron2._C')\n")
+    params = Path("params.yaml").read_text().replace("backend: torchvision", "backend: detectron2")
+    (tmp_path / "p.yaml").write_text(params)
+    env_path = f"{tmp_path / 'fake'}{os.pathsep}{os.environ.get('PYTHONPATH', '')}"
+    os.environ["PYTHONPATH"], saved = env_path, os.environ.get("PYTHONPATH")
+    try:
+        proc = run_cli("finetune", "--train", str(tmp_path / "absent.json"), "--val", str(tmp_path / "absent.json"),
+                       "--out", str(tmp_path / "ft"), "--params", str(tmp_path / "p.yaml"))
+    finally:
+        if saved is None:
+            del os.environ["PYTHONPATH"]
+        else:
+            os.environ["PYTHONPATH"] = saved
+    assert proc.returncode == 1 and "Traceback" not in proc.stderr
+    err = " ".join(proc.stderr.split())
+    assert "detectron2 cannot be imported" in err and "pip install" in err
+    assert "absent.json" not in err  # it failed before reading any input
+    assert not (tmp_path / "ft").exists()
+
+
+# ---------------------------------------------------------------- detectron2 only
+
+@NEEDS_D2
+def test_detectron2_checkpoints_initialise_with_class_head_reinit(tmp_path):
+    """A detectron2 ``.pth`` (as DetectionCheckpointer writes it, e.g. LIVECell's) as ``finetune.init``."""
+    from detectron2.checkpoint import DetectionCheckpointer
+
+    src = models.build(tiny("detectron2"), 1)
+    DetectionCheckpointer(src.net, save_dir=str(tmp_path)).save("livecell_like")
+    dst = models.build(tiny("detectron2"), 3)
+    desc = models.initialise(dst, str(tmp_path / "livecell_like.pth"))
+    assert "detectron2" in desc and "class-specific heads re-initialised" in desc
+    k = "net.backbone.bottom_up.stem.conv1.weight"
+    assert torch.equal(dst.state_dict()[k], src.state_dict()[k])
+    wide = models.build(dataclasses.replace(tiny("detectron2"), fpn_channels=64), 3)
+    with pytest.raises(CellpipeError, match="another architecture"):
+        models.initialise(wide, str(tmp_path / "livecell_like.pth"))
+    (tmp_path / "trunc.pth").write_bytes((tmp_path / "livecell_like.pth").read_bytes()[:999])
+    with pytest.raises(CellpipeError, match="unreadable or truncated"):
+        models.initialise(dst, str(tmp_path / "trunc.pth"))
+
+
+@NEEDS_D2
+def test_detectron2_builds_model_zoo_configs():
+    cfg = dataclasses.replace(tiny("detectron2"), d2_config="COCO-InstanceSegmentation/mask_rcnn_R_50_FPN_3x.yaml")
+    model = models.build(cfg, 3)
+    assert model.config.MODEL.RESNETS.DEPTH == 50 and model.config.MODEL.ROI_HEADS.NUM_CLASSES == 3
+    assert model.config.TEST.DETECTIONS_PER_IMAGE == 50
+    with pytest.raises(CellpipeError, match="neither a YAML file nor"):
+        models.build(dataclasses.replace(cfg, d2_config="nope.yaml"), 3)
+
+
+@pytest.mark.slow
+@NEEDS_D2
+def test_detectron2_backend_runs_the_whole_dag(tmp_path):
+    """``model.backend: detectron2`` through ``dvc repro``: pretrain → finetune → predict → score → submit."""
+    import json
+
+    from tests.test_dvc import TINY, dvc, ran_stages, shrink_params, tracked_copy
+
+    repo = tmp_path / "repo"
+    repo.mkdir()
+    tracked_copy(repo)
+    (repo / "dvc.lock").unlink(missing_ok=True)
+    shrink_params(repo / "params.yaml", {**TINY, "model": {**TINY["model"], "backend": "detectron2",
+                                                           "fpn_channels": 32, "mask_head_channels": 32}})
+    out = dvc(repo, "repro")
+    assert {"pretrain", "finetune", "predict", "thresholds", "score", "submit"} <= set(ran_stages(out.stdout))
+    metrics = json.loads((repo / "metrics/val.json").read_text())
+    assert 0.0 <= metrics["map_iou"] <= 1.0
+    ckpt = torch.load(repo / "models/finetune/best.pt", weights_only=False)
+    assert ckpt["model_config"]["backend"] == "detectron2" and any(k.startswith("net.") for k in ckpt["model"])
+    assert (repo / "models/finetune/live/metrics.json").is_file()
+    assert (repo / "data/submission/submission.csv").read_text().startswith("id,predicted")
+
+
+def test_cellpipe_imports_without_detectron2():
+    code = ("import sys; sys.modules['detectron2'] = None\n"
+            "import cellpipe.models, cellpipe.train, cellpipe.predict, stages.cli\n"
+            "from cellpipe.models import d2; assert not d2.available()\n")
+    import subprocess
+
+    proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
+    assert proc.returncode == 0, proc.stderr
