@@ -203,7 +203,7 @@ def train(
         loss_value = float(loss.detach())
         if not torch.isfinite(loss):
             raise CellpipeError(f"loss became non-finite at iteration {it + 1} "
-                                f"({ {k: float(v) for k, v in losses.items()} }); lower the lr or raise warmup_iters")
+                                f"({ {k: float(v.detach()) for k, v in losses.items()} }); lower the lr or raise warmup_iters")
         optimizer.zero_grad(set_to_none=True)
         if scaler is not None:
             scaler.scale(loss).backward()

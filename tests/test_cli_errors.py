@@ -19,12 +19,13 @@ from tests.conftest import run_cli
 
 
 def one_line_error(proc, *needles: str) -> None:
-    """Exit code 1, a single ``error:`` line naming what is wrong, no traceback."""
+    """Exit code 1, one ``error:`` message (last on stderr) naming what is wrong, no traceback."""
     assert proc.returncode == 1, (proc.stdout, proc.stderr)
-    assert "Traceback" not in proc.stderr
+    assert "Traceback" not in proc.stderr and "Warning" not in proc.stderr, proc.stderr
     lines = [line for line in proc.stderr.splitlines() if line.strip()]
-    err = " ".join(" ".join(lines).split())
-    assert err.startswith("error:"), proc.stderr
+    starts = [k for k, line in enumerate(lines) if line.startswith("error:")]
+    assert len(starts) == 1, proc.stderr
+    err = " ".join(" ".join(lines[starts[0]:]).split())
     for needle in needles:
         assert needle in err, (needle, proc.stderr)
 
@@ -162,6 +163,44 @@ def test_bad_init_checkpoint_through_finetune(tmp_path, tiny_kaggle):
                    "--out", str(tmp_path / "ft"), "--params", str(tmp_path / "p.yaml"))
     one_line_error(proc, "init.pt", "unreadable or truncated")
     assert not list((tmp_path / "ft").glob("*.pt")) if (tmp_path / "ft").exists() else True
+
+
+def test_diverging_training_stops_with_a_clear_error(tmp_path, tiny_kaggle):
+    """An absurd learning rate: the loss becomes non-finite and training stops naming the cure."""
+    params = (Path("params.yaml").read_text().replace("init: livecell", "init: none")
+              .replace("lr: 0.02", "lr: 1.0e+12").replace("iters: 500", "iters: 20"))
+    (tmp_path / "p.yaml").write_text(params)
+    run_cli("decode", "--kaggle-dir", str(tiny_kaggle), "--annotations-out", str(tmp_path / "a.parquet"),
+            "--images-out", str(tmp_path / "i.parquet"), "--params", str(tmp_path / "p.yaml"), check=True)
+    run_cli("coco", "--annotations", str(tmp_path / "a.parquet"), "--images", str(tmp_path / "i.parquet"),
+            "--train-out", str(tmp_path / "train.json"), "--val-out", str(tmp_path / "val.json"),
+            "--params", str(tmp_path / "p.yaml"), check=True)
+    proc = run_cli("finetune", "--train", str(tmp_path / "train.json"), "--val", str(tmp_path / "val.json"),
+                   "--out", str(tmp_path / "ft"), "--params", str(tmp_path / "p.yaml"))
+    one_line_error(proc, "loss became non-finite at iteration", "lower the lr")
+    assert not (tmp_path / "ft" / "summary.json").exists()
+
+
+def test_out_of_memory_names_the_knobs(monkeypatch, tmp_path):
+    from cellpipe import coco, synth, tables
+    from cellpipe import train as engine
+    from cellpipe.data import CocoInstances
+    from cellpipe.errors import CellpipeError
+    from tests.test_models import TINY_MODEL
+
+    synth.write_kaggle(tmp_path / "k", {"shsy5y": 1, "astro": 0, "cort": 1}, 0, 0.05, seed=2, images_per_sample=1)
+    ann, images = tables.build_tables(tables.read_train_csv(tmp_path / "k/train.csv"), tmp_path / "k/train")
+    data = coco.build(images, ann)
+    model = models.build(TINY_MODEL, 3)
+
+    def oom(*a, **k):
+        raise torch.OutOfMemoryError("CUDA out of memory")
+
+    monkeypatch.setattr(model, "forward", oom)
+    ds = CocoInstances(data, TINY_MODEL.min_size, TINY_MODEL.max_size)
+    with pytest.raises(CellpipeError, match="out of memory at iteration 1 .* lower batch_size or crop_size"):
+        engine.train(model, ds, engine.val_images(data), engine.TrainConfig(iters=2), TINY_MODEL, tmp_path / "o",
+                     classes=["shsy5y", "astro", "cort"], init="none")
 
 
 # ---------------------------------------------------------------- submissions

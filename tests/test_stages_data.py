@@ -49,6 +49,8 @@ BAD_CSV = [
     ("start_zero", set_cell("annotation", "0 5"), "line 3: RLE start < 1"),
     ("past_image", set_cell("annotation", "366000 1000"), "line 3: RLE run goes past"),
     ("unsorted", set_cell("annotation", "500 3 100 2"), "line 3: RLE runs are unsorted or overlap"),
+    ("zero_length", set_cell("annotation", "100 0"), "line 3: RLE run length < 1"),
+    ("negative_length", set_cell("annotation", "100 -4"), "line 3: RLE"),
     ("unknown_type", set_cell("cell_type", "neuron"), "line 3: unknown cell_type 'neuron'"),
     ("bad_width", set_cell("width", "wide"), "line 3: width 'wide' is not a positive integer"),
     ("duplicate", lambda df: pd.concat([df, df.iloc[[0]]]), "duplicate of line 2"),
