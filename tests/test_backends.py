@@ -172,14 +172,9 @@ def test_detectron2_backend_runs_the_whole_dag(tmp_path):
     """``model.backend: detectron2`` through ``dvc repro``: pretrain → finetune → predict → score → submit."""
     import json
 
-    from tests.test_dvc import TINY, dvc, ran_stages, shrink_params, tracked_copy
+    from tests.test_dvc import dvc, make_repo, ran_stages
 
-    repo = tmp_path / "repo"
-    repo.mkdir()
-    tracked_copy(repo)
-    (repo / "dvc.lock").unlink(missing_ok=True)
-    shrink_params(repo / "params.yaml", {**TINY, "model": {**TINY["model"], "backend": "detectron2",
-                                                           "fpn_channels": 32, "mask_head_channels": 32}})
+    repo = make_repo(tmp_path, {"model": {"backend": "detectron2", "fpn_channels": 32, "mask_head_channels": 32}})
     out = dvc(repo, "repro")
     assert {"pretrain", "finetune", "predict", "thresholds", "score", "submit"} <= set(ran_stages(out.stdout))
     metrics = json.loads((repo / "metrics/val.json").read_text())

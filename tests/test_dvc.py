@@ -50,17 +50,25 @@ def dvc(cwd: Path, *args: str) -> subprocess.CompletedProcess:
     return proc
 
 
-@pytest.fixture
-def repo_copy(tmp_path) -> Path:
-    dst = tmp_path / "repo"
+def make_repo(root: Path, overrides: dict | None = None) -> Path:
+    """A git repo at ``root/repo`` holding the tracked files, tiny params (+ ``overrides``), no dvc.lock."""
+    dst = root / "repo"
     dst.mkdir()
     tracked_copy(dst)
     (dst / "dvc.lock").unlink(missing_ok=True)
-    shrink_params(dst / "params.yaml", TINY)
+    params = {section: dict(values) for section, values in TINY.items()}
+    for section, values in (overrides or {}).items():
+        params.setdefault(section, {}).update(values)
+    shrink_params(dst / "params.yaml", params)
     for cmd in (["git", "init", "-q"], ["git", "add", "-A"],
                 ["git", "-c", "user.name=t", "-c", "user.email=t@t", "commit", "-qm", "copy"]):
         subprocess.run(cmd, cwd=dst, check=True, capture_output=True)
     return dst
+
+
+@pytest.fixture
+def repo_copy(tmp_path) -> Path:
+    return make_repo(tmp_path)
 
 
 def ran_stages(output: str) -> list[str]:

@@ -20,22 +20,10 @@ import pytest
 import torch
 import yaml
 
-from tests.test_dvc import TINY, dvc, ran_stages, shrink_params, tracked_copy
+from tests.test_dvc import dvc, make_repo, ran_stages
 
 KILL_POINTS = int(os.environ.get("KILL_POINTS", "2"))  # per stage
 TRAINING = {"pretrain", "finetune"}
-
-
-def make_repo(root: Path, finetune: dict) -> Path:
-    dst = root / "repo"
-    dst.mkdir()
-    tracked_copy(dst)
-    (dst / "dvc.lock").unlink(missing_ok=True)
-    shrink_params(dst / "params.yaml", {**TINY, "finetune": {**TINY["finetune"], **finetune}})
-    for cmd in (["git", "init", "-q"], ["git", "add", "-A"],
-                ["git", "-c", "user.name=t", "-c", "user.email=t@t", "commit", "-qm", "copy"]):
-        subprocess.run(cmd, cwd=dst, check=True, capture_output=True)
-    return dst
 
 
 FINETUNE_ITERS = 24
@@ -44,7 +32,7 @@ FINETUNE_ITERS = 24
 @pytest.fixture(scope="module")
 def dag(tmp_path_factory) -> tuple[Path, dict, dict]:
     """A tiny repo after an uninterrupted ``dvc repro``: its metrics and final fine-tune weights."""
-    repo = make_repo(tmp_path_factory.mktemp("kill"), {"iters": FINETUNE_ITERS, "eval_every": 4})
+    repo = make_repo(tmp_path_factory.mktemp("kill"), {"finetune": {"iters": FINETUNE_ITERS, "eval_every": 4}})
     dvc(repo, "repro")
     metrics = json.loads((repo / "metrics/val.json").read_text())
     weights = torch.load(repo / "models/finetune/last.pt", weights_only=False)["model"]

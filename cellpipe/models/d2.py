@@ -18,6 +18,7 @@ sampling sizes. detectron2 is imported only here, and only when this backend is 
 
 from __future__ import annotations
 
+import warnings
 from contextlib import contextmanager
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -37,10 +38,23 @@ BASE_CONFIG = "Base-RCNN-FPN.yaml"
 NORMS = {"group": "GN", "batch": "BN", "frozen": "FrozenBN"}
 
 
+def _import() -> None:
+    """Import the detectron2 modules this backend uses, without their deprecation noise."""
+    with warnings.catch_warnings():
+        # pkg_resources (model_zoo), torch.jit.script (structures): upstream's, not the user's concern
+        warnings.simplefilter("ignore")
+        import detectron2.checkpoint  # noqa: F401
+        import detectron2.config  # noqa: F401
+        import detectron2.model_zoo  # noqa: F401
+        import detectron2.modeling  # noqa: F401
+        import detectron2.structures  # noqa: F401
+        import detectron2.utils.events  # noqa: F401
+    warnings.filterwarnings("ignore", message="torch.meshgrid", category=UserWarning)
+
+
 def available() -> bool:
     try:
-        import detectron2  # noqa: F401
-        from detectron2.modeling import build_model  # noqa: F401
+        _import()
     except Exception:  # noqa: BLE001 - any import failure means "not usable"
         return False
     return True
@@ -49,8 +63,7 @@ def available() -> bool:
 def require() -> None:
     """A one-line error with the install command when detectron2 cannot be imported."""
     try:
-        import detectron2  # noqa: F401
-        from detectron2.modeling import build_model  # noqa: F401
+        _import()
     except Exception as exc:  # noqa: BLE001
         raise CellpipeError(f"model.backend is detectron2 but detectron2 cannot be imported "
                             f"({exc.__class__.__name__}: {exc}); install it with: {INSTALL_HINT}") from None
@@ -217,18 +230,32 @@ def load_detectron2_checkpoint(model: Detectron2MaskRCNN, path: str | Path) -> s
     """
     from detectron2.checkpoint import DetectionCheckpointer
 
+    class Checkpointer(DetectionCheckpointer):
+        """Keeps the incompatible keys for checking instead of logging them."""
+
+        incompatible = None
+
+        def _load_model(self, checkpoint):
+            if not isinstance(checkpoint, dict) or "model" not in checkpoint:
+                raise CellpipeError("not a detectron2 checkpoint (no 'model' state)", where=str(path))
+            self.incompatible = super()._load_model(checkpoint)
+            return self.incompatible
+
+        def _log_incompatible_keys(self, incompatible) -> None:
+            pass
+
     path = Path(path)
     if not path.is_file():
         raise CellpipeError("checkpoint is missing", where=str(path))
-    checkpointer = DetectionCheckpointer(model.net)
+    checkpointer = Checkpointer(model.net)
     try:
-        data = checkpointer._load_file(str(path))
+        with _quiet_fvcore():
+            checkpointer.load(str(path), checkpointables=[])
+    except CellpipeError:
+        raise
     except Exception as exc:  # noqa: BLE001 - truncated zip, pickle errors, ...
         raise CellpipeError(f"checkpoint is unreadable or truncated ({exc.__class__.__name__})", where=str(path)) from None
-    if not isinstance(data, dict) or "model" not in data:
-        raise CellpipeError("not a detectron2 checkpoint (no 'model' state)", where=str(path))
-    with _quiet_fvcore():
-        incompatible = checkpointer._load_model(data)
+    incompatible = checkpointer.incompatible
     heads = tuple(p[len("net."):] for p in model.class_specific)
     wrong = [k for k, *_ in incompatible.incorrect_shapes if not k.startswith(heads)]
     missing = [k for k in incompatible.missing_keys if not k.startswith(heads)]
