@@ -193,3 +193,20 @@ def test_cellpipe_imports_without_detectron2():
 
     proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
     assert proc.returncode == 0, proc.stderr
+
+
+@NEEDS_D2
+def test_cellpipe_coco_registers_in_detectron2s_catalog(tmp_path, tiny_kaggle):
+    from detectron2.data import DatasetCatalog, MetadataCatalog
+
+    from cellpipe import coco, tables
+
+    ann, images = tables.build_tables(tables.read_train_csv(tiny_kaggle / "train.csv"), tiny_kaggle / "train")
+    data = coco.build(images, ann)
+    (tmp_path / "train.json").write_text(__import__("json").dumps(data))
+    assert d2.register_coco("cellpipe_test_train", tmp_path / "train.json") == len(data["images"])
+    records = DatasetCatalog.get("cellpipe_test_train")
+    assert len(records) == len(data["images"])
+    assert sum(len(r["annotations"]) for r in records) == len(data["annotations"])
+    assert Path(records[0]["file_name"]).is_file()
+    assert MetadataCatalog.get("cellpipe_test_train").thing_classes == ["shsy5y", "astro", "cort"]

@@ -267,3 +267,27 @@ def load_detectron2_checkpoint(model: Detectron2MaskRCNN, path: str | Path) -> s
     if reinit:
         return f"{path} (detectron2; class-specific heads re-initialised: {len(reinit)} tensors)"
     return f"{path} (detectron2)"
+
+
+def register_coco(name: str, coco_json: str | Path) -> int:
+    """Register one of cellpipe's COCO files (``coco``/``livecell`` stage outputs) in detectron2's catalog.
+
+    cellpipe's engine reads the COCO files itself; this is for detectron2's own tools
+    (``DatasetCatalog.get``, ``Visualizer``, ``COCOEvaluator``, a ``DefaultTrainer``) on
+    exactly the same split. Returns the number of images registered.
+    """
+    import json
+
+    from detectron2.data import DatasetCatalog, MetadataCatalog
+    from detectron2.data.datasets import register_coco_instances
+
+    coco_json = Path(coco_json)
+    data = json.loads(coco_json.read_text())
+    roots = {str(Path(im["path"]).parent) for im in data["images"] if "path" in im}
+    if len(roots) != 1:
+        raise CellpipeError(f"expected the images of one folder, found {len(roots)} folders", where=str(coco_json))
+    if name in DatasetCatalog.list():
+        DatasetCatalog.remove(name)
+        MetadataCatalog.remove(name)
+    register_coco_instances(name, {}, str(coco_json), roots.pop())
+    return len(data["images"])
