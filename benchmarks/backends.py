@@ -3,8 +3,8 @@
 Both backends get the same batch (2 images, synthetic cells, the same targets) and the
 same architecture, built from params: the CPU default of ``params.yaml`` and the
 reference recipe's R50-FPN (``--arch r50``). Reports the median of ``--steps`` timed
-SGD steps after ``--warmup`` untimed ones, in one process, so that the two are
-comparable on a noisy machine; writes ``benchmarks/backends.json``.
+SGD steps after ``--warmup`` untimed ones, in one process with the two backends' steps
+interleaved, so that the ratio holds on a noisy machine; writes ``benchmarks/backends.json``.
 """
 
 from __future__ import annotations
@@ -37,20 +37,29 @@ def batch(cfg: models.ModelConfig, crop: int, folder: Path):
     return collate([ds[0], ds[1]])
 
 
-def step_times(cfg: models.ModelConfig, images, targets, steps: int, warmup: int) -> list[float]:
-    torch.manual_seed(0)
-    model = models.build(cfg, 3).train()
-    opt = torch.optim.SGD([p for p in model.parameters() if p.requires_grad], lr=0.001, momentum=0.9)
-    times = []
+def sgd_step(model, opt, images, targets) -> float:
+    t = time.perf_counter()
+    loss = sum(model(list(images), list(targets)).values())
+    opt.zero_grad()
+    loss.backward()
+    opt.step()
+    return time.perf_counter() - t
+
+
+def step_times(cfgs: dict[str, models.ModelConfig], images, targets, steps: int, warmup: int) -> dict[str, list]:
+    """Seconds per SGD step of each config, the configs' steps interleaved so drift hits all alike."""
+    runs = {}
+    for name, cfg in cfgs.items():
+        torch.manual_seed(0)
+        model = models.build(cfg, 3).train()
+        opt = torch.optim.SGD([p for p in model.parameters() if p.requires_grad], lr=0.001, momentum=0.9)
+        runs[name] = (model, opt, [])
     for k in range(warmup + steps):
-        t = time.perf_counter()
-        loss = sum(model(list(images), list(targets)).values())
-        opt.zero_grad()
-        loss.backward()
-        opt.step()
-        if k >= warmup:
-            times.append(time.perf_counter() - t)
-    return times
+        for model, opt, times in runs.values():
+            dt = sgd_step(model, opt, images, targets)
+            if k >= warmup:
+                times.append(dt)
+    return {name: times for name, (_, _, times) in runs.items()}
 
 
 def main() -> None:
@@ -67,11 +76,12 @@ def main() -> None:
     images, targets = batch(base, args.crop, HERE / ".cache" / "backends")
     results = {"machine": f"{platform.processor() or platform.machine()}, {torch.get_num_threads()} threads",
                "arch": args.arch, "crop": args.crop, "input": [list(i.shape) for i in images], "steps": args.steps}
-    for backend in ("torchvision", "detectron2"):
-        if backend == "detectron2" and not d2.available():
-            print("detectron2 is not installed: skipped")
-            continue
-        times = step_times(dataclasses.replace(base, backend=backend), images, targets, args.steps, args.warmup)
+    backends = ["torchvision"] + (["detectron2"] if d2.available() else [])
+    if len(backends) == 1:
+        print("detectron2 is not installed: timing torchvision only")
+    timed = step_times({b: dataclasses.replace(base, backend=b) for b in backends}, images, targets, args.steps,
+                       args.warmup)
+    for backend, times in timed.items():
         results[backend] = {"median_s": round(statistics.median(times), 3), "min_s": round(min(times), 3)}
         print(f"{backend:12s} median {statistics.median(times):.3f} s/step (min {min(times):.3f})")
     out = HERE / "backends.json"
