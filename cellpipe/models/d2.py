@@ -18,6 +18,7 @@ sampling sizes. detectron2 is imported only here, and only when this backend is 
 
 from __future__ import annotations
 
+import logging
 import warnings
 from contextlib import contextmanager
 from pathlib import Path
@@ -50,6 +51,8 @@ def _import() -> None:
         import detectron2.structures  # noqa: F401
         import detectron2.utils.events  # noqa: F401
     warnings.filterwarnings("ignore", message="torch.meshgrid", category=UserWarning)
+    # "is_fx_tracing will return true for both ...", logged once per process by torch for detectron2's code
+    logging.getLogger("torch.fx._symbolic_trace").setLevel(logging.ERROR)
 
 
 def available() -> bool:
