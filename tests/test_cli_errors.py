@@ -149,18 +149,24 @@ def test_bad_checkpoints_through_predict(tmp_path, damage, message):
     assert not (tmp_path / "out").exists()
 
 
+def finetune_on(kaggle: Path, tmp_path: Path, params: str):
+    """decode → coco → ``cellpipe finetune`` on ``kaggle`` with the given params text."""
+    p = tmp_path / "p.yaml"
+    p.write_text(params)
+    run_cli("decode", "--kaggle-dir", str(kaggle), "--annotations-out", str(tmp_path / "a.parquet"),
+            "--images-out", str(tmp_path / "i.parquet"), "--params", str(p), check=True)
+    run_cli("coco", "--annotations", str(tmp_path / "a.parquet"), "--images", str(tmp_path / "i.parquet"),
+            "--train-out", str(tmp_path / "train.json"), "--val-out", str(tmp_path / "val.json"),
+            "--params", str(p), check=True)
+    return run_cli("finetune", "--train", str(tmp_path / "train.json"), "--val", str(tmp_path / "val.json"),
+                   "--out", str(tmp_path / "ft"), "--params", str(p))
+
+
 def test_bad_init_checkpoint_through_finetune(tmp_path, tiny_kaggle):
     """``finetune.init: <path>``: a truncated file fails before any training, naming it."""
     params = Path("params.yaml").read_text().replace("init: livecell", f"init: {tmp_path / 'init.pt'}")
-    (tmp_path / "p.yaml").write_text(params)
     (tmp_path / "init.pt").write_bytes(b"PK\x03\x04garbage")
-    run_cli("decode", "--kaggle-dir", str(tiny_kaggle), "--annotations-out", str(tmp_path / "a.parquet"),
-            "--images-out", str(tmp_path / "i.parquet"), "--params", str(tmp_path / "p.yaml"), check=True)
-    run_cli("coco", "--annotations", str(tmp_path / "a.parquet"), "--images", str(tmp_path / "i.parquet"),
-            "--train-out", str(tmp_path / "train.json"), "--val-out", str(tmp_path / "val.json"),
-            "--params", str(tmp_path / "p.yaml"), check=True)
-    proc = run_cli("finetune", "--train", str(tmp_path / "train.json"), "--val", str(tmp_path / "val.json"),
-                   "--out", str(tmp_path / "ft"), "--params", str(tmp_path / "p.yaml"))
+    proc = finetune_on(tiny_kaggle, tmp_path, params)
     one_line_error(proc, "init.pt", "unreadable or truncated")
     assert not list((tmp_path / "ft").glob("*.pt")) if (tmp_path / "ft").exists() else True
 
@@ -169,14 +175,7 @@ def test_diverging_training_stops_with_a_clear_error(tmp_path, tiny_kaggle):
     """An absurd learning rate: the loss becomes non-finite and training stops naming the cure."""
     params = (Path("params.yaml").read_text().replace("init: livecell", "init: none")
               .replace("lr: 0.02", "lr: 1.0e+12").replace("iters: 500", "iters: 20"))
-    (tmp_path / "p.yaml").write_text(params)
-    run_cli("decode", "--kaggle-dir", str(tiny_kaggle), "--annotations-out", str(tmp_path / "a.parquet"),
-            "--images-out", str(tmp_path / "i.parquet"), "--params", str(tmp_path / "p.yaml"), check=True)
-    run_cli("coco", "--annotations", str(tmp_path / "a.parquet"), "--images", str(tmp_path / "i.parquet"),
-            "--train-out", str(tmp_path / "train.json"), "--val-out", str(tmp_path / "val.json"),
-            "--params", str(tmp_path / "p.yaml"), check=True)
-    proc = run_cli("finetune", "--train", str(tmp_path / "train.json"), "--val", str(tmp_path / "val.json"),
-                   "--out", str(tmp_path / "ft"), "--params", str(tmp_path / "p.yaml"))
+    proc = finetune_on(tiny_kaggle, tmp_path, params)
     one_line_error(proc, "loss became non-finite at iteration", "lower the lr")
     assert not (tmp_path / "ft" / "summary.json").exists()
 
