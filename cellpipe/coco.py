@@ -16,6 +16,7 @@ import pandas as pd
 from pycocotools import mask as mask_util
 
 from cellpipe.errors import CellpipeError
+from cellpipe.paths import check_name, moved, resolve, stored
 from cellpipe.tables import CELL_TYPES
 
 CATEGORIES: list[dict] = [{"id": i + 1, "name": name, "supercategory": "cell"} for i, name in enumerate(CELL_TYPES)]
@@ -55,12 +56,22 @@ def split_groups(images: pd.DataFrame, val_fraction: float, seed: int) -> pd.Ser
     return split
 
 
-def build(images: pd.DataFrame, annotations: pd.DataFrame) -> dict:
-    """COCO dict of the given images and their annotations (COCO RLE masks)."""
+def build(images: pd.DataFrame, annotations: pd.DataFrame, *, images_file: str | Path | None = None,
+          out: str | Path | None = None) -> dict:
+    """COCO dict of the given images and their annotations (COCO RLE masks).
+
+    Image paths are stored in ``images_file`` (the images table) relative to it; in
+    the COCO dict they are stored relative to ``out`` (where it will be written).
+    Without both, paths are copied as they are.
+    """
     img_ids = {iid: k + 1 for k, iid in enumerate(images["image_id"])}
+
+    def path(value: str) -> str:
+        return moved(value, images_file, out) if images_file is not None and out is not None else value
+
     coco_images = [
         {"id": img_ids[r.image_id], "file_name": r.file_name, "height": int(r.height), "width": int(r.width),
-         "path": r.path, "kaggle_id": r.image_id, "cell_type": r.cell_type, "sample_id": r.sample_id}
+         "path": path(r.path), "kaggle_id": r.image_id, "cell_type": r.cell_type, "sample_id": r.sample_id}
         for r in images.itertuples(index=False)
     ]
     ann = annotations[annotations["image_id"].isin(img_ids)]
@@ -107,9 +118,13 @@ def normalise(data: dict, *, where: str, image_root: str | Path | None = None,
               single_class: bool = False, check_files: bool = True) -> dict:
     """Validate a COCO dict and return it with list ``annotations`` and image ``path``s.
 
-    Checks: category ids exist, polygons have ≥ 3 points and lie in the image (1 px
-    tolerance), masks are not empty, every image file exists. ``single_class`` maps
-    every category to one 'cell' class (LIVECell pretraining).
+    An image's file is its ``path`` (cellpipe's own COCO files: relative to the JSON
+    file ``where``, see :mod:`cellpipe.paths`) or else ``file_name`` in ``image_root``
+    (LIVECell); a ``file_name`` that is not a plain name is an error. The returned
+    ``path``s are usable from the working directory. Checks: category ids exist,
+    polygons have ≥ 3 points and lie in the image (1 px tolerance), masks are not
+    empty, every image file exists. ``single_class`` maps every category to one
+    'cell' class (LIVECell pretraining).
     """
     anns = _annotations_list(data, where)
     cat_ids = {int(c["id"]) for c in data["categories"] if isinstance(c, dict) and "id" in c}
@@ -119,7 +134,11 @@ def normalise(data: dict, *, where: str, image_root: str | Path | None = None,
             iid, h, w, fname = int(im["id"]), int(im["height"]), int(im["width"]), str(im["file_name"])
         except (KeyError, TypeError, ValueError):
             raise CellpipeError(f"image entry {str(im)[:60]} lacks id/height/width/file_name", where=where) from None
-        path = im.get("path") or (str(Path(image_root) / fname) if image_root is not None else fname)
+        if im.get("path"):
+            path = resolve(str(im["path"]), where)
+        else:
+            check_name(fname, what=f"image {iid}: file_name", where=where)
+            path = Path(image_root) / fname if image_root is not None else resolve(fname, where)
         if check_files and not Path(path).is_file():
             raise CellpipeError(f"image {iid}: file {path} is missing", where=where)
         images[iid] = {**im, "id": iid, "height": h, "width": w, "file_name": fname, "path": str(path)}
@@ -163,3 +182,20 @@ def normalise(data: dict, *, where: str, image_root: str | Path | None = None,
     categories = [{"id": 1, "name": "cell", "supercategory": "cell"}] if single_class else data["categories"]
     return {**{k: v for k, v in data.items() if k not in ("annotations", "images", "categories")},
             "images": list(images.values()), "annotations": out_anns, "categories": categories}
+
+
+def with_paths_for(data: dict, out: str | Path) -> dict:
+    """A normalised COCO dict whose image paths are stored relative to ``out`` (to write it there)."""
+    return {**data, "images": [{**im, "path": stored(im["path"], out)} for im in data["images"]]}
+
+
+def image_paths(data: dict, where: str | Path) -> dict[str, Path]:
+    """``{image id: file}`` of a cellpipe COCO dict read from ``where`` (Kaggle ids where present)."""
+    out = {}
+    for im in data["images"]:
+        if "path" in im:
+            out[str(im.get("kaggle_id", im["id"]))] = resolve(str(im["path"]), where)
+        else:
+            out[str(im.get("kaggle_id", im["id"]))] = resolve(check_name(str(im["file_name"]), what="file_name",
+                                                                         where=str(where)), where)
+    return out

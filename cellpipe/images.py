@@ -1,8 +1,12 @@
 """Reading microscopy images the way the real downloads ship them.
 
 Kaggle images are 8-bit grey PNGs, LIVECell images 8-bit grey (LZW) TIFFs. Some
-copies of the data circulate as RGB with three equal channels: those are accepted as
-the same content; anything else (colour, 16-bit, other sizes) is rejected by name.
+copies of the data circulate re-saved: as RGB with three equal channels, as palette
+PNGs (the palette maps each index to a grey), or as grey + alpha (``LA``). Those hold
+the same grey values and are accepted as such; anything else (colour, 16-bit, other
+sizes) is rejected by name. Folders are listed the way people copy them around:
+``X.PNG`` is image ``X`` like ``X.png``, and hidden files (macOS ``._X.png``
+AppleDouble files, ``.DS_Store``) are not images.
 """
 
 from __future__ import annotations
@@ -23,14 +27,19 @@ def read_grey(path: str | Path, shape: tuple[int, int] | None = None) -> np.ndar
     try:
         with Image.open(path) as im:
             im.load()
+            if im.mode in ("P", "PA"):  # palette indices → the colours they stand for
+                im = im.convert("RGBA" if "transparency" in im.info or im.mode == "PA" else "RGB")
             arr = np.asarray(im)
     except (UnidentifiedImageError, OSError, SyntaxError, ValueError) as exc:
         raise CellpipeError(f"unreadable or truncated image ({exc.__class__.__name__}: {exc})", where=str(path)) from None
     if arr.ndim == 3:
-        if arr.shape[2] == 4:
-            arr = arr[..., :3]
-        if arr.shape[2] != 3 or not (np.array_equal(arr[..., 0], arr[..., 1]) and np.array_equal(arr[..., 0], arr[..., 2])):
-            raise CellpipeError(f"expected a grey image, got {arr.shape[2]} channels of colour", where=str(path))
+        if arr.shape[2] in (2, 4):  # grey + alpha, RGB + alpha: the alpha is not image content
+            arr = arr[..., :-1]
+        if arr.shape[2] == 3:
+            if not (np.array_equal(arr[..., 0], arr[..., 1]) and np.array_equal(arr[..., 0], arr[..., 2])):
+                raise CellpipeError("expected a grey image, got 3 channels of colour", where=str(path))
+        elif arr.shape[2] != 1:
+            raise CellpipeError(f"expected a grey image, got {arr.shape[2]} channels", where=str(path))
         arr = arr[..., 0]
     if arr.ndim != 2:
         raise CellpipeError(f"expected a 2-D grey image, got shape {arr.shape}", where=str(path))
@@ -49,3 +58,35 @@ def read_grey(path: str | Path, shape: tuple[int, int] | None = None) -> np.ndar
 def image_size(path: str | Path) -> tuple[int, int]:
     """(height, width) of an image, checking it decodes completely."""
     return read_grey(path).shape  # type: ignore[return-value]
+
+
+IMAGE_SUFFIXES = (".png", ".tif", ".tiff")
+
+
+def list_images(folder: str | Path) -> dict[str, Path]:
+    """``{image id: path}`` of the PNG/TIFF files of a folder, sorted by id.
+
+    The id is the file name without its suffix; the suffix matches in any case. Hidden
+    files are skipped. Two files of one id (``a.png`` + ``a.tif``) are an error naming
+    both, not one image silently standing for the other.
+    """
+    folder = Path(folder)
+    if not folder.is_dir():
+        raise CellpipeError("image folder is missing", where=str(folder))
+    found: dict[str, Path] = {}
+    for p in sorted(folder.iterdir()):
+        if p.name.startswith(".") or p.suffix.lower() not in IMAGE_SUFFIXES or not p.is_file():
+            continue
+        if p.stem in found:
+            raise CellpipeError(f"two files for image {p.stem}: {found[p.stem].name} and {p.name}", where=str(folder))
+        found[p.stem] = p
+    return dict(sorted(found.items()))
+
+
+def header_size(path: str | Path) -> tuple[int, int]:
+    """(height, width) from an image's header, without decoding its pixels."""
+    try:
+        with Image.open(path) as im:
+            return im.height, im.width
+    except (UnidentifiedImageError, OSError, SyntaxError, ValueError) as exc:
+        raise CellpipeError(f"unreadable image ({exc.__class__.__name__}: {exc})", where=str(path)) from None

@@ -7,7 +7,7 @@ without any cell keeps one row with an empty ``predicted``.
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterable, Mapping, Sequence
 from pathlib import Path
 
 import numpy as np
@@ -56,11 +56,17 @@ def image_rows(image_id: str, instances: sp.csr_matrix) -> list[tuple[str, str]]
     return [(image_id, s) for s in strings] or [(image_id, "")]
 
 
-def build(predictions: Iterable[tuple[str, sp.csr_matrix, np.ndarray]], order: Sequence[str],
+def build(predictions: Iterable[tuple[str, sp.csr_matrix | None, np.ndarray | None]], order: Sequence[str],
           min_size: int = 0) -> pd.DataFrame:
-    """Submission table in ``order`` (the sample submission's ids) from scored instances."""
+    """Submission table in ``order`` (the sample submission's ids) from scored instances.
+
+    ``None`` instances mark an image deliberately left without prediction (one empty row).
+    """
     by_id = {}
     for image_id, inst, scores in predictions:
+        if inst is None:
+            by_id[image_id] = [(image_id, "")]
+            continue
         clean, _ = resolve_overlaps(inst, scores, min_size)
         by_id[image_id] = image_rows(image_id, clean)
     missing = [i for i in order if i not in by_id]
@@ -70,10 +76,12 @@ def build(predictions: Iterable[tuple[str, sp.csr_matrix, np.ndarray]], order: S
     return pd.DataFrame(rows, columns=["id", "predicted"])
 
 
-def validate(path: str | Path, expected_ids: Sequence[str], shape: tuple[int, int] = (520, 704)) -> dict:
+def validate(path: str | Path, expected_ids: Sequence[str], sizes: Mapping[str, tuple[int, int]]) -> dict:
     """Check a submission file: header, known ids, every image present, valid RLE, no overlaps.
 
-    Returns a small summary; raises :class:`CellpipeError` naming the line on failure.
+    ``sizes`` gives each image's (height, width): RLE runs are checked against the
+    image they belong to. Returns a small summary; raises :class:`CellpipeError`
+    naming the line on failure.
     """
     path = Path(path)
     where = str(path)
@@ -93,13 +101,18 @@ def validate(path: str | Path, expected_ids: Sequence[str], shape: tuple[int, in
     absent = [i for i in expected_ids if i not in set(df["id"])]
     if absent:
         raise CellpipeError(f"image {absent[0]} has no row ({len(absent)} missing)", where=where)
-    n_pix = shape[0] * shape[1]
     cells = 0
     for image_id, idx in df.groupby("id", sort=False).indices.items():
         strings = df["predicted"].iloc[idx].tolist()
         nonempty = [s for s in strings if s.strip()]
         if len(nonempty) < len(strings) and nonempty:
             raise CellpipeError(f"image {image_id}: an empty row beside predicted cells", where=where)
+        if not nonempty:
+            continue
+        if image_id not in sizes:
+            raise CellpipeError(f"image {image_id}: its size is unknown (no image file), so its masks cannot be "
+                                f"checked", where=where)
+        n_pix = sizes[image_id][0] * sizes[image_id][1]
         runs = rle.parse_many(nonempty, n_pix, where=where,
                               row_names=[f"line {int(idx[k]) + 2}" for k, s in enumerate(strings) if s.strip()])
         covered = rle.to_csr(runs, n_pix).sum(axis=0).A1

@@ -16,7 +16,8 @@ import pandas as pd
 
 from cellpipe import rle
 from cellpipe.errors import CellpipeError
-from cellpipe.images import read_grey
+from cellpipe.images import list_images, read_grey
+from cellpipe.paths import check_name, stored
 
 CELL_TYPES: tuple[str, ...] = ("shsy5y", "astro", "cort")
 COLUMNS: tuple[str, ...] = ("id", "annotation", "width", "height", "cell_type", "plate_time",
@@ -29,13 +30,16 @@ def _line(i: int) -> str:
     return f"line {i + 2}"
 
 
-def read_train_csv(path: str | Path, *, duplicates: str = "error") -> pd.DataFrame:
+def read_train_csv(path: str | Path, *, duplicates: str = "error",
+                   duplicates_hint: str = "decode.duplicates: drop drops them") -> pd.DataFrame:
     """Read and validate the columns and values of a Kaggle ``train.csv``.
 
     Accepts a UTF-8 BOM and CRLF line endings (both occur in re-saved downloads).
-    Rows repeating an earlier row's image and mask are an error, or with
-    ``duplicates="drop"`` dropped (they carry no information; the real download has
-    15 such rows) and reported in ``df.attrs["dropped_duplicates"]`` (line numbers).
+    Rows repeating an earlier row's image and mask are an error (``duplicates_hint``
+    tells the caller's way to drop them), or with ``duplicates="drop"`` dropped (they
+    carry no information; the real download has 15 such rows) and reported in
+    ``df.attrs["dropped_duplicates"]`` (line numbers). Image ids become file names,
+    so an id that is not a plain name (``../x``, ``a/b``, ``.x``) is an error.
     """
     path = Path(path)
     where = str(path)
@@ -62,6 +66,10 @@ def read_train_csv(path: str | Path, *, duplicates: str = "error") -> pd.DataFra
     empty_id = np.flatnonzero(df["id"].to_numpy() == "")
     if len(empty_id):
         raise CellpipeError(f"{_line(int(empty_id[0]))}: empty image id", where=where)
+    unsafe = np.flatnonzero(df["id"].str.contains(r"[/\\\x00]|^\.", regex=True).to_numpy())
+    if len(unsafe):
+        i = int(unsafe[0])
+        check_name(df["id"].iloc[i], what=f"{_line(i)}: image id", where=where)
     for col in ("width", "height"):
         num = pd.to_numeric(df[col].str.strip(), errors="coerce")
         bad = np.flatnonzero(num.isna().to_numpy() | (num.fillna(0) % 1 != 0).to_numpy() | (num.fillna(0) <= 0).to_numpy())
@@ -87,7 +95,7 @@ def read_train_csv(path: str | Path, *, duplicates: str = "error") -> pd.DataFra
         same = (df["id"] == df["id"].iloc[i]) & (df["annotation"] == df["annotation"].iloc[i])
         first = int(np.flatnonzero(same.to_numpy())[0])
         raise CellpipeError(f"{_line(i)}: duplicate of {_line(first)} (same image {df['id'].iloc[i]} and mask; "
-                            f"{len(dup)} duplicate rows in all; decode.duplicates: drop drops them)", where=where)
+                            f"{len(dup)} duplicate rows in all; {duplicates_hint})", where=where)
     per_image = df.groupby("id", sort=False)[["width", "height", "cell_type"]].nunique()
     for col in ("width", "height", "cell_type"):
         bad_ids = per_image.index[per_image[col] > 1]
@@ -98,13 +106,17 @@ def read_train_csv(path: str | Path, *, duplicates: str = "error") -> pd.DataFra
 
 
 def build_tables(df: pd.DataFrame, image_dir: str | Path, *, where: str = "train.csv",
-                 check_images: bool = True, progress=None) -> tuple[pd.DataFrame, pd.DataFrame]:
+                 check_images: bool = True, progress=None,
+                 holder: str | Path | None = None) -> tuple[pd.DataFrame, pd.DataFrame]:
     """Validated ``train.csv`` rows → (annotations, images) tables.
 
     Parses every RLE at once (:func:`cellpipe.rle.parse_many`), derives area and bbox
-    straight from the runs and COCO RLE per image in one vectorised pass.
+    straight from the runs and COCO RLE per image in one vectorised pass. The images
+    table's ``path`` is stored relative to ``holder`` (the file it will be written to,
+    see :mod:`cellpipe.paths`), or as found when ``holder`` is None.
     """
     image_dir = Path(image_dir)
+    on_disk = list_images(image_dir) if check_images else {}
     n_pix = (df["width"] * df["height"]).to_numpy()
     runs = rle.parse_many(df["annotation"].tolist(), n_pix, where=where,
                           row_names=[_line(i) for i in range(len(df))])
@@ -117,7 +129,7 @@ def build_tables(df: pd.DataFrame, image_dir: str | Path, *, where: str = "train
     groups = df.groupby("id", sort=False).indices
     for k, (image_id, idx) in enumerate(groups.items()):
         h, w = int(df["height"].iloc[idx[0]]), int(df["width"].iloc[idx[0]])
-        path = image_dir / f"{image_id}.png"
+        path = on_disk.get(image_id, image_dir / f"{image_id}.png")
         if check_images:
             read_grey(path, (h, w))
         sub = runs.take(idx)
@@ -125,7 +137,8 @@ def build_tables(df: pd.DataFrame, image_dir: str | Path, *, where: str = "train
         counts[idx] = [c["counts"] for c in rle.to_coco(sub, (h, w))]
         first = df.iloc[idx[0]]
         image_rows.append({
-            "image_id": image_id, "file_name": f"{image_id}.png", "path": str(path), "height": h, "width": w,
+            "image_id": image_id, "file_name": path.name, "height": h, "width": w,
+            "path": stored(path, holder) if holder is not None else str(path),
             "cell_type": first["cell_type"], **{m: first[m] for m in METADATA}, "n_cells": len(idx),
         })
         if progress:
@@ -148,10 +161,7 @@ def build_tables(df: pd.DataFrame, image_dir: str | Path, *, where: str = "train
 
 def check_image_folder(image_dir: str | Path, images: pd.DataFrame, *, where: str) -> None:
     """Every annotated image has a file; every training file has annotations."""
-    image_dir = Path(image_dir)
-    if not image_dir.is_dir():
-        raise CellpipeError("image folder is missing", where=str(image_dir))
-    on_disk = {p.stem for p in image_dir.glob("*.png")}
+    on_disk = set(list_images(image_dir))
     extra = sorted(on_disk - set(images["image_id"]))
     if extra:
         raise CellpipeError(
@@ -169,4 +179,9 @@ def read_sample_submission(path: str | Path) -> list[str]:
         raise CellpipeError(f"not a readable CSV ({exc.__class__.__name__})", where=str(path)) from None
     if "id" not in df.columns:
         raise CellpipeError("missing column id", where=str(path))
-    return list(dict.fromkeys(df["id"].str.strip()))
+    ids = list(dict.fromkeys(df["id"].str.strip()))
+    if not ids:
+        raise CellpipeError("sample submission has a header but no image ids", where=str(path))
+    for k, i in enumerate(ids):
+        check_name(i, what=f"image id #{k + 1}", where=str(path))
+    return ids

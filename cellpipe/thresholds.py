@@ -27,6 +27,7 @@ class ImagePredictions:
     masks: sp.csr_matrix
     scores: np.ndarray
     labels: np.ndarray  # class names
+    shape: tuple[int, int]  # (height, width) of the image
 
 
 def image_class(labels: np.ndarray, scores: np.ndarray, default: str) -> str:

@@ -25,8 +25,8 @@ import numpy as np
 import scipy.sparse as sp
 import torch
 
-from cellpipe import metric, submission
-from cellpipe.atomic import atomic_path, remove_stale
+from cellpipe import checkpoints, metric, submission
+from cellpipe.atomic import remove_stale
 from cellpipe.data import CocoInstances, collate
 from cellpipe.errors import CellpipeError
 from cellpipe.models import ModelConfig, test_head
@@ -102,11 +102,6 @@ def _checkpoint(model, optimizer, scheduler, scaler, it: int, best: float, best_
             "best_iteration": best_it, **meta}
 
 
-def _save(obj: dict, path: Path) -> None:
-    with atomic_path(path) as tmp:
-        torch.save(obj, tmp)
-
-
 def train(
     model: torch.nn.Module,
     dataset: CocoInstances,
@@ -148,10 +143,10 @@ def train(
     last = out_dir / "last.pt"
     if last.is_file():
         try:
-            ckpt = torch.load(last, map_location=device, weights_only=False)
-        except Exception:
-            ckpt = None  # a damaged last.pt: start again rather than trust it
-        if ckpt and ckpt.get("fingerprint") == meta["fingerprint"]:
+            ckpt = checkpoints.load(last, map_location=device)
+        except CellpipeError as exc:  # never continue from (or silently replace) a file we cannot trust
+            raise CellpipeError(f"{exc}; delete it to start this training afresh") from None
+        if ckpt.get("fingerprint") == meta["fingerprint"]:
             model.load_state_dict(ckpt["model"])
             optimizer.load_state_dict(ckpt["optimizer"])
             scheduler.load_state_dict(ckpt["scheduler"])
@@ -178,9 +173,9 @@ def train(
         logs = {"val/map_iou": score, **{f"val/{k}": v for k, v in report.per_class().items()}}
         if score > best:
             best, best_it = score, it
-            _save({"model": model.state_dict(), "iteration": it, "best": best, **meta}, out_dir / "best.pt")
+            checkpoints.save({"model": model.state_dict(), "iteration": it, "best": best, **meta}, out_dir / "best.pt")
         logs["val/best_map_iou"] = best
-        _save(_checkpoint(model, optimizer, scheduler, scaler, it, best, best_it, meta), last)
+        checkpoints.save(_checkpoint(model, optimizer, scheduler, scaler, it, best, best_it, meta), last)
         if on_log:
             on_log(it, logs)
 

@@ -7,6 +7,7 @@ Errors in user input are printed as one red line and exit with code 1; set
 from __future__ import annotations
 
 import os
+import signal
 import sys
 
 import typer
@@ -58,27 +59,61 @@ app.command("visualize", help="Draw predictions over val/test images (overlays f
 app.command("check-submission", help="Validate a submission.csv against the test image ids.")(submission_cmd.check)
 
 
-def main() -> None:
-    """Console entry point: turn CellpipeError into a one-line message and exit 1."""
+class Interrupted(BaseException):
+    """SIGINT/SIGTERM, raised where the stage is: ``except Exception`` cannot swallow it, and
+    the atomic writers remove their temporaries on the way out, so no partial output remains."""
+
+    def __init__(self, signum: int) -> None:
+        super().__init__(signum)
+        self.signum = signum
+
+
+def _raise_interrupted(signum: int, frame) -> None:
+    raise Interrupted(signum)
+
+
+def _usage_error(exc: BaseException) -> bool:
+    """Is ``exc`` a click/typer usage-class exception (typer vendors its own click classes)?"""
+    from typer.exceptions import TyperException
+
+    classes: tuple[type, ...] = (TyperException,)
     try:
-        app(standalone_mode=False)
+        import click
+
+        classes += (click.ClickException,)
+    except ImportError:  # pragma: no cover - typer without click
+        pass
+    return isinstance(exc, classes) and hasattr(exc, "show")
+
+
+def main() -> None:
+    """Console entry point with exit codes scripts can rely on.
+
+    0 ok; 1 a :class:`CellpipeError` (one red line, no traceback); 2 a usage mistake
+    (click's usage message only); 130 interrupted (Ctrl-C), 143 terminated (SIGTERM).
+    """
+    signal.signal(signal.SIGINT, _raise_interrupted)
+    signal.signal(signal.SIGTERM, _raise_interrupted)
+    try:
+        code = app(standalone_mode=False)
     except CellpipeError as exc:
         if os.environ.get("CELLPIPE_DEBUG") == "1":
             raise
         console.print(f"[bold red]error:[/bold red] [red]{exc}[/red]", soft_wrap=True, highlight=False)
         sys.exit(1)
-    except typer.Exit as exc:
-        sys.exit(exc.exit_code)
-    except typer.Abort:
-        console.print("[red]aborted[/red]")
-        sys.exit(130)
-    except Exception as exc:  # click usage errors
-        import click
-
-        if isinstance(exc, click.exceptions.ClickException):
+    except (Interrupted, KeyboardInterrupt) as exc:
+        signum = getattr(exc, "signum", signal.SIGINT)
+        console.print("[red]interrupted[/red]" if signum == signal.SIGINT else "[red]terminated[/red]")
+        sys.exit(128 + int(signum))
+    except Exception as exc:
+        if not _usage_error(exc):
+            raise
+        if exc.__class__.__name__ != "NoArgsIsHelpError":  # the help text is already printed
             exc.show()
-            sys.exit(exc.exit_code)
-        raise
+        sys.exit(getattr(exc, "exit_code", 2))
+    # non-standalone typer returns the code of an Exit (--version: 0; its own Ctrl-C handling: 130)
+    if isinstance(code, int) and code:
+        sys.exit(code)
 
 
 if __name__ == "__main__":

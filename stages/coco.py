@@ -23,7 +23,7 @@ def run(
     split = coco.split_groups(img, p["val_fraction"], p["seed"])
     for name, out in (("train", train_out), ("val", val_out)):
         part = img[split == name]
-        data = coco.build(part, ann)
+        data = coco.build(part, ann, images_file=images, out=out)
         write_json(data, out, indent=None)
         counts = part["cell_type"].value_counts().to_dict()
         log(f"{name}: {len(part)} images ({counts}), {len(data['annotations'])} cells → {out}")

@@ -22,17 +22,29 @@ console = Console(stderr=True)
 PARAMS_HELP = "params file (the pipeline's knobs, grouped per stage)"
 
 
-def load_params(path: str | Path, section: str | None = None) -> dict[str, Any]:
-    """Read and validate ``params.yaml``; return one section (or all)."""
+def load_params(path: str | Path, *sections: str) -> dict[str, Any]:
+    """Read and validate ``params.yaml``; return one section, several (by name) or all.
+
+    A section a stage needs and the file lacks is an error naming both, not a
+    ``KeyError`` later.
+    """
     path = Path(path)
     if not path.is_file():
         raise CellpipeError("params file is missing", where=str(path))
     try:
-        data = yaml.safe_load(path.read_text()) or {}
+        data = yaml.safe_load(path.read_text(encoding="utf-8"))
+    except UnicodeDecodeError:
+        raise CellpipeError("params file is not UTF-8 text", where=str(path)) from None
     except yaml.YAMLError as exc:
         raise CellpipeError(f"not valid YAML ({str(exc).splitlines()[0]})", where=str(path)) from None
-    data = validate_params(data, where=str(path))
-    return data[section] if section else data
+    data = validate_params({} if data is None else data, where=str(path))
+    missing = [s for s in sections if s not in data]
+    if missing:
+        held = ", ".join(data) if data else "no sections"
+        raise CellpipeError(f"params section '{missing[0]}' is missing (the file holds {held})", where=str(path))
+    if len(sections) == 1:
+        return data[sections[0]]
+    return {s: data[s] for s in sections} if sections else data
 
 
 @contextmanager
@@ -62,6 +74,16 @@ def write_parquet(df: pd.DataFrame, target: str | Path) -> None:
 def write_json(obj: Any, target: str | Path, indent: int | None = 2) -> None:
     with atomic_path(target) as tmp:
         tmp.write_text(json.dumps(obj, indent=indent) + "\n")
+
+
+def read_json(path: str | Path, what: str = "JSON file") -> Any:
+    path = Path(path)
+    if not path.is_file():
+        raise CellpipeError(f"{what} is missing", where=str(path))
+    try:
+        return json.loads(path.read_text(encoding="utf-8"))
+    except (json.JSONDecodeError, UnicodeDecodeError) as exc:
+        raise CellpipeError(f"not valid JSON ({exc.__class__.__name__})", where=str(path)) from None
 
 
 def read_parquet(path: str | Path) -> pd.DataFrame:

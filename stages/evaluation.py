@@ -1,66 +1,89 @@
-"""Reading truths and predictions for the ``thresholds`` and ``score`` stages."""
+"""Reading truths and predictions for the ``thresholds``, ``score`` and ``visualize`` stages."""
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
 
 import pandas as pd
 import scipy.sparse as sp
 
-from cellpipe import predictions, rle, tables
+from cellpipe import coco, predictions, rle, tables
 from cellpipe.errors import CellpipeError
 from cellpipe.thresholds import ImagePredictions
-from stages.common import read_parquet
+from stages.common import log, read_json, read_parquet
 
-SHAPE = (520, 704)
-
-
-def image_folder(folder: Path) -> list[tuple[str, Path]]:
-    """(id, path) of every PNG/TIFF image of a folder, sorted by name."""
-    if not folder.is_dir():
-        raise CellpipeError("image folder is missing", where=str(folder))
-    files = sorted(p for p in folder.iterdir() if p.suffix.lower() in (".png", ".tif", ".tiff"))
-    if not files:
-        raise CellpipeError("no .png/.tif images in the folder", where=str(folder))
-    return [(p.stem, p) for p in files]
+DUPLICATES_HINT = "--duplicates drop drops them"
 
 
 def val_image_list(val: Path) -> pd.DataFrame:
     """image_id / cell_type / height / width of the images of a COCO JSON."""
-    if not val.is_file():
-        raise CellpipeError("COCO file is missing", where=str(val))
-    data = json.loads(val.read_text())
+    data = coco.load_json(val)
     return pd.DataFrame([{"image_id": str(im.get("kaggle_id", im["id"])), "cell_type": im.get("cell_type", "cell"),
-                          "height": im["height"], "width": im["width"]} for im in data["images"]])
+                          "height": im["height"], "width": im["width"]} for im in data["images"]],
+                        columns=["image_id", "cell_type", "height", "width"])
 
 
-def truth_ids(path: Path) -> list[str]:
+def _truth_table(path: Path, duplicates: str) -> pd.DataFrame:
+    if path.suffix == ".parquet":
+        return read_parquet(path).rename(columns={"image_id": "id"})
+    return tables.read_train_csv(path, duplicates=duplicates, duplicates_hint=DUPLICATES_HINT)
+
+
+def truth_ids(path: Path, duplicates: str = "error") -> list[str]:
     """Image ids of a truth file (annotations.parquet or train.csv), in file order."""
-    if path.suffix == ".parquet":
-        return list(dict.fromkeys(read_parquet(path)["image_id"]))
-    return list(dict.fromkeys(tables.read_train_csv(path)["id"]))
+    return list(dict.fromkeys(_truth_table(path, duplicates)["id"]))
 
 
-def load_truth(path: Path, image_ids: list[str]) -> tuple[dict[str, sp.csr_matrix], dict[str, str]]:
-    """True instances per image from ``annotations.parquet`` or a ``train.csv``."""
-    if path.suffix == ".parquet":
-        df = read_parquet(path)
-        df = df.rename(columns={"image_id": "id"})
-    else:
-        df = tables.read_train_csv(path)
+def load_truth(path: Path, image_ids: list[str], duplicates: str = "error"
+               ) -> tuple[dict[str, sp.csr_matrix], dict[str, str], dict[str, tuple[int, int]]]:
+    """True instances, cell type and (height, width) per image from ``annotations.parquet`` or a ``train.csv``."""
+    df = _truth_table(path, duplicates)
     missing = sorted(set(image_ids) - set(df["id"]))
     if missing:
         raise CellpipeError(f"no truth for image {missing[0]} ({len(missing)} missing)", where=str(path))
     df = df[df["id"].isin(set(image_ids))]
-    truths, types = {}, {}
+    truths, types, sizes = {}, {}, {}
     for image_id, g in df.groupby("id", sort=False):
         h, w = int(g["height"].iloc[0]), int(g["width"].iloc[0])
         runs = rle.parse_many(g["annotation"].tolist(), h * w, where=str(path))
         truths[image_id] = rle.to_csr(runs, h * w)
         types[image_id] = str(g["cell_type"].iloc[0])
-    return truths, types
+        sizes[image_id] = (h, w)
+    return truths, types, sizes
 
 
-def load_predictions(path: Path, image_ids: list[str], shape=SHAPE) -> list[ImagePredictions]:
-    return predictions.from_frame(read_parquet(path), image_ids, shape, where=str(path))
+def scored_pairs(truth: Path, truth_ids_: list[str], predictions_file: Path, *, truth_where: Path,
+                 duplicates: str = "error"
+                 ) -> tuple[list[tuple[ImagePredictions, sp.csr_matrix, str]], predictions.Alignment]:
+    """(predictions, truth, cell type) of every image in both the truth and the predictions.
+
+    Ids in only one of them are counted and reported as a warning; none in common is an
+    error; an image whose predictions and truth differ in size is an error.
+    """
+    pred = predictions.read(predictions_file)
+    alignment = predictions.align(truth_ids_, pred.sizes, truth_where=str(truth_where),
+                                  predictions_where=str(predictions_file))
+    if warning := alignment.warning():
+        log(f"[yellow]warning: {warning}[/yellow]")
+    truths, types, sizes = load_truth(truth, alignment.scored, duplicates)
+    out = []
+    for p in pred.select(alignment.scored):
+        if p.shape != sizes[p.image_id]:
+            raise CellpipeError(f"image {p.image_id} was predicted at {p.shape[1]}×{p.shape[0]} but the truth is "
+                                f"{sizes[p.image_id][1]}×{sizes[p.image_id][0]} (width×height)",
+                                where=str(predictions_file))
+        out.append((p, truths[p.image_id], types[p.image_id]))
+    return out, alignment
+
+
+def read_thresholds(path: Path, default: float | None = None) -> dict:
+    """The ``thresholds`` stage's choice; without the file, ``default`` for every class when given."""
+    if not path.is_file():
+        if default is None:
+            raise CellpipeError("thresholds file is missing", where=str(path))
+        log(f"[yellow]{path} not found: score threshold {default} for every class[/yellow]")
+        return {"score_threshold": {}, "min_size": 0}
+    data = read_json(path, "thresholds file")
+    if not isinstance(data, dict) or not isinstance(data.get("score_threshold"), dict):
+        raise CellpipeError("not a thresholds file (no 'score_threshold' mapping)", where=str(path))
+    return data

@@ -20,5 +20,5 @@ def run(
 ) -> None:
     data = coco.normalise(coco.load_json(livecell_json), where=str(livecell_json), image_root=livecell_images,
                           single_class=True)
-    write_json(data, out, indent=None)
+    write_json(coco.with_paths_for(data, out), out, indent=None)
     log(f"LIVECell: {len(data['images'])} images, {len(data['annotations'])} cells → {out}")

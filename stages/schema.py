@@ -48,12 +48,26 @@ def per_type_counts(v: Any) -> str | None:
     return None
 
 
+def options(*names: str) -> Check:
+    """A mapping of exactly these command-line options to non-empty strings (paths).
+
+    Paths reach ``dvc.yaml`` commands as such mappings (``${data.kaggle}``) because DVC
+    shell-quotes the values of a mapping it expands, and nothing else: a path with a
+    space, a quote or a ``;`` stays one argument and never becomes shell code.
+    """
+    def check(v: Any) -> str | None:
+        if not isinstance(v, dict) or set(v) != set(names):
+            return f"must be a mapping with exactly the key(s) {', '.join(names)}"
+        bad = [k for k, x in v.items() if not isinstance(x, str) or not x.strip()]
+        return f"{bad[0]} must be a non-empty path" if bad else None
+    return check
+
+
 # section -> key -> (types, check or None)
 SCHEMA: dict[str, dict[str, tuple[type | tuple[type, ...], Check | None]]] = {
     "data": {
-        "kaggle_dir": (str, None),
-        "livecell_json": (str, None),
-        "livecell_images": (str, None),
+        "kaggle": (dict, options("kaggle-dir")),
+        "livecell": (dict, options("livecell-json", "livecell-images")),
     },
     "synth": {
         "seed": (int, non_negative),
@@ -78,27 +92,31 @@ def boolean(v: Any) -> str | None:
     return None
 
 
+def number(x: Any) -> bool:
+    """An int or float, not a bool (YAML's ``true`` is an int to Python)."""
+    return isinstance(x, int | float) and not isinstance(x, bool)
+
+
 def grid(v: Any) -> str | None:
-    if not isinstance(v, list) or not v or not all(isinstance(x, int | float) and 0 <= x <= 1 for x in v):
+    if not isinstance(v, list) or not v or not all(number(x) and 0 <= x <= 1 for x in v):
         return "must be a non-empty list of numbers in [0, 1]"
     return None
 
 
 def anchors(v: Any) -> str | None:
-    if not isinstance(v, list) or len(v) != 5 or not all(isinstance(x, int) and x > 0 for x in v):
+    if not isinstance(v, list) or len(v) != 5 or not all(number(x) and isinstance(x, int) and x > 0 for x in v):
         return "must be 5 positive integers (one anchor size per FPN level)"
     return None
 
 
 def ratios(v: Any) -> str | None:
-    if not isinstance(v, list) or not v or not all(isinstance(x, int | float) and x > 0 for x in v):
+    if not isinstance(v, list) or not v or not all(number(x) and x > 0 for x in v):
         return "must be a non-empty list of positive numbers"
     return None
 
 
 NUM = (int, float)
 TRAIN_KEYS: dict[str, tuple[type | tuple[type, ...], Check | None]] = {
-    "init": (str, None),
     "iters": (int, positive),
     "batch_size": (int, positive),
     "lr": (NUM, positive),
@@ -141,8 +159,9 @@ SCHEMA["model"] = {
     "box_score_thresh": (NUM, unit),
     "mask_threshold": (NUM, open_unit),
 }
-SCHEMA["pretrain"] = {**TRAIN_KEYS, "val_images": (int, positive)}
-SCHEMA["finetune"] = dict(TRAIN_KEYS)
+SCHEMA["pretrain"] = {"init": (str, one_of("none", "imagenet", "coco")), **TRAIN_KEYS, "val_images": (int, positive)}
+SCHEMA["finetune"] = {"init": (str, one_of("checkpoint", "none", "imagenet", "coco")),
+                      "init_checkpoint": (dict, options("init-checkpoint")), **TRAIN_KEYS}
 SCHEMA["predict"] = {"tta": (bool, boolean), "tta_iou": (NUM, open_unit), "detections_per_img": (int, non_negative)}
 SCHEMA["thresholds"] = {"grid": (list, grid), "min_size": (int, non_negative), "fallback": (NUM, unit)}
 

@@ -6,6 +6,7 @@ Also scores any predictions table against any ``train.csv``-format truth.
 from __future__ import annotations
 
 import json
+from enum import StrEnum
 from pathlib import Path
 
 import pandas as pd
@@ -16,7 +17,12 @@ from cellpipe import metric, thresholds
 from cellpipe.errors import CellpipeError
 from cellpipe.tables import CELL_TYPES
 from stages.common import console, log, write_csv, write_json
-from stages.evaluation import load_predictions, load_truth, truth_ids, val_image_list
+from stages.evaluation import scored_pairs, truth_ids, val_image_list
+
+
+class Duplicates(StrEnum):
+    error = "error"
+    drop = "drop"
 
 
 def run(
@@ -30,18 +36,21 @@ def run(
     per_iou_out: Path = typer.Option(Path("metrics/val_per_iou.csv"), help="score per IoU threshold, per class (plots)"),
     all_truth_images: bool = typer.Option(False, "--all-truth-images",
                                           help="score every image of the truth file instead of the images of --val"),
+    duplicates: Duplicates = typer.Option(Duplicates.error, help="rows of a train.csv truth repeating an earlier "
+                                          "row's image and mask (the real train.csv has 15): error | drop"),
 ) -> None:
     if not thresholds_file.is_file():
         raise CellpipeError("thresholds file is missing", where=str(thresholds_file))
     th = json.loads(thresholds_file.read_text())
-    ids = truth_ids(truth) if all_truth_images else val_image_list(val)["image_id"].tolist()
-    truths, types = load_truth(truth, ids)
+    ids = truth_ids(truth, duplicates.value) if all_truth_images else val_image_list(val)["image_id"].tolist()
+    pairs, alignment = scored_pairs(truth, ids, predictions, truth_where=truth if all_truth_images else val,
+                                    duplicates=duplicates.value)
     rows = []
-    for pred in load_predictions(predictions, ids):
+    for pred, true, cell_type in pairs:
         _, final = thresholds.apply_chosen(pred, th["score_threshold"], th.get("min_size", 0), CELL_TYPES[0])
-        rows.append((pred.image_id, types[pred.image_id], truths[pred.image_id], final))
+        rows.append((pred.image_id, cell_type, true, final))
     report = metric.evaluate(rows)
-    summary = report.to_dict()
+    summary = {**report.to_dict(), **alignment.counts()}
     write_json(summary, out)
     write_csv(report.per_image, per_image_out)
     per_class = report.per_threshold(by_class=True).T

@@ -9,7 +9,7 @@ import typer
 from cellpipe import thresholds
 from cellpipe.tables import CELL_TYPES
 from stages.common import PARAMS_HELP, load_params, log, write_csv, write_json
-from stages.evaluation import load_predictions, load_truth, val_image_list
+from stages.evaluation import scored_pairs, val_image_list
 
 
 def run(
@@ -22,10 +22,9 @@ def run(
     params: Path = typer.Option(Path("params.yaml"), help=PARAMS_HELP),
 ) -> None:
     p = load_params(params, "thresholds")
-    images = val_image_list(val)
-    ids = images["image_id"].tolist()
-    truths, _ = load_truth(truth, ids)
-    preds = load_predictions(predictions, ids)
+    pairs, _ = scored_pairs(truth, val_image_list(val)["image_id"].tolist(), predictions, truth_where=val)
+    preds = [pred for pred, _, _ in pairs]
+    truths = {pred.image_id: t for pred, t, _ in pairs}
     table = thresholds.sweep(preds, truths, p["grid"], p["min_size"], default_class=CELL_TYPES[0])
     chosen = thresholds.choose(table, list(CELL_TYPES), p["fallback"])
     wide = table.pivot(index="threshold", columns="cell_type", values="score").reset_index()

@@ -58,7 +58,8 @@ class LiveLogger:
 
 
 def run_training(*, stage: str, train_json: Path, val_source: Path, out: Path, params_all: dict[str, Any],
-                 single_class: bool, val_images: int | None = None) -> None:
+                 single_class: bool, val_images: int | None = None, init_checkpoint: Path | None = None) -> None:
+    """Train ``stage``'s model; ``init_checkpoint`` is the file ``init: checkpoint`` loads (a DVC dependency)."""
     p = params_all[stage]
     mcfg = models.ModelConfig.from_params(params_all["model"])
     if mcfg.backend == "detectron2":  # fail before any work when it is not installed
@@ -89,8 +90,10 @@ def run_training(*, stage: str, train_json: Path, val_source: Path, out: Path, p
     torch.manual_seed(tcfg.seed)
     model = models.build(mcfg, len(class_names))
     init = p["init"]
-    if init == "livecell":
-        init = "models/livecell/best.pt"
+    if init == "checkpoint":
+        if init_checkpoint is None:
+            raise CellpipeError(f"{stage}.init is 'checkpoint' but no --init-checkpoint was given")
+        init = str(init_checkpoint)
     desc = models.initialise(model, init)
     # resuming is safe only with the same inputs and the same training code
     import cellpipe.data

@@ -6,18 +6,16 @@ TP/FP/FN at IoU 0.5) and every test image (predictions only), as PNG panels.
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
 
 import typer
 
-from cellpipe import overlay, thresholds
+from cellpipe import coco, overlay, predictions, thresholds
 from cellpipe.atomic import atomic_path
-from cellpipe.errors import CellpipeError
-from cellpipe.images import read_grey
+from cellpipe.images import list_images, read_grey
 from cellpipe.tables import CELL_TYPES
 from stages.common import log
-from stages.evaluation import image_folder, load_predictions, load_truth, val_image_list
+from stages.evaluation import read_thresholds, scored_pairs, val_image_list
 
 
 def run(
@@ -25,30 +23,31 @@ def run(
     test_predictions: Path = typer.Option(Path("data/predictions/test.parquet"), help="test detections"),
     val: Path = typer.Option(Path("data/coco/val.json"), help="COCO JSON of the val split"),
     truth: Path = typer.Option(Path("data/interim/annotations.parquet"), help="truth: annotations.parquet or a train.csv"),
-    test_dir: Path = typer.Option(Path("data/raw/kaggle/test"), help="folder of test images"),
+    kaggle_dir: Path = typer.Option(Path("data/raw/kaggle"), help="Kaggle-layout folder whose test/ images to draw"),
+    test_dir: Path | None = typer.Option(None, help="folder of test images instead [default: KAGGLE_DIR/test]"),
     thresholds_file: Path = typer.Option(Path("metrics/thresholds.json"), "--thresholds", help="per-class thresholds"),
     per_type: int = typer.Option(2, help="val images drawn per cell type"),
     out: Path = typer.Option(Path("plots/overlays"), help="folder of overlay PNGs"),
 ) -> None:
-    if not thresholds_file.is_file():
-        raise CellpipeError("thresholds file is missing", where=str(thresholds_file))
-    th = json.loads(thresholds_file.read_text())
+    th = read_thresholds(thresholds_file)
     images = val_image_list(val)
     chosen = images.sort_values("image_id").groupby("cell_type").head(per_type)
-    paths = {str(im.get("kaggle_id", im["id"])): im["path"] for im in json.loads(val.read_text())["images"]}
-    ids = chosen["image_id"].tolist()
-    truths, types = load_truth(truth, ids)
+    paths = coco.image_paths(coco.load_json(val), val)
+    pairs, _ = scored_pairs(truth, chosen["image_id"].tolist(), val_predictions, truth_where=val)
+    test = list_images(test_dir or kaggle_dir / "test")
+    test_pred = predictions.read(test_predictions)
+    drawn = [i for i in test if i in test_pred.sizes]
+    if len(drawn) < len(test):
+        log(f"[yellow]warning: {len(test) - len(drawn)} test image(s) were not predicted and are not drawn[/yellow]")
     with atomic_path(out, directory=True) as tmp:
-        for pred in load_predictions(val_predictions, ids):
+        for pred, true, cell_type in pairs:
             _, final = thresholds.apply_chosen(pred, th["score_threshold"], th.get("min_size", 0), CELL_TYPES[0])
-            grey = read_grey(paths[pred.image_id])
-            title = f"val {pred.image_id} ({types[pred.image_id]}): truth vs prediction"
-            overlay.draw(grey, truths[pred.image_id], final, title=title).save(
-                tmp / f"val_{types[pred.image_id]}_{pred.image_id}.png")
-        test = image_folder(test_dir)
-        for pred in load_predictions(test_predictions, [i for i, _ in test]):
+            title = f"val {pred.image_id} ({cell_type}): truth vs prediction"
+            overlay.draw(read_grey(paths[pred.image_id]), true, final, title=title).save(
+                tmp / f"val_{cell_type}_{pred.image_id}.png")
+        for pred in test_pred.select(drawn):
             cls, final = thresholds.apply_chosen(pred, th["score_threshold"], th.get("min_size", 0), CELL_TYPES[0])
-            grey = read_grey(dict(test)[pred.image_id])
-            overlay.draw(grey, None, final, title=f"test {pred.image_id} (predicted {cls}): {final.shape[0]} cells").save(
+            overlay.draw(read_grey(test[pred.image_id]), None, final,
+                         title=f"test {pred.image_id} (predicted {cls}): {final.shape[0]} cells").save(
                 tmp / f"test_{pred.image_id}.png")
-    log(f"overlays of {len(ids)} val and {len(test)} test images → {out}")
+    log(f"overlays of {len(pairs)} val and {len(drawn)} test images → {out}")

@@ -42,5 +42,39 @@ def kaggle_copy(tmp_path, tiny_kaggle) -> Path:
     return dst
 
 
+def params_text(repo: Path = REPO) -> str:
+    """The repo's params.yaml as committed, whatever experiment the workspace holds.
+
+    ``dvc exp run`` / ``./run.sh profile`` rewrite the workspace's params.yaml (real-data
+    paths, ``decode.duplicates: drop``); tests must not inherit that. Experiments change
+    values, development changes keys: when the workspace file has the committed file's
+    keys, the committed one is used; when its keys differ (a new knob not committed
+    yet), the workspace one.
+    """
+    import yaml
+
+    work = (repo / "params.yaml").read_text()
+    head = subprocess.run(["git", "show", "HEAD:params.yaml"], cwd=repo, capture_output=True, text=True)
+    if head.returncode != 0:
+        return work
+
+    def keys(d, prefix=""):
+        return {prefix + k for k in d} | {x for k, v in d.items() if isinstance(v, dict) and k not in ("images_per_type",)
+                                          for x in keys(v, f"{prefix}{k}.")}
+
+    return head.stdout if keys(yaml.safe_load(head.stdout)) == keys(yaml.safe_load(work)) else work
+
+
+def write_params(path: Path, edit=None) -> Path:
+    """Write the committed params (see :func:`params_text`), edited by ``edit(dict)``, to ``path``."""
+    import yaml
+
+    params = yaml.safe_load(params_text())
+    if edit is not None:
+        edit(params)
+    path.write_text(yaml.safe_dump(params, sort_keys=False))
+    return path
+
+
 def requires_shared():
     return pytest.mark.skipif(not SAMPLE.is_dir(), reason="../shared/data is not beside the repo")

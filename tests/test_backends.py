@@ -85,7 +85,7 @@ def test_engine_checkpoints_reload_to_identical_predictions(backend, tiny_coco, 
     tcfg = engine.TrainConfig(iters=4, eval_every=2, warmup_iters=1, lr=0.01, eval_score_threshold=0.0)
     summary = engine.train(model, ds, val, tcfg, cfg, tmp_path, classes=CLASSES, init="none")
     assert summary["iterations"] == 4 and (tmp_path / "best.pt").is_file() and (tmp_path / "last.pt").is_file()
-    last = torch.load(tmp_path / "last.pt", weights_only=False)
+    last = torch.load(tmp_path / "last.pt", weights_only=True)
     loaded, mcfg, classes = load_model(tmp_path / "last.pt", "cpu")
     assert mcfg.backend == backend and classes == CLASSES
     model.load_state_dict(last["model"])
@@ -179,7 +179,7 @@ def test_detectron2_backend_runs_the_whole_dag(tmp_path):
     assert {"pretrain", "finetune", "predict", "thresholds", "score", "submit"} <= set(ran_stages(out.stdout))
     metrics = json.loads((repo / "metrics/val.json").read_text())
     assert 0.0 <= metrics["map_iou"] <= 1.0
-    ckpt = torch.load(repo / "models/finetune/best.pt", weights_only=False)
+    ckpt = torch.load(repo / "models/finetune/best.pt", weights_only=True)
     assert ckpt["model_config"]["backend"] == "detectron2" and any(k.startswith("net.") for k in ckpt["model"])
     assert (repo / "models/finetune/live/metrics.json").is_file()
     assert (repo / "data/submission/submission.csv").read_text().startswith("id,predicted")

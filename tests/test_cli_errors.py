@@ -15,7 +15,7 @@ import torch
 from PIL import Image
 
 from cellpipe import models
-from tests.conftest import run_cli
+from tests.conftest import run_cli, write_params
 
 
 def one_line_error(proc, *needles: str) -> None:
@@ -97,7 +97,7 @@ def test_broken_coco_files_through_the_cli(tmp_path, text, message):
 
 def test_our_coco_files_are_checked_by_the_training_stages(tmp_path):
     (tmp_path / "train.json").write_text('{"images": [], "annotations": [], "categories": []}')
-    (tmp_path / "p.yaml").write_text(Path("params.yaml").read_text())
+    write_params(tmp_path / "p.yaml")
     proc = run_cli("finetune", "--train", str(tmp_path / "train.json"), "--val", str(tmp_path / "train.json"),
                    "--out", str(tmp_path / "ft"), "--params", str(tmp_path / "p.yaml"))
     one_line_error(proc, "train.json")
@@ -136,7 +136,7 @@ def test_bad_checkpoints_through_predict(tmp_path, damage, message):
         torch.save({"weights": 1}, ckpt)
     elif damage in ("other_architecture", "other_class_count"):
         cellpipe_checkpoint(ckpt, TINY, ["shsy5y", "astro", "cort"])
-        state = torch.load(ckpt, weights_only=False)
+        state = torch.load(ckpt, weights_only=True)
         if damage == "other_architecture":
             state["model_config"]["fpn_channels"] = 32  # claims a wider FPN than its weights
         else:
@@ -149,33 +149,32 @@ def test_bad_checkpoints_through_predict(tmp_path, damage, message):
     assert not (tmp_path / "out").exists()
 
 
-def finetune_on(kaggle: Path, tmp_path: Path, params: str):
-    """decode → coco → ``cellpipe finetune`` on ``kaggle`` with the given params text."""
-    p = tmp_path / "p.yaml"
-    p.write_text(params)
+def finetune_on(kaggle: Path, tmp_path: Path, edit, *extra: str):
+    """decode → coco → ``cellpipe finetune`` on ``kaggle`` with the committed params edited by ``edit``."""
+    p = write_params(tmp_path / "p.yaml", edit)
     run_cli("decode", "--kaggle-dir", str(kaggle), "--annotations-out", str(tmp_path / "a.parquet"),
             "--images-out", str(tmp_path / "i.parquet"), "--params", str(p), check=True)
     run_cli("coco", "--annotations", str(tmp_path / "a.parquet"), "--images", str(tmp_path / "i.parquet"),
             "--train-out", str(tmp_path / "train.json"), "--val-out", str(tmp_path / "val.json"),
             "--params", str(p), check=True)
     return run_cli("finetune", "--train", str(tmp_path / "train.json"), "--val", str(tmp_path / "val.json"),
-                   "--out", str(tmp_path / "ft"), "--params", str(p))
+                   "--out", str(tmp_path / "ft"), "--params", str(p), *extra)
 
 
 def test_bad_init_checkpoint_through_finetune(tmp_path, tiny_kaggle):
-    """``finetune.init: <path>``: a truncated file fails before any training, naming it."""
-    params = Path("params.yaml").read_text().replace("init: livecell", f"init: {tmp_path / 'init.pt'}")
+    """``--init-checkpoint`` (``finetune.init: checkpoint``): a truncated file fails before any training, naming it."""
     (tmp_path / "init.pt").write_bytes(b"PK\x03\x04garbage")
-    proc = finetune_on(tiny_kaggle, tmp_path, params)
+    proc = finetune_on(tiny_kaggle, tmp_path, None, "--init-checkpoint", str(tmp_path / "init.pt"))
     one_line_error(proc, "init.pt", "unreadable or truncated")
     assert not list((tmp_path / "ft").glob("*.pt")) if (tmp_path / "ft").exists() else True
 
 
 def test_diverging_training_stops_with_a_clear_error(tmp_path, tiny_kaggle):
     """An absurd learning rate: the loss becomes non-finite and training stops naming the cure."""
-    params = (Path("params.yaml").read_text().replace("init: livecell", "init: none")
-              .replace("lr: 0.02", "lr: 1.0e+12").replace("iters: 500", "iters: 20"))
-    proc = finetune_on(tiny_kaggle, tmp_path, params)
+    def edit(p):
+        p["finetune"].update(init="none", lr=1.0e12, iters=20)
+
+    proc = finetune_on(tiny_kaggle, tmp_path, edit)
     one_line_error(proc, "loss became non-finite at iteration", "lower the lr")
     assert not (tmp_path / "ft" / "summary.json").exists()
 
@@ -204,9 +203,13 @@ def test_out_of_memory_names_the_knobs(monkeypatch, tmp_path):
 
 # ---------------------------------------------------------------- submissions
 
-def sample_submission(tmp_path: Path, ids=("a", "b")) -> Path:
+def sample_submission(tmp_path: Path, ids=("a", "b"), size=(520, 704)) -> Path:
+    """A Kaggle-layout sample submission with its test/ images (of ``size``)."""
     path = tmp_path / "sample_submission.csv"
     path.write_text("id,predicted\n" + "".join(f"{i},\n" for i in ids))
+    (tmp_path / "test").mkdir(exist_ok=True)
+    for i in ids:
+        Image.new("L", (size[1], size[0])).save(tmp_path / "test" / f"{i}.png")
     return path
 
 

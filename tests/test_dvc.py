@@ -10,7 +10,7 @@ from pathlib import Path
 import pytest
 import yaml
 
-from tests.conftest import REPO, SAMPLE, SHARED, requires_shared
+from tests.conftest import REPO, SAMPLE, SHARED, params_text, requires_shared
 
 TINY = {
     "synth": {"images_per_type": {"shsy5y": 2, "astro": 2, "cort": 2}, "cells_scale": 0.1, "images_per_sample": 1,
@@ -24,20 +24,22 @@ TINY = {
 }
 
 
-def tracked_copy(dst: Path) -> None:
-    files = subprocess.run(["git", "ls-files", "-co", "--exclude-standard"], cwd=REPO, capture_output=True,
+def tracked_copy(dst: Path, source: Path = REPO) -> None:
+    """The files git tracks (or would: untracked, not ignored) of ``source``, params.yaml as committed."""
+    files = subprocess.run(["git", "ls-files", "-co", "--exclude-standard"], cwd=source, capture_output=True,
                            text=True, check=True).stdout.split("\n")
     for rel in filter(None, files):
-        src = REPO / rel
+        src = source / rel
         if src.is_file():
             (dst / rel).parent.mkdir(parents=True, exist_ok=True)
             shutil.copy2(src, dst / rel)
+    (dst / "params.yaml").write_text(params_text(source))
 
 
 def shrink_params(path: Path, overrides: dict) -> None:
     params = yaml.safe_load(path.read_text())
     for section, values in overrides.items():
-        params[section].update(values)
+        params.setdefault(section, {}).update(values)
     path.write_text(yaml.safe_dump(params, sort_keys=False))
 
 
@@ -50,11 +52,14 @@ def dvc(cwd: Path, *args: str) -> subprocess.CompletedProcess:
     return proc
 
 
-def make_repo(root: Path, overrides: dict | None = None) -> Path:
-    """A git repo at ``root/repo`` holding the tracked files, tiny params (+ ``overrides``), no dvc.lock."""
+def make_repo(root: Path, overrides: dict | None = None, source: Path = REPO) -> Path:
+    """A git repo at ``root/repo`` holding the tracked files, tiny params (+ ``overrides``), no dvc.lock.
+
+    Built from the committed params, never the workspace's (which ``dvc exp run`` changes).
+    """
     dst = root / "repo"
     dst.mkdir()
-    tracked_copy(dst)
+    tracked_copy(dst, source)
     (dst / "dvc.lock").unlink(missing_ok=True)
     params = {section: dict(values) for section, values in TINY.items()}
     for section, values in (overrides or {}).items():
@@ -103,8 +108,9 @@ def test_real_sample_profile_runs_the_whole_dag(repo_copy):
     """The README's real-data path on the shared real samples (6 Kaggle + 5 LIVECell images)."""
     livecell = SHARED / "livecell"
     shrink_params(repo_copy / "params.yaml", {
-        "data": {"kaggle_dir": str(SAMPLE), "livecell_json": str(livecell / "livecell_coco_val_subset5img.json"),
-                 "livecell_images": str(livecell / "images")},
+        "data": {"kaggle": {"kaggle-dir": str(SAMPLE)},
+                 "livecell": {"livecell-json": str(livecell / "livecell_coco_val_subset5img.json"),
+                              "livecell-images": str(livecell / "images")}},
         "decode": {"duplicates": "drop"},
     })
     dvc(repo_copy, "repro")

@@ -35,7 +35,7 @@ def dag(tmp_path_factory) -> tuple[Path, dict, dict]:
     repo = make_repo(tmp_path_factory.mktemp("kill"), {"finetune": {"iters": FINETUNE_ITERS, "eval_every": 4}})
     dvc(repo, "repro")
     metrics = json.loads((repo / "metrics/val.json").read_text())
-    weights = torch.load(repo / "models/finetune/last.pt", weights_only=False)["model"]
+    weights = torch.load(repo / "models/finetune/last.pt", weights_only=True)["model"]
     return repo, metrics, weights
 
 
@@ -59,7 +59,7 @@ def check_training_folder(folder: Path) -> list[str]:
         return problems
     for p in folder.glob("*.pt"):
         try:
-            ckpt = torch.load(p, weights_only=False)
+            ckpt = torch.load(p, weights_only=True)
             assert "model" in ckpt and "iteration" in ckpt
         except Exception as exc:  # noqa: BLE001 - any failure is the finding
             problems.append(f"{p.name}: {exc.__class__.__name__}")
@@ -133,7 +133,7 @@ def wait_for_checkpoint(path: Path, at_least: int, proc: subprocess.Popen, timeo
             raise AssertionError("dvc repro ended before it could be interrupted")
         if path.is_file():
             try:
-                it = torch.load(path, weights_only=False)["iteration"]
+                it = torch.load(path, weights_only=True)["iteration"]
             except Exception:  # noqa: BLE001 - being replaced right now
                 it = 0
             if it >= at_least:
@@ -161,7 +161,7 @@ def test_finetune_killed_then_dvc_repro_resumes_to_the_same_result(dag):
     assert "finetune" in ran_stages(second.stdout)
     summary = json.loads((repo / "models/finetune/summary.json").read_text())
     assert summary["resumed_from"] >= killed_at and summary["iterations"] == iters
-    resumed = torch.load(repo / "models/finetune/last.pt", weights_only=False)
+    resumed = torch.load(repo / "models/finetune/last.pt", weights_only=True)
     assert resumed["iteration"] == iters
     for key, value in weights.items():
         assert torch.allclose(resumed["model"][key].float(), value.float(), atol=1e-5), key

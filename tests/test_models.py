@@ -54,7 +54,7 @@ def test_loss_goes_down_and_best_is_kept(tiny_coco, tmp_path):
     evals = [(s, m["val/map_iou"]) for s, m in logs if "val/map_iou" in m]
     assert [s for s, _ in evals] == [6, 12]
     best_step, best = max(evals, key=lambda e: (e[1], -e[0]))
-    ckpt = torch.load(tmp_path / "best.pt", weights_only=False)
+    ckpt = torch.load(tmp_path / "best.pt", weights_only=True)
     assert ckpt["iteration"] == summary["best_iteration"] == best_step
     assert ckpt["best"] == pytest.approx(best)
 
@@ -78,7 +78,7 @@ def test_resume_continues_at_the_same_iteration_with_the_same_state(tiny_coco, t
     with pytest.raises(Interrupt):
         engine.train(model, ds, val, cfg, TINY_MODEL, tmp_path / "part", classes=["shsy5y", "astro", "cort"],
                      init="none", on_log=kill_at_4)
-    assert torch.load(tmp_path / "part" / "last.pt", weights_only=False)["iteration"] == 4
+    assert torch.load(tmp_path / "part" / "last.pt", weights_only=True)["iteration"] == 4
     torch.manual_seed(0)
     resumed = models.build(TINY_MODEL, 3)
     summary = engine.train(resumed, ds, val, cfg, TINY_MODEL, tmp_path / "part", classes=["shsy5y", "astro", "cort"],

@@ -31,7 +31,7 @@ def test_build_orders_rows_and_keeps_empty_images(tmp_path):
     assert df["predicted"].iloc[0] == ""
     path = tmp_path / "submission.csv"
     df.to_csv(path, index=False)
-    assert submission.validate(path, ["a", "b"], shape) == {"rows": 3, "images": 2, "cells": 2}
+    assert submission.validate(path, ["a", "b"], {"a": shape, "b": shape}) == {"rows": 3, "images": 2, "cells": 2}
     for s in df["predicted"].iloc[1:]:
         assert rle.decode(s, shape).sum() > 0
 
@@ -48,9 +48,22 @@ def test_validator_catches_bad_submissions(tmp_path, rows, message):
     pd.DataFrame(rows + ([("b", "")] if "no row" not in message else []), columns=["id", "predicted"]).to_csv(
         path, index=False)
     with pytest.raises(CellpipeError, match=message):
-        submission.validate(path, ["a", "b"], (6, 8))
+        submission.validate(path, ["a", "b"], {"a": (6, 8), "b": (6, 8)})
 
 
 def test_missing_predictions_for_a_test_image():
     with pytest.raises(CellpipeError, match="no predictions for test image z"):
         submission.build([], ["z"])
+
+
+def test_validator_checks_runs_against_each_image_own_size(tmp_path):
+    """Two images of other sizes: a run that fits the larger one is past the end of the smaller one."""
+    path = tmp_path / "s.csv"
+    pd.DataFrame([("big", "700 10"), ("small", "1 4")], columns=["id", "predicted"]).to_csv(path, index=False)
+    sizes = {"big": (30, 40), "small": (10, 12)}
+    assert submission.validate(path, ["big", "small"], sizes)["cells"] == 2
+    pd.DataFrame([("big", "1 4"), ("small", "115 10")], columns=["id", "predicted"]).to_csv(path, index=False)
+    with pytest.raises(CellpipeError, match="past the image"):
+        submission.validate(path, ["big", "small"], sizes)
+    with pytest.raises(CellpipeError, match="image small: its size is unknown"):
+        submission.validate(path, ["big", "small"], {"big": (30, 40)})

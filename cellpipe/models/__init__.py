@@ -18,7 +18,6 @@ from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
 from typing import Any
 
-import torch
 from torch import nn
 from torchvision.models import resnet
 from torchvision.models.detection import MaskRCNN
@@ -28,6 +27,7 @@ from torchvision.models.detection.faster_rcnn import FastRCNNConvFCHead, FastRCN
 from torchvision.models.detection.mask_rcnn import MaskRCNNHeads, MaskRCNNPredictor
 from torchvision.ops.feature_pyramid_network import LastLevelMaxPool
 
+from cellpipe import checkpoints
 from cellpipe.errors import CellpipeError
 
 # heads whose shape depends on the number of classes
@@ -152,15 +152,9 @@ def is_detectron2(model: nn.Module) -> bool:
 
 
 def load_checkpoint(path: str | Path, map_location: str = "cpu") -> dict[str, Any]:
-    """Load a cellpipe checkpoint with a one-line error when missing or damaged."""
-    path = Path(path)
-    if not path.is_file():
-        raise CellpipeError("checkpoint is missing", where=str(path))
-    try:
-        ckpt = torch.load(path, map_location=map_location, weights_only=False)
-    except Exception as exc:  # truncated zip, pickle errors, ...
-        raise CellpipeError(f"checkpoint is unreadable or truncated ({exc.__class__.__name__})", where=str(path)) from None
-    if not isinstance(ckpt, dict) or "model" not in ckpt:
+    """Load a cellpipe checkpoint as data (never code), with a one-line error when unusable."""
+    ckpt = checkpoints.load(path, map_location)
+    if "model" not in ckpt:
         raise CellpipeError("not a cellpipe checkpoint (no 'model' state)", where=str(path))
     return ckpt
 

@@ -28,6 +28,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from cellpipe import checkpoints
 from cellpipe.errors import CellpipeError
 
 if TYPE_CHECKING:
@@ -246,6 +247,23 @@ def load_detectron2_checkpoint(model: Detectron2MaskRCNN, path: str | Path) -> s
 
         def _log_incompatible_keys(self, incompatible) -> None:
             pass
+
+        def _load_file(self, filename):
+            """detectron2's own reader, minus its code-running unpickling (see cellpipe.checkpoints)."""
+            if filename.endswith(".pkl"):
+                data = checkpoints.load_pickle(filename)
+                if not isinstance(data, dict):
+                    raise CellpipeError("not a detectron2 checkpoint (not a dict)", where=str(path))
+                if "model" in data and "__author__" in data:  # detectron2 model-zoo format
+                    return data
+                data = data.get("blobs", data)  # Caffe2 / Detectron1 model zoo
+                data = {k: v for k, v in data.items() if not k.endswith("_momentum")}
+                return {"model": data, "__author__": "Caffe2", "matching_heuristics": True}
+            loaded = checkpoints.load(filename)
+            if "model" not in loaded:
+                loaded = {"model": loaded}
+            loaded["matching_heuristics"] = True
+            return loaded
 
     path = Path(path)
     if not path.is_file():
