@@ -71,9 +71,43 @@ def make_repo(root: Path, overrides: dict | None = None, source: Path = REPO) ->
     return dst
 
 
+def apply_profile(workspace: Path, name: str) -> dict:
+    """Set ``profiles/NAME.yaml``'s values in ``workspace``'s params.yaml, as ``dvc exp run -S`` leaves it."""
+    params = yaml.safe_load((workspace / "params.yaml").read_text())
+    applied = {}
+    for line in (workspace / "profiles" / f"{name}.yaml").read_text().splitlines():
+        if not line.strip() or line.startswith("#"):
+            continue
+        key, value = line.split(":", 1)
+        *parents, leaf = key.strip().split(".")
+        node = params
+        for p in parents:
+            node = node.setdefault(p, {})
+        node[leaf] = applied[key.strip()] = yaml.safe_load(value)
+    (workspace / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
+    return applied
+
+
 @pytest.fixture
 def repo_copy(tmp_path) -> Path:
-    return make_repo(tmp_path)
+    """A tiny repo made from a workspace where an experiment was applied (``./run.sh profile real-sample``):
+    what the DAG tests see must not depend on what the workspace holds."""
+    workspace = tmp_path / "workspace"
+    workspace.mkdir()
+    tracked_copy(workspace)
+    for cmd in (["git", "init", "-q"], ["git", "add", "-A"],
+                ["git", "-c", "user.name=t", "-c", "user.email=t@t", "commit", "-qm", "workspace"]):
+        subprocess.run(cmd, cwd=workspace, check=True, capture_output=True)
+    applied = apply_profile(workspace, "real-sample")
+    assert applied["decode.duplicates"] == "drop"
+    repo = make_repo(tmp_path, source=workspace)
+    params = yaml.safe_load((repo / "params.yaml").read_text())
+    assert params["decode"]["duplicates"] == "error" and params["data"]["kaggle"]["kaggle-dir"] == "data/raw/kaggle"
+    return repo
+
+
+def stale_stages(repo: Path) -> set[str]:
+    return set(json.loads(dvc(repo, "status", "--json").stdout or "{}"))
 
 
 def ran_stages(output: str) -> list[str]:
@@ -94,6 +128,13 @@ def test_repro_from_clean_then_noop(repo_copy):
     second = dvc(repo_copy, "repro")
     assert ran_stages(second.stdout) == []
     assert "up to date" in dvc(repo_copy, "status").stdout
+    # an edit to drawing code makes only the stage that draws stale; the edit undone, all is up to date
+    overlay = repo_copy / "cellpipe/overlay.py"
+    original = overlay.read_text()
+    overlay.write_text(original + "\n# an edit\n")
+    assert stale_stages(repo_copy) == {"visualize"}
+    overlay.write_text(original)
+    assert stale_stages(repo_copy) == set()
     shown = dvc(repo_copy, "metrics", "show").stdout
     assert "map_iou" in shown and "per_class.cort" in shown
     # an experiment on a finetune knob reruns finetune and what follows, nothing upstream
@@ -106,14 +147,23 @@ def test_repro_from_clean_then_noop(repo_copy):
 @requires_shared()
 def test_real_sample_profile_runs_the_whole_dag(repo_copy):
     """The README's real-data path on the shared real samples (6 Kaggle + 5 LIVECell images)."""
-    livecell = SHARED / "livecell"
+    # the data sit in a folder whose name is shell syntax: it must stay one argument, never run
+    weird = repo_copy.parent / "my data's; touch PWNED"
+    shutil.copytree(SAMPLE, weird / "kaggle")
+    shutil.copytree(SHARED / "livecell", weird / "live cell")
     shrink_params(repo_copy / "params.yaml", {
-        "data": {"kaggle": {"kaggle-dir": str(SAMPLE)},
-                 "livecell": {"livecell-json": str(livecell / "livecell_coco_val_subset5img.json"),
-                              "livecell-images": str(livecell / "images")}},
+        "data": {"kaggle": {"kaggle-dir": str(weird / "kaggle")},
+                 "livecell": {"livecell-json": str(weird / "live cell" / "livecell_coco_val_subset5img.json"),
+                              "livecell-images": str(weird / "live cell" / "images")}},
         "decode": {"duplicates": "drop"},
     })
+    subprocess.run(["git", "commit", "-qam", "real data"], cwd=repo_copy, check=True, capture_output=True,
+                   env={**os.environ, "GIT_AUTHOR_NAME": "t", "GIT_AUTHOR_EMAIL": "t@t", "GIT_COMMITTER_NAME": "t",
+                        "GIT_COMMITTER_EMAIL": "t@t"})
     dvc(repo_copy, "repro")
+    assert not list(repo_copy.rglob("PWNED")) and not list(repo_copy.parent.glob("PWNED"))
+    lock = (repo_copy / "dvc.lock").read_text()
+    assert "my data'\"'\"'s; touch PWNED" in lock  # shlex-quoted in the recorded command
     test_ids = {p.stem for p in (SAMPLE / "test").glob("*.png")}
     sub = (repo_copy / "data/submission/submission.csv").read_text().splitlines()
     assert sub[0] == "id,predicted" and {line.split(",")[0] for line in sub[1:]} == test_ids
