@@ -72,7 +72,7 @@ def dvc_noop(kaggle: Path) -> cases.Result:
     work.mkdir(parents=True)
     shutil.copy(REPO / "params.yaml", work / "params.yaml")
     params = yaml.safe_load((work / "params.yaml").read_text())
-    params["data"]["kaggle_dir"] = str(kaggle)
+    params["data"]["kaggle"]["kaggle-dir"] = str(kaggle)
     (work / "params.yaml").write_text(yaml.safe_dump(params))
     stages = yaml.safe_load((REPO / "dvc.yaml").read_text())["stages"]
     for name in ("decode", "coco"):
