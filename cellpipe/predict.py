@@ -2,8 +2,8 @@
 
 Instances are returned as sparse ``(n, height*width)`` matrices (see
 :mod:`cellpipe.metric`) with scores and class labels, at the image's own resolution.
-Optional flip test-time augmentation runs the flipped image too and merges the two
-detection sets with mask-level NMS.
+Optional flip test-time augmentation runs the flipped images too and merges the
+passes: matched masks are combined and scores averaged over the passes.
 """
 
 from __future__ import annotations
@@ -62,20 +62,50 @@ def predict_image(model: torch.nn.Module, grey: np.ndarray, *, device: torch.dev
         with torch.autocast(device_type="cuda", enabled=str(device).startswith("cuda")):
             o = model([x.flip(dim)])[0]
         parts.append(_to_instances(o, shape, mask_threshold, flip))
-    return merge_nms(parts, tta_iou)
+    return merge_passes(parts, tta_iou)
 
 
-def merge_nms(parts: list[Instances], iou_threshold: float) -> Instances:
-    """Union of detection sets, suppressing masks that overlap a higher-scored one."""
+def merge_passes(parts: list[Instances], iou_threshold: float) -> Instances:
+    """Combine the detections of several passes (flips) of one image.
+
+    Detections of different passes whose masks overlap above ``iou_threshold`` are one
+    cell (greedy, by descending score, at most one detection per pass). A cell's score
+    is the mean over *all* passes, a pass that missed it counting 0 — a detection seen
+    in one pass of three keeps a third of its score — and its mask holds the pixels of
+    at least half of its detections (the majority of its masks).
+    """
+    n_passes = len(parts)
     masks = sp.vstack([p.masks for p in parts]).tocsr()
     scores = np.concatenate([p.scores for p in parts])
     labels = np.concatenate([p.labels for p in parts])
+    source = np.concatenate([np.full(len(p.scores), k) for k, p in enumerate(parts)])
     order = np.argsort(-scores, kind="stable")
-    masks, scores, labels = masks[order], scores[order], labels[order]
+    masks, scores, labels, source = masks[order], scores[order], labels[order], source[order]
     iou = iou_matrix(masks, masks)
-    np.fill_diagonal(iou, 0)
-    keep = np.ones(len(scores), bool)
+    used = np.zeros(len(scores), bool)
+    rows, out_scores, out_labels = [], [], []
     for i in range(len(scores)):
-        if keep[i]:
-            keep[i + 1:] &= ~(iou[i, i + 1:] > iou_threshold)
-    return Instances(masks[keep], scores[keep], labels[keep], parts[0].shape)
+        if used[i]:
+            continue
+        members = [i]
+        used[i] = True
+        for k in range(n_passes):
+            if k == source[i]:
+                continue
+            cand = np.flatnonzero(~used & (source == k) & (iou[i] > iou_threshold))
+            if len(cand):
+                j = cand[np.argmax(iou[i, cand])]
+                members.append(j)
+                used[j] = True
+        votes = np.asarray(masks[members].sum(axis=0)).ravel()
+        rows.append(sp.csr_matrix((votes * 2 >= len(members)).astype(np.float32)))
+        out_scores.append(scores[members].sum() / n_passes)
+        out_labels.append(labels[i])
+    shape = parts[0].shape
+    if not rows:
+        return Instances(sp.csr_matrix((0, shape[0] * shape[1]), dtype=np.float32), np.zeros(0, np.float32),
+                         np.zeros(0, np.int64), shape)
+    merged = sp.vstack(rows).tocsr()
+    merged.eliminate_zeros()
+    keep = np.asarray(merged.sum(axis=1)).ravel() > 0
+    return Instances(merged[keep], np.asarray(out_scores, np.float32)[keep], np.asarray(out_labels)[keep], shape)

@@ -18,14 +18,16 @@ from cellpipe import rle
 from cellpipe.errors import CellpipeError
 
 
-def resolve_overlaps(instances: sp.csr_matrix, scores: np.ndarray, min_size: int = 0) -> tuple[sp.csr_matrix, np.ndarray]:
+def resolve_overlaps(instances: sp.csr_matrix, scores: np.ndarray, min_size: int = 0,
+                     max_lost: float = 1.0) -> tuple[sp.csr_matrix, np.ndarray]:
     """Give each pixel to the highest-scoring kept instance; drop instances under ``min_size``.
 
     Instances are taken in descending score; each keeps the pixels no kept instance
     took before it, and is dropped (leaving its pixels free) when fewer than
-    ``min_size`` remain. One pass over sparse pixel lists with a shared "taken"
-    array: no full-size mask per instance. Returns the non-overlapping instances
-    (ordered by descending score) and the index of each kept instance in the input.
+    ``min_size`` remain or when it lost more than the fraction ``max_lost`` of its
+    pixels. One pass over sparse pixel lists with a shared "taken" array: no
+    full-size mask per instance. Returns the non-overlapping instances (ordered by
+    descending score) and the index of each kept instance in the input.
     """
     m = sp.csr_matrix(instances)
     n = m.shape[0]
@@ -39,7 +41,7 @@ def resolve_overlaps(instances: sp.csr_matrix, scores: np.ndarray, min_size: int
     for k in order:
         pix = indices[indptr[k] : indptr[k + 1]]
         free = pix[~taken[pix]]
-        if len(free) >= floor:
+        if len(free) >= floor and len(free) >= (1.0 - max_lost) * len(pix):
             taken[free] = True
             kept.append(k)
             pieces.append(np.sort(free))

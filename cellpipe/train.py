@@ -25,11 +25,12 @@ import numpy as np
 import scipy.sparse as sp
 import torch
 
-from cellpipe import checkpoints, metric, submission
+from cellpipe import checkpoints, metric, postprocess
 from cellpipe.atomic import remove_stale
 from cellpipe.data import CocoInstances, collate
 from cellpipe.errors import CellpipeError
 from cellpipe.models import ModelConfig, test_head
+from cellpipe.postprocess import PostProcess
 from cellpipe.predict import predict_image
 
 
@@ -47,7 +48,6 @@ class TrainConfig:
     clip_grad: float = 10.0
     eval_every: int = 100
     eval_score_threshold: float = 0.5
-    eval_min_size: int = 0
     seed: int = 0
     hflip: bool = True
     vflip: bool = True
@@ -84,15 +84,13 @@ def default_device() -> torch.device:
     return torch.device("cuda" if torch.cuda.is_available() else "cpu")
 
 
-def evaluate(model: torch.nn.Module, val: list[ValImage], *, device, score_threshold: float, min_size: int,
+def evaluate(model: torch.nn.Module, val: list[ValImage], *, device, score_threshold: float, post: PostProcess,
              mask_threshold: float) -> metric.Report:
-    """Competition metric of the model on ``val`` (score threshold + overlap removal)."""
+    """Competition metric of the model on ``val``, post-processed as the final score is (one threshold)."""
     rows = []
     for v in val:
         inst = predict_image(model, v.grey, device=device, mask_threshold=mask_threshold)
-        keep = inst.scores >= score_threshold
-        clean, _ = submission.resolve_overlaps(inst.masks[keep], inst.scores[keep], min_size)
-        rows.append((v.image_id, v.cell_type, v.truth, clean))
+        rows.append((v.image_id, v.cell_type, v.truth, postprocess.final(inst.masks, inst.scores, score_threshold, post)))
     return metric.evaluate(rows)
 
 
@@ -116,6 +114,7 @@ def train(
     on_log: Callable[[int, dict[str, float]], None] | None = None,
     on_step: Callable[[int, int, float, float], None] | None = None,
     data_fingerprint: str = "",
+    post: PostProcess | None = None,
 ) -> dict[str, Any]:
     """Train ``model`` for ``cfg.iters`` iterations, resuming from ``out_dir/last.pt``.
 
@@ -123,8 +122,11 @@ def train(
     config, init and ``data_fingerprint`` (a hash of the training inputs): a persisted
     checkpoint of another configuration or other data is ignored, never continued.
 
-    Returns a summary (best val score and iteration, iterations run now, seconds).
+    ``post`` is the post-processing the best checkpoint is selected with (the one the
+    final score uses). Returns a summary (best val score and iteration, iterations run
+    now, seconds).
     """
+    post = post or PostProcess()
     device = device or default_device()
     out_dir.mkdir(parents=True, exist_ok=True)
     remove_stale(out_dir)  # temporaries of a killed run must not end up in the cached folder
@@ -138,7 +140,9 @@ def train(
     scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda it: lr_factor(it, cfg))
     scaler = torch.amp.GradScaler("cuda") if device.type == "cuda" else None
     meta = {"train_config": asdict(cfg), "model_config": asdict(model_cfg), "classes": classes, "init": init,
-            "fingerprint": f"{model_cfg.fingerprint()}:{hash_config(cfg)}:{init}:{len(classes)}:{data_fingerprint}"}
+            "postprocess": post.to_dict(),
+            "fingerprint": f"{model_cfg.fingerprint()}:{hash_config(cfg)}:{init}:{len(classes)}:{data_fingerprint}:"
+                           f"{hash_config(post)}"}
     start, best, best_it = 0, -1.0, -1
     last = out_dir / "last.pt"
     if last.is_file():
@@ -165,8 +169,8 @@ def train(
         saved = head.score_thresh
         head.score_thresh = max(saved, cfg.eval_score_threshold)
         try:
-            report = evaluate(model, val, device=device, score_threshold=cfg.eval_score_threshold,
-                              min_size=cfg.eval_min_size, mask_threshold=mask_threshold)
+            report = evaluate(model, val, device=device, score_threshold=cfg.eval_score_threshold, post=post,
+                              mask_threshold=mask_threshold)
         finally:
             head.score_thresh = saved
         score = report.score
@@ -226,7 +230,7 @@ def train(
             "resumed_from": start, "seconds": round(time.perf_counter() - t0, 1)}
 
 
-def hash_config(cfg: TrainConfig) -> str:
+def hash_config(cfg: Any) -> str:
     import hashlib
     import json
 

@@ -14,7 +14,7 @@ import typer
 
 from cellpipe import __version__
 from cellpipe.errors import CellpipeError
-from stages import coco, decode, finetune, livecell, predict, pretrain, score, submit, synth, thresholds, visualize
+from stages import anchors, coco, decode, finetune, livecell, predict, pretrain, score, submit, synth, thresholds, visualize
 from stages import submission as submission_cmd
 from stages.common import console
 
@@ -48,6 +48,7 @@ def _main(
 app.command("synth", help="Generate the embedded synthetic data (Kaggle + LIVECell layouts).")(synth.run)
 app.command("decode", help="Validate train.csv and decode its RLE masks into Parquet tables.")(decode.run)
 app.command("coco", help="Split images without leakage and write COCO JSON (train/val).")(coco.run)
+app.command("anchors", help="Report how well the model's anchors fit the training cells.")(anchors.run)
 app.command("livecell", help="Validate and normalise the LIVECell COCO JSON for pretraining.")(livecell.run)
 app.command("pretrain", help="Train Mask R-CNN on the LIVECell COCO (one class).")(pretrain.run)
 app.command("finetune", help="Fine-tune from the LIVECell checkpoint on the competition train split.")(finetune.run)

@@ -9,6 +9,7 @@ import scipy.sparse as sp
 
 from cellpipe import coco, predictions, rle, tables
 from cellpipe.errors import CellpipeError
+from cellpipe.postprocess import PostProcess
 from cellpipe.thresholds import ImagePredictions
 from stages.common import log, read_json, read_parquet
 
@@ -76,14 +77,18 @@ def scored_pairs(truth: Path, truth_ids_: list[str], predictions_file: Path, *, 
     return out, alignment
 
 
-def read_thresholds(path: Path, default: float | None = None) -> dict:
-    """The ``thresholds`` stage's choice; without the file, ``default`` for every class when given."""
+def read_thresholds(path: Path, default: float | None = None) -> tuple[dict[str, float], PostProcess]:
+    """The ``thresholds`` stage's per-class thresholds and post-processing.
+
+    Without the file: ``default`` for every class (and no post-processing beyond overlap
+    removal) when a default is given, else an error.
+    """
     if not path.is_file():
         if default is None:
             raise CellpipeError("thresholds file is missing", where=str(path))
         log(f"[yellow]{path} not found: score threshold {default} for every class[/yellow]")
-        return {"score_threshold": {}, "min_size": 0}
+        return {}, PostProcess()
     data = read_json(path, "thresholds file")
     if not isinstance(data, dict) or not isinstance(data.get("score_threshold"), dict):
         raise CellpipeError("not a thresholds file (no 'score_threshold' mapping)", where=str(path))
-    return data
+    return data["score_threshold"], PostProcess.from_dict(data.get("postprocess"))

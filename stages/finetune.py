@@ -20,4 +20,5 @@ def run(
     from stages.training import run_training  # imports torch: only when training
 
     run_training(stage="finetune", train_json=train, val_source=val, out=out,
-                 params_all=load_params(params, "model", "finetune"), single_class=False, init_checkpoint=init_checkpoint)
+                 params_all=load_params(params, "model", "finetune", "postprocess"), single_class=False,
+                 init_checkpoint=init_checkpoint)

@@ -24,7 +24,8 @@ def load_model(checkpoint: Path, device):
     for key in ("model_config", "classes"):
         if key not in ckpt:
             raise CellpipeError(f"checkpoint lacks '{key}': not written by cellpipe's training", where=str(checkpoint))
-    mcfg = models.ModelConfig(**{k: (tuple(v) if isinstance(v, list) else v) for k, v in ckpt["model_config"].items()})
+    # checkpoints from before mask_geometry existed were trained with torchvision's
+    mcfg = models.ModelConfig.from_params({"mask_geometry": "torchvision", **ckpt["model_config"]})
     model = models.build(mcfg, len(ckpt["classes"]))
     try:
         model.load_state_dict(ckpt["model"])

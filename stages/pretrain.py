@@ -16,6 +16,6 @@ def run(
 ) -> None:
     from stages.training import run_training  # imports torch: only when training
 
-    p = load_params(params, "model", "pretrain")
+    p = load_params(params, "model", "pretrain", "postprocess")
     run_training(stage="pretrain", train_json=livecell, val_source=livecell, out=out, params_all=p,
                  single_class=True, val_images=p["pretrain"]["val_images"])

@@ -37,6 +37,12 @@ def one_of(*choices: str) -> Check:
     return check
 
 
+def one_of_int(*choices: int) -> Check:
+    def check(v: Any) -> str | None:
+        return None if v in choices else f"must be one of {', '.join(map(str, choices))}"
+    return check
+
+
 def per_type_counts(v: Any) -> str | None:
     if not isinstance(v, dict):
         return "must be a mapping of cell type to count"
@@ -104,8 +110,14 @@ def grid(v: Any) -> str | None:
 
 
 def anchors(v: Any) -> str | None:
-    if not isinstance(v, list) or len(v) != 5 or not all(number(x) and isinstance(x, int) and x > 0 for x in v):
-        return "must be 5 positive integers (one anchor size per FPN level)"
+    def sizes(x: Any) -> list | None:
+        x = x if isinstance(x, list) else [x]
+        return x if x and all(number(s) and isinstance(s, int) and s > 0 for s in x) else None
+
+    levels = [sizes(x) for x in v] if isinstance(v, list) else []
+    if len(levels) != 5 or any(lv is None for lv in levels) or len({len(lv) for lv in levels}) != 1:
+        return ("must list 5 FPN levels, each a positive integer size or a list of them, "
+                "with the same number of sizes per level")
     return None
 
 
@@ -127,7 +139,6 @@ TRAIN_KEYS: dict[str, tuple[type | tuple[type, ...], Check | None]] = {
     "clip_grad": (NUM, positive),
     "eval_every": (int, positive),
     "eval_score_threshold": (NUM, unit),
-    "eval_min_size": (int, non_negative),
     "seed": (int, non_negative),
     "hflip": (bool, boolean),
     "vflip": (bool, boolean),
@@ -146,6 +157,10 @@ SCHEMA["model"] = {
     "mask_head_layers": (int, positive),
     "anchor_sizes": (list, anchors),
     "aspect_ratios": (list, ratios),
+    "rpn_fg_iou": (NUM, open_unit),
+    "rpn_bg_iou": (NUM, open_unit),
+    "mask_geometry": (str, one_of("exact", "torchvision")),
+    "mask_resolution": (int, one_of_int(28, 56)),
     "min_size": (int, positive),
     "max_size": (int, positive),
     "detections_per_img": (int, positive),
@@ -163,7 +178,9 @@ SCHEMA["pretrain"] = {"init": (str, one_of("none", "imagenet", "coco")), **TRAIN
 SCHEMA["finetune"] = {"init": (str, one_of("checkpoint", "none", "imagenet", "coco")),
                       "init_checkpoint": (dict, options("init-checkpoint")), **TRAIN_KEYS}
 SCHEMA["predict"] = {"tta": (bool, boolean), "tta_iou": (NUM, open_unit), "detections_per_img": (int, non_negative)}
-SCHEMA["thresholds"] = {"grid": (list, grid), "min_size": (int, non_negative), "fallback": (NUM, unit)}
+SCHEMA["thresholds"] = {"grid": (list, grid), "fallback": (NUM, unit)}
+SCHEMA["postprocess"] = {"min_size": (int, non_negative), "max_lost": (NUM, unit), "mask_nms_iou": (NUM, unit),
+                         "vote_min_score": (NUM, unit)}
 
 
 def validate_params(data: Any, *, where: str) -> dict[str, Any]:

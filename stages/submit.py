@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
+import numpy as np
 import typer
 
 from cellpipe import predictions, submission, tables, thresholds
@@ -23,7 +24,7 @@ def write_submission(pred: predictions.Predictions, ids: list[str], thresholds_f
     row (counted in a warning). Predicted images that ``ids`` lacks are left out, with
     a warning.
     """
-    th = read_thresholds(thresholds_file, default_threshold)
+    chosen, post = read_thresholds(thresholds_file, default_threshold)
     fallback = default_threshold if default_threshold is not None else 0.5
     missing = [i for i in ids if i not in pred.sizes]
     if missing and not allow_missing:
@@ -39,11 +40,10 @@ def write_submission(pred: predictions.Predictions, ids: list[str], thresholds_f
             f"(e.g. {', '.join(extra[:3])})[/yellow]")
     final = []
     for p in pred.select([i for i in ids if i in pred.sizes]):
-        cls = thresholds.image_class(p.labels, p.scores, CELL_TYPES[0])
-        keep = p.scores >= th["score_threshold"].get(cls, fallback)
-        final.append((p.image_id, p.masks[keep], p.scores[keep]))
+        _, cells = thresholds.apply_chosen(p, chosen, post, CELL_TYPES[0], fallback)
+        final.append((p.image_id, cells, np.arange(cells.shape[0], 0, -1, dtype=np.float64)))  # already disjoint
     final += [(i, None, None) for i in missing]
-    df = submission.build(final, ids, th.get("min_size", 0))
+    df = submission.build(final, ids)
     with atomic_path(out) as tmp:
         df.to_csv(tmp, index=False)
         summary = submission.validate(tmp, ids, pred.sizes)

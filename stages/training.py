@@ -14,6 +14,7 @@ from cellpipe import coco, models
 from cellpipe import train as engine
 from cellpipe.data import CocoInstances
 from cellpipe.errors import CellpipeError
+from cellpipe.postprocess import PostProcess
 from stages.common import console, log, write_json
 
 TRAIN_FIELDS = set(engine.TrainConfig.__dataclass_fields__)
@@ -126,7 +127,8 @@ def run_training(*, stage: str, train_json: Path, val_source: Path, out: Path, p
 
         try:
             summary = engine.train(model, dataset, val, tcfg, mcfg, out, classes=class_names, init=desc,
-                                   device=device, on_log=on_log, on_step=on_step, data_fingerprint=data_fp)
+                                   device=device, on_log=on_log, on_step=on_step, data_fingerprint=data_fp,
+                                   post=PostProcess.from_dict(params_all["postprocess"]))
         finally:
             logger.close()
     summary["dropped_tiny_cells"] = dataset.dropped

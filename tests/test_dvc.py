@@ -118,7 +118,7 @@ def ran_stages(output: str) -> list[str]:
 @pytest.mark.slow
 def test_repro_from_clean_then_noop(repo_copy):
     first = dvc(repo_copy, "repro")
-    assert set(ran_stages(first.stdout)) == {"synth", "decode", "coco", "livecell", "pretrain", "finetune", "predict",
+    assert set(ran_stages(first.stdout)) == {"synth", "decode", "coco", "anchors", "livecell", "pretrain", "finetune", "predict",
                                             "thresholds", "score", "submit", "visualize"}
     assert (repo_copy / "data/coco/train.json").is_file()
     assert (repo_copy / "data/submission/submission.csv").is_file()

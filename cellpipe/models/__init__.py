@@ -25,6 +25,7 @@ from torchvision.models.detection.anchor_utils import AnchorGenerator
 from torchvision.models.detection.backbone_utils import BackboneWithFPN
 from torchvision.models.detection.faster_rcnn import FastRCNNConvFCHead, FastRCNNPredictor, TwoMLPHead
 from torchvision.models.detection.mask_rcnn import MaskRCNNHeads, MaskRCNNPredictor
+from torchvision.ops import MultiScaleRoIAlign
 from torchvision.ops.feature_pyramid_network import LastLevelMaxPool
 
 from cellpipe import checkpoints
@@ -48,8 +49,12 @@ class ModelConfig:
     box_head_dim: int = 256
     mask_head_channels: int = 64
     mask_head_layers: int = 2
-    anchor_sizes: tuple[int, ...] = (8, 16, 32, 64, 128)
+    anchor_sizes: tuple = (8, 16, 32, 64, 128)  # per FPN level: one size, or a tuple of sizes
     aspect_ratios: tuple[float, ...] = (0.5, 1.0, 2.0)
+    rpn_fg_iou: float = 0.7  # an anchor is a positive at IoU ≥ this with a cell ...
+    rpn_bg_iou: float = 0.3  # ... and a negative below this
+    mask_geometry: str = "exact"  # exact (pixel-centre targets and paste) | torchvision (its stock ones)
+    mask_resolution: int = 28  # side of the predicted mask (28 or 56)
     min_size: int = 260
     max_size: int = 352
     detections_per_img: int = 1000
@@ -66,12 +71,20 @@ class ModelConfig:
 
     @classmethod
     def from_params(cls, params: dict[str, Any]) -> ModelConfig:
+        """From the ``model`` params section or a checkpoint's stored config (lists become tuples)."""
         known = {f.name for f in fields(cls)} - {"extra"}
-        kwargs = {k: (tuple(v) if isinstance(v, list) else v) for k, v in params.items() if k in known}
-        return cls(**kwargs)
+        return cls(**{k: _tuple(v) for k, v in params.items() if k in known})
+
+    def level_sizes(self) -> tuple[tuple[int, ...], ...]:
+        """Anchor sizes per FPN level, each a tuple."""
+        return tuple(tuple(int(x) for x in s) if isinstance(s, tuple | list) else (int(s),) for s in self.anchor_sizes)
 
     def fingerprint(self) -> str:
         return hashlib.sha256(json.dumps(asdict(self), sort_keys=True).encode()).hexdigest()[:16]
+
+
+def _tuple(v: Any) -> Any:
+    return tuple(_tuple(x) for x in v) if isinstance(v, list | tuple) else v
 
 
 def _norm_layer(kind: str):
@@ -108,9 +121,13 @@ def build(cfg: ModelConfig, num_classes: int) -> nn.Module:
     head_norm = _norm_layer("group") if cfg.head_norm == "group" else None
     backbone = BackboneWithFPN(body, {"layer1": "0", "layer2": "1", "layer3": "2", "layer4": "3"},
                                in_channels, cfg.fpn_channels, extra_blocks=LastLevelMaxPool(), norm_layer=head_norm)
-    if len(cfg.anchor_sizes) != 5:
-        raise CellpipeError(f"model.anchor_sizes needs one size per FPN level (5), got {list(cfg.anchor_sizes)}")
-    anchors = AnchorGenerator(tuple((s,) for s in cfg.anchor_sizes), (tuple(cfg.aspect_ratios),) * 5)
+    sizes = cfg.level_sizes()
+    if len(sizes) != 5 or len({len(s) for s in sizes}) != 1:
+        raise CellpipeError(f"model.anchor_sizes needs 5 FPN levels with the same number of sizes each, "
+                            f"got {list(cfg.anchor_sizes)}")
+    anchors = AnchorGenerator(sizes, (tuple(cfg.aspect_ratios),) * 5)
+    if cfg.mask_geometry not in ("exact", "torchvision"):
+        raise CellpipeError(f"model.mask_geometry must be exact or torchvision, got {cfg.mask_geometry!r}")
     c = cfg.fpn_channels
     mask_layers = [cfg.mask_head_channels] * cfg.mask_head_layers
     model = MaskRCNN(
@@ -126,6 +143,8 @@ def build(cfg: ModelConfig, num_classes: int) -> nn.Module:
         rpn_pre_nms_top_n_test=cfg.rpn_pre_nms_test,
         rpn_post_nms_top_n_test=cfg.rpn_post_nms_test,
         rpn_batch_size_per_image=cfg.rpn_batch_per_image,
+        rpn_fg_iou_thresh=cfg.rpn_fg_iou,
+        rpn_bg_iou_thresh=cfg.rpn_bg_iou,
         box_head=(FastRCNNConvFCHead((c, 7, 7), [c] * cfg.box_head_convs, [cfg.box_head_dim], norm_layer=head_norm)
                   if cfg.box_head_convs or head_norm else TwoMLPHead(c * 7 * 7, cfg.box_head_dim)),
         box_predictor=FastRCNNPredictor(cfg.box_head_dim, num_classes + 1),
@@ -133,9 +152,14 @@ def build(cfg: ModelConfig, num_classes: int) -> nn.Module:
         box_nms_thresh=cfg.box_nms_thresh,
         box_detections_per_img=cfg.detections_per_img,
         box_batch_size_per_image=cfg.roi_batch_per_image,
+        mask_roi_pool=MultiScaleRoIAlign(["0", "1", "2", "3"], output_size=cfg.mask_resolution // 2, sampling_ratio=2),
         mask_head=MaskRCNNHeads(c, mask_layers, 1, norm_layer=head_norm),
         mask_predictor=MaskRCNNPredictor(mask_layers[-1], mask_layers[-1], num_classes + 1),
     )
+    if cfg.mask_geometry == "exact":
+        from cellpipe.models import masks
+
+        masks.exact_geometry(model)
     # training inputs arrive at the model's scale already (cellpipe.data crops them);
     # only inference resizes, from the full image to min_size/max_size
     model.transform._skip_resize = True

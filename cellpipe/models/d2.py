@@ -120,8 +120,9 @@ def make_config(mc: ModelConfig, num_classes: int):
         m.ROI_BOX_HEAD.FC_DIM = mc.box_head_dim
         m.ROI_MASK_HEAD.NUM_CONV, m.ROI_MASK_HEAD.CONV_DIM = mc.mask_head_layers, mc.mask_head_channels
         m.ROI_MASK_HEAD.NORM = head_norm
-        m.ANCHOR_GENERATOR.SIZES = [[int(s)] for s in mc.anchor_sizes]
+        m.ANCHOR_GENERATOR.SIZES = [list(s) for s in mc.level_sizes()]
         m.ANCHOR_GENERATOR.ASPECT_RATIOS = [[float(a) for a in mc.aspect_ratios]]
+        m.ROI_MASK_HEAD.POOLER_RESOLUTION = mc.mask_resolution // 2
     # images arrive normalised per image (cellpipe.data): no second normalisation
     m.PIXEL_MEAN, m.PIXEL_STD = [0.0, 0.0, 0.0], [1.0, 1.0, 1.0]
     m.ROI_HEADS.NUM_CLASSES = num_classes
@@ -129,6 +130,7 @@ def make_config(mc: ModelConfig, num_classes: int):
     m.ROI_HEADS.SCORE_THRESH_TEST = mc.box_score_thresh
     m.ROI_HEADS.NMS_THRESH_TEST = mc.box_nms_thresh
     m.RPN.BATCH_SIZE_PER_IMAGE = mc.rpn_batch_per_image
+    m.RPN.IOU_THRESHOLDS = [mc.rpn_bg_iou, mc.rpn_fg_iou]
     m.RPN.PRE_NMS_TOPK_TRAIN, m.RPN.POST_NMS_TOPK_TRAIN = mc.rpn_pre_nms_train, mc.rpn_post_nms_train
     m.RPN.PRE_NMS_TOPK_TEST, m.RPN.POST_NMS_TOPK_TEST = mc.rpn_pre_nms_test, mc.rpn_post_nms_test
     cfg.TEST.DETECTIONS_PER_IMAGE = mc.detections_per_img

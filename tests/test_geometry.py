@@ -1,0 +1,160 @@
+"""Mask geometry (targets → paste round trip) and anchor fit."""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pytest
+import torch
+from torchvision.models.detection import roi_heads as tv_roi_heads
+from torchvision.models.detection.anchor_utils import AnchorGenerator
+from torchvision.models.detection.roi_heads import paste_masks_in_image, project_masks_on_boxes
+from torchvision.transforms.v2 import functional as TF
+
+from cellpipe import anchors, models
+from cellpipe.data import _boxes, input_size
+from cellpipe.models import masks
+from tests.conftest import run_cli, write_params
+
+
+def ellipses(n: int, seed: int = 0, shape=(160, 200)) -> torch.Tensor:
+    """``n`` random ellipses of 100–2000 px, aspect 1–3, any orientation, as (n, H, W) uint8."""
+    rng = np.random.default_rng(seed)
+    yy, xx = np.mgrid[: shape[0], : shape[1]]
+    out = []
+    for _ in range(n):
+        area, ratio, th = rng.uniform(100, 2000), rng.uniform(1, 3), rng.uniform(0, np.pi)
+        a = np.sqrt(area * ratio / np.pi)
+        b = area / (np.pi * a)
+        cy, cx = rng.uniform(50, shape[0] - 50), rng.uniform(50, shape[1] - 50)
+        u = (xx - cx) * np.cos(th) + (yy - cy) * np.sin(th)
+        v = -(xx - cx) * np.sin(th) + (yy - cy) * np.cos(th)
+        out.append((u / a) ** 2 + (v / b) ** 2 <= 1)
+    return torch.from_numpy(np.stack(out).astype(np.uint8))
+
+
+def iou(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
+    a, b = a.bool(), b.bool()
+    return (a & b).sum((1, 2)).float() / (a | b).sum((1, 2)).float()
+
+
+@pytest.mark.parametrize("size, mean_iou, min_iou", [(28, 0.98, 0.95), (56, 0.995, 0.985)])
+def test_perfect_masks_survive_targets_and_paste(size, mean_iou, min_iou):
+    """Perfect boxes and perfect predictions give back the true masks (cells of 100–2000 px)."""
+    gt = ellipses(200)
+    boxes, idx = _boxes(gt), torch.arange(len(gt))
+    targets = masks.mask_targets(gt.float(), boxes, idx, size)
+    assert set(targets.unique().tolist()) <= {0.0, 1.0}
+    back = masks.paste_masks(targets[:, None], boxes, gt.shape[-2:])[:, 0] >= 0.5
+    got = iou(back, gt)
+    assert got.mean() >= mean_iou and got.min() >= min_iou, (got.mean(), got.min())
+
+
+def test_torchvision_stock_geometry_loses_about_a_twentieth():
+    """The defect being fixed: stock targets + paste give masks a few percent too large."""
+    gt = ellipses(200)
+    boxes, idx = _boxes(gt), torch.arange(len(gt))
+    soft = project_masks_on_boxes(gt, boxes, idx, 28)
+    back = paste_masks_in_image(soft[:, None], boxes, gt.shape[-2:], padding=1)[:, 0] > 0.5
+    assert iou(back, gt).mean() < 0.95
+    assert (back.sum((1, 2)).float() / gt.sum((1, 2)).float()).mean() > 1.03
+
+
+TINY = models.ModelConfig(min_size=130, max_size=176, fpn_channels=16, box_head_dim=32, mask_head_channels=16,
+                          mask_head_layers=1, norm="batch", detections_per_img=50, anchor_sizes=(4, 8, 16, 32, 64))
+
+
+def sample_batch():
+    gt = ellipses(6, seed=1, shape=(128, 160))
+    image = torch.randn(3, 128, 160)
+    return [image], [{"boxes": _boxes(gt), "labels": torch.ones(6, dtype=torch.int64), "masks": gt}]
+
+
+def test_exact_model_uses_the_exact_loss_only_inside_its_forward(monkeypatch):
+    calls = []
+    monkeypatch.setattr(masks, "mask_loss", lambda *a: calls.append(1) or masks.F.binary_cross_entropy_with_logits(
+        a[0].sum() * 0, torch.zeros(())))
+    original = tv_roi_heads.maskrcnn_loss
+    torch.manual_seed(0)
+    model = models.build(TINY, 1).train()
+    images, targets = sample_batch()
+    losses = model(images, targets)
+    assert calls and "loss_mask" in losses
+    assert tv_roi_heads.maskrcnn_loss is original  # put back
+
+
+def test_torchvision_geometry_keeps_the_stock_heads():
+    model = models.build(models.ModelConfig(**{**TINY.__dict__, "mask_geometry": "torchvision"}), 1)
+    assert type(model.roi_heads) is tv_roi_heads.RoIHeads
+    exact = models.build(TINY, 1)
+    assert isinstance(exact.roi_heads, masks.ExactRoIHeads) and isinstance(exact.transform, masks.ExactTransform)
+    logits = exact.roi_heads.mask_predictor.mask_fcn_logits
+    assert float(logits.weight.detach().std()) < 0.01 and float(logits.bias.detach().abs().max()) == 0.0
+
+
+def test_mask_resolution_56_predicts_56_pixel_masks():
+    model = models.build(models.ModelConfig(**{**TINY.__dict__, "mask_resolution": 56, "box_score_thresh": 0.0}), 1)
+    model.eval()
+    feats = {"0": torch.randn(1, 16, 32, 40)}
+    pooled = model.roi_heads.mask_roi_pool(feats, [torch.tensor([[0.0, 0.0, 30.0, 30.0]])], [(128, 160)])
+    assert model.roi_heads.mask_predictor(model.roi_heads.mask_head(pooled)).shape[-1] == 56
+
+
+def test_inference_resizes_like_the_training_data():
+    """A downscaled test image is antialiased exactly as cellpipe.data resizes training images."""
+    model = models.build(models.ModelConfig(**{**TINY.__dict__, "min_size": 64, "max_size": 80}), 1).eval()
+    image = torch.rand(3, 130, 170)
+    resized, _ = model.transform.resize(image)
+    size = input_size(130, 170, 64, 80)
+    assert resized.shape[-2:] == size
+    assert torch.allclose(resized, TF.resize(image, list(size), antialias=True), atol=1e-5)
+
+
+# ---------------------------------------------------------------- anchors
+
+
+def test_base_anchors_are_torchvision_s():
+    gen = AnchorGenerator(((16, 24),), ((0.5, 1.0, 2.0),))
+    ref = gen.generate_anchors((16, 24), (0.5, 1.0, 2.0)).numpy()
+    assert np.array_equal(anchors.base_anchors((16, 24), (0.5, 1.0, 2.0)), ref)
+
+
+def test_a_box_equal_to_an_anchor_has_iou_one_and_an_off_grid_one_less():
+    on_grid = np.array([[32 - 8, 32 - 8, 32 + 8, 32 + 8]], dtype=float)  # centre (32, 32), 16×16
+    off_grid = on_grid + 2.0
+    sizes = [[16], [32], [64], [128], [256]]
+    assert anchors.best_iou(on_grid, sizes, [1.0])[0] == pytest.approx(1.0)
+    assert anchors.best_iou(off_grid, sizes, [1.0])[0] < 1.0
+
+
+def test_suggested_anchors_cover_more_cells():
+    rng = np.random.default_rng(0)
+    side = np.exp(rng.normal(np.log(18), 0.4, 2000))  # cells like shsy5y/cort: median 18 px
+    cx, cy = rng.uniform(50, 650, 2000), rng.uniform(50, 470, 2000)
+    aspect = np.exp(rng.normal(0, 0.3, 2000))
+    w, h = side * aspect, side / aspect
+    boxes = np.stack([cx - w / 2, cy - h / 2, cx + w / 2, cy + h / 2], 1)
+    default = [[8], [16], [32], [64], [128]]
+    suggested = anchors.suggest(boxes, (0.5, 1.0, 2.0), per_level=2)
+    before = anchors.report(boxes, default, (0.5, 1.0, 2.0))["share_iou_0.7"]
+    after = anchors.report(boxes, suggested, (0.5, 1.0, 2.0))["share_iou_0.7"]
+    assert after > before + 0.2, (before, after, suggested)
+    flat = [s for level in suggested for s in level]
+    assert flat == sorted(flat) and all(len(level) == 2 for level in suggested)
+
+
+def test_anchors_stage_reports_current_and_suggested(tmp_path, tiny_kaggle):
+    p = write_params(tmp_path / "p.yaml")
+    run_cli("decode", "--kaggle-dir", str(tiny_kaggle), "--annotations-out", str(tmp_path / "a.parquet"),
+            "--images-out", str(tmp_path / "i.parquet"), "--params", str(p), check=True)
+    run_cli("coco", "--annotations", str(tmp_path / "a.parquet"), "--images", str(tmp_path / "i.parquet"),
+            "--train-out", str(tmp_path / "train.json"), "--val-out", str(tmp_path / "val.json"),
+            "--params", str(p), check=True)
+    run_cli("anchors", "--train", str(tmp_path / "train.json"), "--out", str(tmp_path / "anchors.json"),
+            "--params", str(p), check=True)
+    report = json.loads((tmp_path / "anchors.json").read_text())
+    n = len(json.loads((tmp_path / "train.json").read_text())["annotations"])
+    assert report["current"]["boxes"] == report["suggested"]["boxes"] == n
+    assert report["suggested"]["share_iou_0.7"] >= report["current"]["share_iou_0.7"]
+    assert set(report["per_class"]) <= {"shsy5y", "astro", "cort"}
