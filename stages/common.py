@@ -16,19 +16,26 @@ from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, T
 
 from cellpipe.atomic import atomic_path
 from cellpipe.errors import CellpipeError
-from stages.schema import validate_params
+from stages.schema import BUILTIN, validate_params
 
 console = Console(stderr=True)
 PARAMS_HELP = "params file (the pipeline's knobs, grouped per stage)"
+DEFAULT_PARAMS = "params.yaml"
 
 
-def load_params(path: str | Path, *sections: str) -> dict[str, Any]:
+def load_params(path: str | Path, *sections: str, builtin: bool = False) -> dict[str, Any]:
     """Read and validate ``params.yaml``; return one section, several (by name) or all.
 
     A section a stage needs and the file lacks is an error naming both, not a
-    ``KeyError`` later.
+    ``KeyError`` later. With ``builtin``, a missing file at the default path means
+    the built-in values of the sections (:data:`stages.schema.BUILTIN`), said in
+    one log line: a model can be applied outside a repository.
     """
     path = Path(path)
+    if not path.is_file() and builtin and str(path) == DEFAULT_PARAMS and all(s in BUILTIN for s in sections):
+        chosen = {s: dict(BUILTIN[s]) for s in sections}
+        log(f"no {path} here: built-in params {chosen}")
+        return chosen[sections[0]] if len(sections) == 1 else chosen
     if not path.is_file():
         raise CellpipeError("params file is missing", where=str(path))
     try:

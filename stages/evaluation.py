@@ -14,6 +14,8 @@ from cellpipe.thresholds import ImagePredictions
 from stages.common import log, read_json, read_parquet
 
 DUPLICATES_HINT = "--duplicates drop drops them"
+DEFAULT_THRESHOLDS = Path("metrics/thresholds.json")
+BUILTIN_THRESHOLD = 0.5  # every class, when a model is applied outside a repository
 
 
 def val_image_list(val: Path) -> pd.DataFrame:
@@ -81,8 +83,11 @@ def read_thresholds(path: Path, default: float | None = None) -> tuple[dict[str,
     """The ``thresholds`` stage's per-class thresholds and post-processing.
 
     Without the file: ``default`` for every class (and no post-processing beyond overlap
-    removal) when a default is given, else an error.
+    removal) when a default is given or the path is the default one (a model applied
+    outside a repository: :data:`BUILTIN_THRESHOLD`), else an error.
     """
+    if default is None and path == DEFAULT_THRESHOLDS:
+        default = BUILTIN_THRESHOLD
     if not path.is_file():
         if default is None:
             raise CellpipeError("thresholds file is missing", where=str(path))

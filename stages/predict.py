@@ -66,7 +66,7 @@ def run(
     from cellpipe import models, predictions
     from cellpipe.train import default_device
 
-    p = load_params(params, "predict")
+    p = load_params(params, "predict", builtin=skip_val)
     folder = test_dir or kaggle_dir / "test"
     test_paths = list_images(folder)
     if not test_paths:

@@ -215,3 +215,11 @@ def _name(types: type | tuple[type, ...]) -> str:
     ts = types if isinstance(types, tuple) else (types,)
     return " or ".join({"int": "an integer", "float": "a number", "str": "a string", "dict": "a mapping",
                         "bool": "true/false", "list": "a list"}.get(t.__name__, t.__name__) for t in ts)
+
+
+# Built-in values of the sections a model can be applied with outside a repository
+# (``cellpipe predict --skip-val`` on a folder, without params.yaml). The committed
+# params.yaml holds the same values (tests/test_plots_page.py checks it).
+BUILTIN: dict[str, dict[str, Any]] = {
+    "predict": {"tta": False, "tta_iou": 0.5, "detections_per_img": 0},
+}

@@ -2,6 +2,7 @@
 
 import json
 import os
+import re
 import shlex
 import shutil
 import subprocess
@@ -89,11 +90,10 @@ def apply_profile(workspace: Path, name: str) -> dict:
     return applied
 
 
-@pytest.fixture
-def repo_copy(tmp_path) -> Path:
+def repo_from_applied_workspace(root: Path) -> Path:
     """A tiny repo made from a workspace where an experiment was applied (``./run.sh profile real-sample``):
     what the DAG tests see must not depend on what the workspace holds."""
-    workspace = tmp_path / "workspace"
+    workspace = root / "workspace"
     workspace.mkdir()
     tracked_copy(workspace)
     for cmd in (["git", "init", "-q"], ["git", "add", "-A"],
@@ -101,10 +101,22 @@ def repo_copy(tmp_path) -> Path:
         subprocess.run(cmd, cwd=workspace, check=True, capture_output=True)
     applied = apply_profile(workspace, "real-sample")
     assert applied["decode.duplicates"] == "drop"
-    repo = make_repo(tmp_path, source=workspace)
+    repo = make_repo(root, source=workspace)
     params = yaml.safe_load((repo / "params.yaml").read_text())
     assert params["decode"]["duplicates"] == "error" and params["data"]["kaggle"]["kaggle-dir"] == "data/raw/kaggle"
     return repo
+
+
+@pytest.fixture
+def repo_copy(tmp_path) -> Path:
+    return repo_from_applied_workspace(tmp_path)
+
+
+@pytest.fixture(scope="module")
+def dag(tmp_path_factory) -> tuple[Path, str]:
+    """The tiny DAG after ``dvc repro`` from clean: the repo and what that repro printed."""
+    repo = repo_from_applied_workspace(tmp_path_factory.mktemp("dag"))
+    return repo, dvc(repo, "repro").stdout
 
 
 def stale_stages(repo: Path) -> set[str]:
@@ -116,10 +128,11 @@ def ran_stages(output: str) -> list[str]:
 
 
 @pytest.mark.slow
-def test_repro_from_clean_then_noop(repo_copy):
-    first = dvc(repo_copy, "repro")
-    assert set(ran_stages(first.stdout)) == {"synth", "decode", "coco", "anchors", "livecell", "pretrain", "finetune", "predict",
-                                            "thresholds", "score", "submit", "visualize"}
+@pytest.mark.xdist_group("dag")
+def test_repro_from_clean_then_noop(dag):
+    repo_copy, first = dag
+    assert set(ran_stages(first)) == {"synth", "decode", "coco", "anchors", "livecell", "pretrain", "finetune", "predict",
+                                      "thresholds", "score", "submit", "visualize"}
     assert (repo_copy / "data/coco/train.json").is_file()
     assert (repo_copy / "data/submission/submission.csv").is_file()
     overlays = sorted(p.name for p in (repo_copy / "plots/overlays").iterdir())
@@ -138,6 +151,91 @@ def test_repro_from_clean_then_noop(repo_copy):
     assert stale_stages(repo_copy) == set()
     shown = dvc(repo_copy, "metrics", "show").stdout
     assert "map_iou" in shown and "per_class.cort" in shown
+
+
+def plots_page(repo: Path, out: Path) -> str:
+    dvc(repo, "plots", "show", "-o", str(out))
+    return (out / "index.html").read_text()
+
+
+def declared_plots(repo: Path) -> tuple[int, list[str]]:
+    """(number of vega plots declared in dvc.yaml, overlay images on disk)."""
+    top = yaml.safe_load((repo / "dvc.yaml").read_text())["plots"]
+    return len(top), sorted(p.name for p in (repo / "plots/overlays").glob("*.png"))
+
+
+@pytest.mark.slow
+@pytest.mark.xdist_group("dag")
+def test_plots_page_loads_nothing_from_the_network(dag, tmp_path):
+    """``dvc plots show`` uses the repo's template: Vega inlined, no http(s) script or style source."""
+    repo, _ = dag
+    html = plots_page(repo, tmp_path / "page")
+    sources = re.findall(r"<(?:script|link|img)\b[^>]*\b(?:src|href)\s*=\s*[\"']([^\"']+)", html, flags=re.I)
+    assert not [s for s in sources if re.match(r"(https?:)?//", s)], sources
+    assert "cdn.jsdelivr" not in html and "vega@" not in html
+    n_vega, overlays = declared_plots(repo)
+    assert html.count("vegaEmbed('#") == n_vega
+    for name in overlays:
+        assert f"plots_overlays_{name.replace('.', '_')}" in html
+
+
+RECTS = """<script>
+setTimeout(function () {
+  var out = [];
+  document.querySelectorAll("body > div[id]").forEach(function (div) {
+    var el = div.querySelector("canvas, svg:not(.vega-actions svg)") || div.querySelector("img");
+    var r = el ? el.getBoundingClientRect() : {x: 0, y: 0, width: 0, height: 0};
+    out.push({id: div.id, tag: el ? el.tagName : null, loaded: el && el.tagName === "IMG" ? el.naturalWidth > 0 : true,
+              x: r.x + window.scrollX, y: r.y + window.scrollY, w: r.width, h: r.height});
+  });
+  var pre = document.createElement("pre");
+  pre.id = "rects";
+  pre.textContent = JSON.stringify(out);
+  document.body.appendChild(pre);
+}, 3000);
+</script>"""
+
+
+def chromium() -> str | None:
+    return shutil.which("chromium") or shutil.which("chromium-browser") or shutil.which("google-chrome")
+
+
+@pytest.mark.slow
+@pytest.mark.xdist_group("dag")
+@pytest.mark.skipif(chromium() is None, reason="no Chromium (Debian package 'chromium') to render the page with")
+def test_plots_page_renders_offline_in_a_browser(dag, tmp_path):
+    """A headless Chromium with no network draws every plot: non-white pixels inside each plot's area."""
+    import numpy as np
+    from PIL import Image
+
+    repo, _ = dag
+    html = plots_page(repo, tmp_path / "page")
+    page = tmp_path / "page" / "probe.html"
+    head, tail = html.rsplit("</body>", 1)  # the last one: vega-embed's code holds the string too
+    page.write_text(head + RECTS + "</body>" + tail)
+    flags = [chromium(), "--headless", "--no-sandbox", "--disable-gpu", "--no-first-run", "--disable-background-networking",
+             "--disable-component-update", "--disable-sync", "--disable-quic", f"--user-data-dir={tmp_path / 'profile'}",
+             "--hide-scrollbars", "--window-size=1600,12000", "--virtual-time-budget=15000",
+             "--proxy-server=http://127.0.0.1:9", "--proxy-bypass-list=<-loopback>"]  # any network request fails
+    dom = subprocess.run([*flags, "--dump-dom", page.as_uri()], capture_output=True, text=True, timeout=300).stdout
+    rects = json.loads(re.search(r'<pre id="rects">(.*?)</pre>', dom, flags=re.S).group(1).replace("&quot;", '"'))
+    subprocess.run([*flags, f"--screenshot={tmp_path / 'shot.png'}", page.as_uri()], capture_output=True, timeout=300)
+    shot = np.asarray(Image.open(tmp_path / "shot.png").convert("RGB")).astype(int)
+    n_vega, overlays = declared_plots(repo)
+    assert len(rects) == n_vega + len(overlays), rects
+    for r in rects:
+        assert r["tag"] in ("CANVAS", "svg", "IMG") and r["loaded"] and r["w"] > 50 and r["h"] > 50, r
+        y0, x0 = int(r["y"]), int(r["x"])
+        area = shot[y0: y0 + int(r["h"]), x0: x0 + int(r["w"])]
+        assert area.size, ("plot outside the screenshot", r)
+        inked = (area.min(axis=2) < 200).mean()
+        assert inked > 0.01, (r["id"], inked)
+
+
+@pytest.mark.slow
+@pytest.mark.xdist_group("dag")
+def test_an_experiment_reruns_only_what_it_affects(dag):
+    repo_copy, _ = dag
     # an experiment on a finetune knob reruns finetune and what follows, nothing upstream
     exp = dvc(repo_copy, "exp", "run", "-S", "finetune.lr=0.01")
     assert set(ran_stages(exp.stdout)) == {"finetune", "predict", "thresholds", "score", "submit", "visualize"}
