@@ -13,11 +13,12 @@ from pathlib import Path
 
 import numpy as np
 import pandas as pd
+import scipy.sparse as sp
 from pycocotools import mask as mask_util
 
+from cellpipe.config import CELL_TYPES
 from cellpipe.errors import CellpipeError
 from cellpipe.paths import check_name, moved, resolve, stored
-from cellpipe.tables import CELL_TYPES
 
 CATEGORIES: list[dict] = [{"id": i + 1, "name": name, "supercategory": "cell"} for i, name in enumerate(CELL_TYPES)]
 CATEGORY_ID: dict[str, int] = {c["name"]: c["id"] for c in CATEGORIES}
@@ -86,6 +87,27 @@ def build(images: pd.DataFrame, annotations: pd.DataFrame, *, images_file: str |
 
 
 # --------------------------------------------------------------------------- reading COCO
+
+
+def image_id(im: dict) -> str:
+    """An image's id as the rest of the pipeline names it: the Kaggle id where there is one."""
+    return str(im.get("kaggle_id", im["id"]))
+
+
+def segmentation_rle(seg: list | dict, height: int, width: int) -> dict:
+    """A COCO segmentation (polygons, uncompressed or compressed RLE) as one compressed RLE."""
+    if isinstance(seg, list):
+        return mask_util.merge(mask_util.frPyObjects(seg, height, width))
+    return seg if isinstance(seg["counts"], str | bytes) else mask_util.frPyObjects(seg, height, width)
+
+
+def instances(annotations: list[dict], height: int, width: int) -> sp.csr_matrix:
+    """The masks of one image's annotations as a sparse ``(n, height·width)`` matrix (C order)."""
+    if not annotations:
+        return sp.csr_matrix((0, height * width), dtype=np.float32)
+    dense = mask_util.decode([segmentation_rle(a["segmentation"], height, width) for a in annotations])  # (h, w, n)
+    return sp.csr_matrix(np.ascontiguousarray(dense.transpose(2, 0, 1)).reshape(len(annotations), height * width),
+                         dtype=np.float32)
 
 
 def _annotations_list(data: dict, where: str) -> list[dict]:
@@ -166,10 +188,9 @@ def normalise(data: dict, *, where: str, image_root: str | Path | None = None,
                 if not np.isfinite(xy).all() or xy[:, 0].min() < -1 or xy[:, 1].min() < -1 \
                         or xy[:, 0].max() > w + 1 or xy[:, 1].max() > h + 1:
                     raise CellpipeError(f"{label}: polygon lies outside the {w}×{h} image", where=where)
-            rles = mask_util.frPyObjects(seg, h, w)
-            rle_ = mask_util.merge(rles)
+            rle_ = segmentation_rle(seg, h, w)
         elif isinstance(seg, dict) and "counts" in seg:
-            rle_ = seg if isinstance(seg["counts"], str | bytes) else mask_util.frPyObjects(seg, h, w)
+            rle_ = segmentation_rle(seg, h, w)
             if list(rle_.get("size", [h, w])) != [h, w]:
                 raise CellpipeError(f"{label}: RLE size {rle_['size']} differs from the image's {[h, w]}", where=where)
         else:
@@ -193,9 +214,7 @@ def image_paths(data: dict, where: str | Path) -> dict[str, Path]:
     """``{image id: file}`` of a cellpipe COCO dict read from ``where`` (Kaggle ids where present)."""
     out = {}
     for im in data["images"]:
-        if "path" in im:
-            out[str(im.get("kaggle_id", im["id"]))] = resolve(str(im["path"]), where)
-        else:
-            out[str(im.get("kaggle_id", im["id"]))] = resolve(check_name(str(im["file_name"]), what="file_name",
-                                                                         where=str(where)), where)
+        stored_path = str(im["path"]) if "path" in im else check_name(str(im["file_name"]), what="file_name",
+                                                                      where=str(where))
+        out[image_id(im)] = resolve(stored_path, where)
     return out

@@ -21,7 +21,8 @@ from torchvision import tv_tensors
 from torchvision.transforms import v2 as T
 from torchvision.transforms.v2 import functional as F
 
-from cellpipe.images import read_grey
+from cellpipe.coco import segmentation_rle
+from cellpipe.images import input_size, read_grey
 
 
 def normalise_image(grey: np.ndarray) -> torch.Tensor:
@@ -29,12 +30,6 @@ def normalise_image(grey: np.ndarray) -> torch.Tensor:
     x = torch.from_numpy(grey.astype(np.float32))
     x = (x - x.mean()) / x.std().clamp_min(1.0)
     return x.expand(3, *x.shape).contiguous()
-
-
-def input_size(height: int, width: int, min_size: int, max_size: int) -> tuple[int, int]:
-    """The size torchvision's GeneralizedRCNNTransform resizes an image to."""
-    scale = min(min_size / min(height, width), max_size / max(height, width))
-    return int(height * scale), int(width * scale)
 
 
 @dataclass
@@ -91,13 +86,7 @@ class CocoInstances(Dataset):
         anns = self.by_image.get(info["id"], [])
         corners, crops, labels = [], [], []
         for a in anns:
-            seg = a["segmentation"]
-            if isinstance(seg, list):
-                rle_ = mask_util.merge(mask_util.frPyObjects(seg, h, w))
-            elif isinstance(seg["counts"], list):
-                rle_ = mask_util.frPyObjects(seg, h, w)
-            else:
-                rle_ = seg
+            rle_ = segmentation_rle(a["segmentation"], h, w)
             x, y, bw, bh = (int(v) for v in mask_util.toBbox(rle_))
             full = mask_util.decode(rle_)
             if size != (h, w):

@@ -90,3 +90,9 @@ def header_size(path: str | Path) -> tuple[int, int]:
             return im.height, im.width
     except (UnidentifiedImageError, OSError, SyntaxError, ValueError) as exc:
         raise CellpipeError(f"unreadable image ({exc.__class__.__name__}: {exc})", where=str(path)) from None
+
+
+def input_size(height: int, width: int, min_size: int, max_size: int) -> tuple[int, int]:
+    """The size a model with ``min_size``/``max_size`` sees an image at (torchvision's rule)."""
+    scale = min(min_size / min(height, width), max_size / max(height, width))
+    return int(height * scale), int(width * scale)

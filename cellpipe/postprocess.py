@@ -20,33 +20,13 @@ would otherwise outvote the confident ones).
 
 from __future__ import annotations
 
-from dataclasses import asdict, dataclass, fields
-from typing import Any
-
 import numpy as np
 import pandas as pd
 import scipy.sparse as sp
 
+from cellpipe.config import PostProcess
 from cellpipe.metric import iou_matrix
 from cellpipe.submission import resolve_overlaps
-
-
-@dataclass(frozen=True)
-class PostProcess:
-    """The ``postprocess`` params section."""
-
-    min_size: int = 0
-    max_lost: float = 1.0  # 1.0 keeps any remainder
-    mask_nms_iou: float = 1.0  # 1.0: no mask NMS
-    vote_min_score: float = 0.0
-
-    @classmethod
-    def from_dict(cls, d: dict[str, Any] | None) -> PostProcess:
-        known = {f.name for f in fields(cls)}
-        return cls(**{k: v for k, v in (d or {}).items() if k in known})
-
-    def to_dict(self) -> dict[str, Any]:
-        return asdict(self)
 
 
 def mask_nms(masks: sp.csr_matrix, scores: np.ndarray, iou: float) -> np.ndarray:

@@ -9,6 +9,7 @@ passes: matched masks are combined and scores averaged over the passes.
 from __future__ import annotations
 
 from dataclasses import dataclass
+from pathlib import Path
 
 import numpy as np
 import scipy.sparse as sp
@@ -109,3 +110,18 @@ def merge_passes(parts: list[Instances], iou_threshold: float) -> Instances:
     merged.eliminate_zeros()
     keep = np.asarray(merged.sum(axis=1)).ravel() > 0
     return Instances(merged[keep], np.asarray(out_scores, np.float32)[keep], np.asarray(out_labels)[keep], shape)
+
+
+def predict_images(family, model: torch.nn.Module, paths: dict[str, Path], classes: list[str], *, device,
+                   mask_threshold: float, tta: bool = False, tta_iou: float = 0.5, progress=None):
+    """Predictions (:class:`cellpipe.predictions.Predictions`) of every image in ``paths`` (id → file)."""
+    from cellpipe import predictions
+    from cellpipe.images import read_grey
+
+    items = []
+    for k, (image_id, path) in enumerate(paths.items()):
+        items.append((image_id, family.predict(model, read_grey(path), device=device, mask_threshold=mask_threshold,
+                                               tta=tta, tta_iou=tta_iou)))
+        if progress:
+            progress(k + 1)
+    return predictions.to_frame(items, classes)

@@ -15,11 +15,11 @@ import numpy as np
 import pandas as pd
 
 from cellpipe import rle
+from cellpipe.config import CELL_TYPES
 from cellpipe.errors import CellpipeError
 from cellpipe.images import list_images, read_grey
 from cellpipe.paths import check_name, stored
 
-CELL_TYPES: tuple[str, ...] = ("shsy5y", "astro", "cort")
 COLUMNS: tuple[str, ...] = ("id", "annotation", "width", "height", "cell_type", "plate_time",
                             "sample_date", "sample_id", "elapsed_timedelta")
 METADATA: tuple[str, ...] = ("plate_time", "sample_date", "sample_id", "elapsed_timedelta")

@@ -18,7 +18,7 @@ import pandas as pd
 import scipy.sparse as sp
 
 from cellpipe import metric, postprocess
-from cellpipe.postprocess import PostProcess
+from cellpipe.config import PostProcess
 
 
 @dataclass

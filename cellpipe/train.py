@@ -1,64 +1,44 @@
-"""The training engine shared by ``pretrain`` and ``finetune``.
+"""The training engine shared by ``pretrain`` and ``finetune``, for any model family.
 
-Plain PyTorch in the spirit of torchvision's detection references: SGD with momentum
-and weight decay, linear warm-up then cosine decay, gradient clipping, AMP on CUDA.
-Every ``eval_every`` iterations the model predicts the val images and is scored with
-the competition metric; ``best.pt`` keeps the best, ``last.pt`` always holds the full
-state (model, optimizer, scheduler, iteration), so an interrupted run resumes where it
-stopped. Batches and augmentations are drawn from RNGs seeded by (seed, iteration):
-a resumed run sees exactly the samples an uninterrupted one would.
+Plain PyTorch in the spirit of torchvision's detection references, in small pieces
+that each do one thing (and are tested alone), the way detectron2 splits its hooks:
 
-Logging goes through hooks (``on_log``/``on_step``) so the engine knows nothing of
-dvclive or progress bars.
+- :class:`Batches` / :func:`loader` — iteration ``it``'s batch, drawn from RNGs seeded by
+  ``(seed, it)``, served by a ``DataLoader`` (worker processes, pinned memory on GPU):
+  a resumed run sees exactly the batches an uninterrupted one would;
+- :func:`train_step` — one optimisation step (SGD with momentum and weight decay,
+  gradient clipping, AMP on CUDA), with clear errors for out-of-memory and divergence;
+- :func:`evaluate` — the competition metric on val, post-processed as the final score is;
+- :class:`BestKeeper` — ``best.pt`` holds the best evaluation so far;
+- :func:`resume` / :func:`save_last` — ``last.pt`` holds the full state, resumed only
+  when it was written by the same configuration, code and data (its fingerprint).
+
+:func:`train` puts them together: linear warm-up then cosine decay, evaluation every
+``eval_every`` iterations. Logging goes through hooks (``on_log``/``on_step``), so the
+engine knows nothing of dvclive or progress bars.
 """
 
 from __future__ import annotations
 
 import math
 import time
-from collections.abc import Callable
-from dataclasses import asdict, dataclass
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 import scipy.sparse as sp
 import torch
+from torch.utils.data import DataLoader, Dataset
 
-from cellpipe import checkpoints, metric, postprocess
+from cellpipe import checkpoints, coco, metric, postprocess
 from cellpipe.atomic import remove_stale
+from cellpipe.config import Model, PostProcess, Train
 from cellpipe.data import CocoInstances, collate
 from cellpipe.errors import CellpipeError
-from cellpipe.models import ModelConfig, test_head
-from cellpipe.postprocess import PostProcess
-from cellpipe.predict import predict_image
-
-
-@dataclass(frozen=True)
-class TrainConfig:
-    """Optimisation knobs (the ``pretrain`` / ``finetune`` params sections)."""
-
-    iters: int = 300
-    batch_size: int = 2
-    lr: float = 0.02
-    momentum: float = 0.9
-    weight_decay: float = 1e-4
-    warmup_iters: int = 50
-    warmup_factor: float = 0.001
-    clip_grad: float = 10.0
-    eval_every: int = 100
-    eval_score_threshold: float = 0.5
-    seed: int = 0
-    hflip: bool = True
-    vflip: bool = True
-    crop_size: int = 256
-
-    def __post_init__(self) -> None:
-        for key in ("iters", "batch_size", "eval_every"):
-            if getattr(self, key) <= 0:
-                raise CellpipeError(f"{key} must be > 0, got {getattr(self, key)}")
-        if self.lr <= 0:
-            raise CellpipeError(f"lr must be > 0, got {self.lr}")
+from cellpipe.images import read_grey
+from cellpipe.models import Family
 
 
 @dataclass
@@ -71,7 +51,7 @@ class ValImage:
     truth: sp.csr_matrix
 
 
-def lr_factor(it: int, cfg: TrainConfig) -> float:
+def lr_factor(it: int, cfg: Train) -> float:
     """Linear warm-up from ``warmup_factor`` to 1, then cosine to 0 at ``iters``."""
     if it < cfg.warmup_iters:
         alpha = it / max(1, cfg.warmup_iters)
@@ -84,28 +64,164 @@ def default_device() -> torch.device:
     return torch.device("cuda" if torch.cuda.is_available() else "cpu")
 
 
-def evaluate(model: torch.nn.Module, val: list[ValImage], *, device, score_threshold: float, post: PostProcess,
-             mask_threshold: float) -> metric.Report:
+# --------------------------------------------------------------------------- batches
+
+
+class Batches(Dataset):
+    """Iterations ``start..iters-1`` as items: item ``k`` is iteration ``start + k``'s collated batch.
+
+    Which images (``numpy`` RNG seeded by ``(seed, it)``) and their random crops and
+    flips (torch RNG seeded by ``seed·1000003 + it``) depend on the iteration only,
+    whichever process builds the batch.
+    """
+
+    def __init__(self, dataset: CocoInstances, cfg: Train, start: int) -> None:
+        self.dataset, self.cfg, self.start = dataset, cfg, start
+
+    def __len__(self) -> int:
+        return max(0, self.cfg.iters - self.start)
+
+    def __getitem__(self, k: int) -> tuple[int, tuple]:
+        it = self.start + k
+        rng = np.random.default_rng([self.cfg.seed, it])
+        n = len(self.dataset)
+        idx = rng.choice(n, self.cfg.batch_size, replace=n < self.cfg.batch_size)
+        torch.manual_seed(self.cfg.seed * 1_000_003 + it)
+        return it, collate([self.dataset[int(j)] for j in idx])
+
+
+def loader(dataset: CocoInstances, cfg: Train, start: int, device: torch.device) -> DataLoader:
+    """The batches of iterations ``start..iters-1`` in order, built by ``cfg.workers`` worker processes."""
+    return DataLoader(Batches(dataset, cfg, start), batch_size=None, shuffle=False, num_workers=cfg.workers,
+                      pin_memory=device.type == "cuda", generator=torch.Generator().manual_seed(cfg.seed),
+                      persistent_workers=False)
+
+
+# --------------------------------------------------------------------------- one step
+
+
+@dataclass
+class Optimisation:
+    """What a training step changes besides the model."""
+
+    params: list[torch.nn.Parameter]
+    optimizer: torch.optim.Optimizer
+    scheduler: torch.optim.lr_scheduler.LRScheduler
+    scaler: torch.amp.GradScaler | None
+
+
+def optimisation(model: torch.nn.Module, cfg: Train, device: torch.device) -> Optimisation:
+    params = [p for p in model.parameters() if p.requires_grad]
+    optimizer = torch.optim.SGD(params, lr=cfg.lr, momentum=cfg.momentum, weight_decay=cfg.weight_decay)
+    scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda it: lr_factor(it, cfg))
+    return Optimisation(params, optimizer, scheduler, torch.amp.GradScaler("cuda") if device.type == "cuda" else None)
+
+
+def train_step(family: Family, model: torch.nn.Module, images: list[torch.Tensor], targets: list[dict],
+               opt: Optimisation, cfg: Train, device: torch.device, it: int) -> tuple[float, float, dict[str, float]]:
+    """One step on one batch: (loss, lr it ran with, each loss term)."""
+    model.train()
+    try:
+        with torch.autocast(device_type="cuda", enabled=device.type == "cuda"):
+            losses = family.train_step(model, images, targets)
+    except torch.OutOfMemoryError:
+        raise CellpipeError(f"out of memory at iteration {it + 1} on {device}: lower batch_size or crop_size, "
+                            f"or model.min_size/max_size") from None
+    loss = sum(losses.values())
+    terms = {k: float(v.detach()) for k, v in losses.items()}
+    if not torch.isfinite(loss):
+        raise CellpipeError(f"loss became non-finite at iteration {it + 1} ({terms}); lower the lr or raise "
+                            f"warmup_iters")
+    opt.optimizer.zero_grad(set_to_none=True)
+    if opt.scaler is not None:
+        opt.scaler.scale(loss).backward()
+        opt.scaler.unscale_(opt.optimizer)
+        torch.nn.utils.clip_grad_norm_(opt.params, cfg.clip_grad)
+        opt.scaler.step(opt.optimizer)
+        opt.scaler.update()
+    else:
+        loss.backward()
+        torch.nn.utils.clip_grad_norm_(opt.params, cfg.clip_grad)
+        opt.optimizer.step()
+    lr = opt.optimizer.param_groups[0]["lr"]
+    opt.scheduler.step()
+    return float(loss.detach()), lr, terms
+
+
+# --------------------------------------------------------------------------- evaluation and checkpoints
+
+
+def evaluate(family: Family, model: torch.nn.Module, val: list[ValImage], *, device, score_threshold: float,
+             post: PostProcess, mask_threshold: float) -> metric.Report:
     """Competition metric of the model on ``val``, post-processed as the final score is (one threshold)."""
-    rows = []
-    for v in val:
-        inst = predict_image(model, v.grey, device=device, mask_threshold=mask_threshold)
-        rows.append((v.image_id, v.cell_type, v.truth, postprocess.final(inst.masks, inst.scores, score_threshold, post)))
+    limits = family.limits(model)
+    saved = limits.score_thresh
+    limits.score_thresh = max(saved, score_threshold)  # boxes under it are dropped anyway: don't paste their masks
+    try:
+        rows = []
+        for v in val:
+            inst = family.predict(model, v.grey, device=device, mask_threshold=mask_threshold)
+            rows.append((v.image_id, v.cell_type, v.truth, postprocess.final(inst.masks, inst.scores, score_threshold,
+                                                                             post)))
+    finally:
+        limits.score_thresh = saved
     return metric.evaluate(rows)
 
 
-def _checkpoint(model, optimizer, scheduler, scaler, it: int, best: float, best_it: int, meta: dict) -> dict:
-    return {"model": model.state_dict(), "optimizer": optimizer.state_dict(), "scheduler": scheduler.state_dict(),
-            "scaler": scaler.state_dict() if scaler is not None else None, "iteration": it, "best": best,
-            "best_iteration": best_it, **meta}
+class BestKeeper:
+    """``best.pt``: the model of the best evaluation so far (the first of ties)."""
+
+    def __init__(self, path: Path, meta: dict[str, Any], best: float = -1.0, iteration: int = -1) -> None:
+        self.path, self.meta, self.best, self.iteration = path, meta, best, iteration
+
+    def offer(self, score: float, it: int, model: torch.nn.Module) -> bool:
+        if score <= self.best:
+            return False
+        self.best, self.iteration = score, it
+        checkpoints.save({"model": model.state_dict(), "iteration": it, "best": score, **self.meta}, self.path)
+        return True
+
+
+def save_last(path: Path, model: torch.nn.Module, opt: Optimisation, it: int, keeper: BestKeeper) -> None:
+    """``last.pt``: everything needed to continue after iteration ``it``."""
+    checkpoints.save({"model": model.state_dict(), "optimizer": opt.optimizer.state_dict(),
+                      "scheduler": opt.scheduler.state_dict(),
+                      "scaler": opt.scaler.state_dict() if opt.scaler is not None else None, "iteration": it,
+                      "best": keeper.best, "best_iteration": keeper.iteration, **keeper.meta}, path)
+
+
+def resume(path: Path, model: torch.nn.Module, opt: Optimisation, fingerprint: str, device) -> tuple[int, float, int]:
+    """(iteration, best, best iteration) of a ``last.pt`` written by this configuration; else a fresh start.
+
+    A ``last.pt`` of another configuration is ignored (and replaced at the first
+    evaluation); one that cannot be read as data is an error, never silently replaced.
+    """
+    if not path.is_file():
+        return 0, -1.0, -1
+    try:
+        ckpt = checkpoints.load(path, map_location=device)
+    except CellpipeError as exc:
+        raise CellpipeError(f"{exc}; delete it to start this training afresh") from None
+    if ckpt.get("fingerprint") != fingerprint:
+        return 0, -1.0, -1
+    model.load_state_dict(ckpt["model"])
+    opt.optimizer.load_state_dict(ckpt["optimizer"])
+    opt.scheduler.load_state_dict(ckpt["scheduler"])
+    if opt.scaler is not None and ckpt.get("scaler"):
+        opt.scaler.load_state_dict(ckpt["scaler"])
+    return ckpt["iteration"], ckpt["best"], ckpt["best_iteration"]
+
+
+# --------------------------------------------------------------------------- the loop
 
 
 def train(
+    family: Family,
     model: torch.nn.Module,
     dataset: CocoInstances,
     val: list[ValImage],
-    cfg: TrainConfig,
-    model_cfg: ModelConfig,
+    cfg: Train,
+    model_cfg: Model,
     out_dir: Path,
     *,
     classes: list[str],
@@ -118,13 +234,10 @@ def train(
 ) -> dict[str, Any]:
     """Train ``model`` for ``cfg.iters`` iterations, resuming from ``out_dir/last.pt``.
 
-    A ``last.pt`` is resumed only when it was written with the same model and train
-    config, init and ``data_fingerprint`` (a hash of the training inputs): a persisted
-    checkpoint of another configuration or other data is ignored, never continued.
-
-    ``post`` is the post-processing the best checkpoint is selected with (the one the
-    final score uses). Returns a summary (best val score and iteration, iterations run
-    now, seconds).
+    ``data_fingerprint`` (a hash of the training inputs and code) and the configs make
+    the resume fingerprint. ``post`` is the post-processing the best checkpoint is
+    selected with (the one the final score uses). Returns a summary (best val score
+    and iteration, iterations run now, seconds).
     """
     post = post or PostProcess()
     device = device or default_device()
@@ -135,134 +248,67 @@ def train(
     if not val:
         raise CellpipeError("the val set has no images: evaluation during training needs some")
     model.to(device)
-    params = [p for p in model.parameters() if p.requires_grad]
-    optimizer = torch.optim.SGD(params, lr=cfg.lr, momentum=cfg.momentum, weight_decay=cfg.weight_decay)
-    scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda it: lr_factor(it, cfg))
-    scaler = torch.amp.GradScaler("cuda") if device.type == "cuda" else None
-    meta = {"train_config": asdict(cfg), "model_config": asdict(model_cfg), "classes": classes, "init": init,
-            "postprocess": post.to_dict(),
-            "fingerprint": f"{model_cfg.fingerprint()}:{hash_config(cfg)}:{init}:{len(classes)}:{data_fingerprint}:"
-                           f"{hash_config(post)}"}
-    start, best, best_it = 0, -1.0, -1
+    opt = optimisation(model, cfg, device)
+    meta = {"train_config": cfg.model_dump(mode="json"), "model_config": model_cfg.model_dump(mode="json"),
+            "classes": classes, "init": init, "postprocess": post.model_dump(mode="json"),
+            "fingerprint": f"{model_cfg.fingerprint()}:{cfg.fingerprint()}:{init}:{len(classes)}:{data_fingerprint}:"
+                           f"{post.fingerprint()}"}
     last = out_dir / "last.pt"
-    if last.is_file():
-        try:
-            ckpt = checkpoints.load(last, map_location=device)
-        except CellpipeError as exc:  # never continue from (or silently replace) a file we cannot trust
-            raise CellpipeError(f"{exc}; delete it to start this training afresh") from None
-        if ckpt.get("fingerprint") == meta["fingerprint"]:
-            model.load_state_dict(ckpt["model"])
-            optimizer.load_state_dict(ckpt["optimizer"])
-            scheduler.load_state_dict(ckpt["scheduler"])
-            if scaler is not None and ckpt.get("scaler"):
-                scaler.load_state_dict(ckpt["scaler"])
-            start, best, best_it = ckpt["iteration"], ckpt["best"], ckpt["best_iteration"]
+    start, best, best_it = resume(last, model, opt, meta["fingerprint"], device)
     if start == 0:  # a fresh run: a best.pt of another configuration must not survive
         (out_dir / "best.pt").unlink(missing_ok=True)
+    keeper = BestKeeper(out_dir / "best.pt", meta, best, best_it)
     t0 = time.perf_counter()
-    mask_threshold = model_cfg.mask_threshold
 
-    def do_eval(it: int) -> None:
-        nonlocal best, best_it
-        # boxes under the eval threshold are discarded anyway: don't paste their masks
-        head = test_head(model)
-        saved = head.score_thresh
-        head.score_thresh = max(saved, cfg.eval_score_threshold)
-        try:
-            report = evaluate(model, val, device=device, score_threshold=cfg.eval_score_threshold, post=post,
-                              mask_threshold=mask_threshold)
-        finally:
-            head.score_thresh = saved
-        score = report.score
-        logs = {"val/map_iou": score, **{f"val/{k}": v for k, v in report.per_class().items()}}
-        if score > best:
-            best, best_it = score, it
-            checkpoints.save({"model": model.state_dict(), "iteration": it, "best": best, **meta}, out_dir / "best.pt")
-        logs["val/best_map_iou"] = best
-        checkpoints.save(_checkpoint(model, optimizer, scheduler, scaler, it, best, best_it, meta), last)
+    def evaluation(it: int) -> None:
+        report = evaluate(family, model, val, device=device, score_threshold=cfg.eval_score_threshold, post=post,
+                          mask_threshold=model_cfg.mask_threshold)
+        logs = {"val/map_iou": report.score, **{f"val/{k}": v for k, v in report.per_class().items()}}
+        keeper.offer(report.score, it, model)
+        logs["val/best_map_iou"] = keeper.best
+        save_last(last, model, opt, it, keeper)
         if on_log:
             on_log(it, logs)
 
-    model.train()
-    for it in range(start, cfg.iters):
-        rng = np.random.default_rng([cfg.seed, it])
-        idx = rng.choice(len(dataset), cfg.batch_size, replace=len(dataset) < cfg.batch_size)
-        torch.manual_seed(cfg.seed * 1_000_003 + it)
-        images, targets = collate([dataset[int(j)] for j in idx])
-        images = [im.to(device) for im in images]
-        targets = [{k: v.to(device) for k, v in t.items()} for t in targets]
-        model.train()
-        try:
-            with torch.autocast(device_type="cuda", enabled=device.type == "cuda"):
-                losses = model(images, targets)
-        except torch.OutOfMemoryError:
-            raise CellpipeError(f"out of memory at iteration {it + 1} on {device}: lower batch_size or crop_size, "
-                                f"or model.min_size/max_size") from None
-        loss = sum(losses.values())
-        loss_value = float(loss.detach())
-        if not torch.isfinite(loss):
-            raise CellpipeError(f"loss became non-finite at iteration {it + 1} "
-                                f"({ {k: float(v.detach()) for k, v in losses.items()} }); lower the lr or raise warmup_iters")
-        optimizer.zero_grad(set_to_none=True)
-        if scaler is not None:
-            scaler.scale(loss).backward()
-            scaler.unscale_(optimizer)
-            torch.nn.utils.clip_grad_norm_(params, cfg.clip_grad)
-            scaler.step(optimizer)
-            scaler.update()
-        else:
-            loss.backward()
-            torch.nn.utils.clip_grad_norm_(params, cfg.clip_grad)
-            optimizer.step()
-        lr = optimizer.param_groups[0]["lr"]
-        scheduler.step()
+    for it, (images, targets) in _iterations(dataset, cfg, start, device):
+        loss, lr, terms = train_step(family, model, images, targets, opt, cfg, device, it)
         done = it + 1
         if on_step:
-            on_step(done, cfg.iters, loss_value, lr)
+            on_step(done, cfg.iters, loss, lr)
         if on_log:
-            on_log(done, {"train/loss": loss_value, "train/lr": lr,
-                          **{f"train/{k}": float(v.detach()) for k, v in losses.items()}})
+            on_log(done, {"train/loss": loss, "train/lr": lr, **{f"train/{k}": v for k, v in terms.items()}})
         if done % cfg.eval_every == 0 or done == cfg.iters:
-            do_eval(done)
-    if start >= cfg.iters and not (out_dir / "best.pt").is_file():
-        do_eval(cfg.iters)
-    return {"best_map_iou": best, "best_iteration": best_it, "iterations": cfg.iters,
+            evaluation(done)
+    if start >= cfg.iters and not keeper.path.is_file():
+        evaluation(cfg.iters)
+    return {"best_map_iou": keeper.best, "best_iteration": keeper.iteration, "iterations": cfg.iters,
             "resumed_from": start, "seconds": round(time.perf_counter() - t0, 1)}
 
 
-def hash_config(cfg: Any) -> str:
-    import hashlib
-    import json
+def _iterations(dataset: CocoInstances, cfg: Train, start: int, device: torch.device
+                ) -> Iterator[tuple[int, tuple[list[torch.Tensor], list[dict]]]]:
+    """(iteration, batch on ``device``) from the loader.
 
-    return hashlib.sha256(json.dumps(asdict(cfg), sort_keys=True).encode()).hexdigest()[:16]
+    With worker processes the batches are drawn elsewhere, so the main process seeds
+    the model's own randomness (RPN/RoI sampling) per iteration too.
+    """
+    for it, (images, targets) in loader(dataset, cfg, start, device):
+        if cfg.workers:
+            torch.manual_seed(cfg.seed * 1_000_003 + it)
+        images = [im.to(device, non_blocking=True) for im in images]
+        targets = [{k: v.to(device, non_blocking=True) for k, v in t.items()} for t in targets]
+        yield it, (list(images), list(targets))
 
 
-def val_images(coco: dict, *, class_agnostic_names: bool = False) -> list[ValImage]:
-    """Val images of a COCO dict with their true instances as sparse matrices."""
-    from pycocotools import mask as mask_util
-
-    from cellpipe.images import read_grey
-
+def val_images(data: dict, *, class_agnostic_names: bool = False) -> list[ValImage]:
+    """Val images of a normalised COCO dict with their true instances as sparse matrices."""
     by_image: dict[int, list[dict]] = {}
-    for a in coco["annotations"]:
+    for a in data["annotations"]:
         by_image.setdefault(a["image_id"], []).append(a)
     out = []
-    for im in coco["images"]:
+    for im in data["images"]:
         h, w = int(im["height"]), int(im["width"])
-        rles = []
-        for a in by_image.get(im["id"], []):
-            seg = a["segmentation"]
-            if isinstance(seg, list):
-                rles.append(mask_util.merge(mask_util.frPyObjects(seg, h, w)))
-            else:
-                rles.append(seg if isinstance(seg["counts"], str | bytes) else mask_util.frPyObjects(seg, h, w))
-        if rles:
-            dense = mask_util.decode(rles)  # (h, w, n), Fortran order
-            truth = sp.csr_matrix(np.ascontiguousarray(dense.transpose(2, 0, 1)).reshape(len(rles), h * w),
-                                  dtype=np.float32)
-        else:
-            truth = sp.csr_matrix((0, h * w), dtype=np.float32)
-        name = str(im.get("kaggle_id", im["id"]))
-        out.append(ValImage(name, "cell" if class_agnostic_names else str(im.get("cell_type", "cell")),
+        truth = coco.instances(by_image.get(im["id"], []), h, w)
+        out.append(ValImage(coco.image_id(im), "cell" if class_agnostic_names else str(im.get("cell_type", "cell")),
                             read_grey(im["path"], (h, w)), truth))
     return out

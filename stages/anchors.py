@@ -13,13 +13,14 @@ import typer
 from rich.table import Table
 
 from cellpipe import anchors, coco
-from stages.common import PARAMS_HELP, console, load_params, log, write_json
+from cellpipe.config import PARAMS_HELP, Model, load
+from cellpipe.console import console, log
+from cellpipe.images import input_size
+from cellpipe.io import write_json
 
 
-def model_scale_boxes(data: dict, mcfg) -> tuple[np.ndarray, np.ndarray]:
+def model_scale_boxes(data: dict, mcfg: Model) -> tuple[np.ndarray, np.ndarray]:
     """(x0, y0, x1, y1) boxes at the model's input scale, and each box's category name."""
-    from cellpipe.data import input_size
-
     names = {c["id"]: c["name"] for c in data["categories"]}
     images = {im["id"]: im for im in data["images"]}
     boxes, labels = [], []
@@ -39,9 +40,7 @@ def run(
     per_level: int = typer.Option(2, help="anchor sizes per FPN level in the suggestion"),
     params: Path = typer.Option(Path("params.yaml"), help=PARAMS_HELP),
 ) -> None:
-    from cellpipe.models import ModelConfig  # imports torch: only when run
-
-    mcfg = ModelConfig.from_params(load_params(params, "model"))
+    mcfg = load(params, "model").model
     data = coco.load_json(train)
     data = {**data, "annotations": coco.normalise(data, where=str(train), check_files=False)["annotations"]}
     boxes, labels = model_scale_boxes(data, mcfg)

@@ -13,10 +13,24 @@ import sys
 import typer
 
 from cellpipe import __version__
+from cellpipe.console import console
 from cellpipe.errors import CellpipeError
-from stages import anchors, coco, decode, finetune, livecell, predict, pretrain, score, submit, synth, thresholds, visualize
-from stages import submission as submission_cmd
-from stages.common import console
+from stages import (
+    anchors,
+    check_submission,
+    coco,
+    decode,
+    finetune,
+    livecell,
+    params,
+    predict,
+    pretrain,
+    score,
+    submit,
+    synth,
+    thresholds,
+    visualize,
+)
 
 app = typer.Typer(
     name="cellpipe",
@@ -57,7 +71,8 @@ app.command("thresholds", help="Tune per-class score thresholds on val.")(thresh
 app.command("score", help="Score val detections with the competition metric → metrics/val.json.")(score.run)
 app.command("submit", help="Test detections → non-overlapping masks → submission.csv (validated).")(submit.run)
 app.command("visualize", help="Draw predictions over val/test images (overlays for dvc plots).")(visualize.run)
-app.command("check-submission", help="Validate a submission.csv against the test image ids.")(submission_cmd.check)
+app.command("check-submission", help="Validate a submission.csv against the test image ids.")(check_submission.check)
+app.command("params", help="Print the effective params (or the documented defaults).")(params.show)
 
 
 class Interrupted(BaseException):

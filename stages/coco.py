@@ -7,7 +7,9 @@ from pathlib import Path
 import typer
 
 from cellpipe import coco
-from stages.common import PARAMS_HELP, load_params, log, read_parquet, write_json
+from cellpipe.config import PARAMS_HELP, load
+from cellpipe.console import log
+from cellpipe.io import read_parquet, write_json
 
 
 def run(
@@ -17,10 +19,10 @@ def run(
     val_out: Path = typer.Option(Path("data/coco/val.json"), help="COCO JSON of the val split"),
     params: Path = typer.Option(Path("params.yaml"), help=PARAMS_HELP),
 ) -> None:
-    p = load_params(params, "coco")
+    p = load(params, "coco").coco
     ann = read_parquet(annotations)
     img = read_parquet(images)
-    split = coco.split_groups(img, p["val_fraction"], p["seed"])
+    split = coco.split_groups(img, p.val_fraction, p.seed)
     for name, out in (("train", train_out), ("val", val_out)):
         part = img[split == name]
         data = coco.build(part, ann, images_file=images, out=out)

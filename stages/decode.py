@@ -7,7 +7,9 @@ from pathlib import Path
 import typer
 
 from cellpipe import tables
-from stages.common import PARAMS_HELP, load_params, log, progress, write_parquet
+from cellpipe.config import PARAMS_HELP, load
+from cellpipe.console import log, progress
+from cellpipe.io import write_parquet
 
 
 def run(
@@ -16,9 +18,9 @@ def run(
     images_out: Path = typer.Option(Path("data/interim/images.parquet"), help="one row per image"),
     params: Path = typer.Option(Path("params.yaml"), help=PARAMS_HELP),
 ) -> None:
-    p = load_params(params, "decode")
+    p = load(params, "decode").decode
     csv_path = kaggle_dir / "train.csv"
-    df = tables.read_train_csv(csv_path, duplicates=p["duplicates"])
+    df = tables.read_train_csv(csv_path, duplicates=p.duplicates)
     dropped = df.attrs.get("dropped_duplicates", [])
     if dropped:
         log(f"[yellow]dropped {len(dropped)} exact duplicate rows of {csv_path} (lines {', '.join(map(str, dropped[:10]))}"

@@ -6,7 +6,7 @@ from pathlib import Path
 
 import typer
 
-from stages.common import PARAMS_HELP, load_params
+from cellpipe.config import PARAMS_HELP, load
 
 
 def run(
@@ -17,8 +17,9 @@ def run(
     out: Path = typer.Option(Path("models/finetune"), help="checkpoints (best.pt, last.pt) and dvclive logs"),
     params: Path = typer.Option(Path("params.yaml"), help=PARAMS_HELP),
 ) -> None:
-    from stages.training import run_training  # imports torch: only when training
+    from cellpipe.training import run_training  # imports torch: only when training
 
-    run_training(stage="finetune", train_json=train, val_source=val, out=out,
-                 params_all=load_params(params, "model", "finetune", "postprocess"), single_class=False,
-                 init_checkpoint=init_checkpoint)
+    p = load(params, "model", "finetune", "postprocess")
+    init = str(init_checkpoint) if p.finetune.init == "checkpoint" else p.finetune.init
+    run_training(stage="finetune", train_json=train, val_source=val, out=out, model_cfg=p.model, train_cfg=p.finetune,
+                 init=init, post=p.postprocess, single_class=False)

@@ -7,7 +7,8 @@ from pathlib import Path
 import typer
 
 from cellpipe import coco
-from stages.common import log, write_json
+from cellpipe.console import log
+from cellpipe.io import write_json
 
 
 def run(

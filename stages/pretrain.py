@@ -1,4 +1,4 @@
-"""Stage ``pretrain``: Mask R-CNN on the LIVECell COCO (one class 'cell')."""
+"""Stage ``pretrain``: a model on the LIVECell COCO (one class 'cell')."""
 
 from __future__ import annotations
 
@@ -6,7 +6,7 @@ from pathlib import Path
 
 import typer
 
-from stages.common import PARAMS_HELP, load_params
+from cellpipe.config import PARAMS_HELP, load
 
 
 def run(
@@ -14,8 +14,9 @@ def run(
     out: Path = typer.Option(Path("models/livecell"), help="checkpoints (best.pt, last.pt) and dvclive logs"),
     params: Path = typer.Option(Path("params.yaml"), help=PARAMS_HELP),
 ) -> None:
-    from stages.training import run_training  # imports torch: only when training
+    from cellpipe.training import run_training  # imports torch: only when training
 
-    p = load_params(params, "model", "pretrain", "postprocess")
-    run_training(stage="pretrain", train_json=livecell, val_source=livecell, out=out, params_all=p,
-                 single_class=True, val_images=p["pretrain"]["val_images"])
+    p = load(params, "model", "pretrain", "postprocess")
+    run_training(stage="pretrain", train_json=livecell, val_source=livecell, out=out, model_cfg=p.model,
+                 train_cfg=p.pretrain, init=p.pretrain.init, post=p.postprocess, single_class=True,
+                 val_images=p.pretrain.val_images)

@@ -13,9 +13,10 @@ import typer
 from rich.table import Table
 
 from cellpipe import metric, thresholds
-from cellpipe.tables import CELL_TYPES
-from stages.common import console, log, write_csv, write_json
-from stages.evaluation import read_thresholds, scored_pairs, truth_ids, val_image_list
+from cellpipe.config import CELL_TYPES
+from cellpipe.console import console, log
+from cellpipe.evaluation import read_thresholds, scored_pairs, truth_ids, val_image_list
+from cellpipe.io import write_csv, write_json
 
 
 class Duplicates(StrEnum):

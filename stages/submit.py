@@ -9,10 +9,10 @@ import typer
 
 from cellpipe import predictions, submission, tables, thresholds
 from cellpipe.atomic import atomic_path
+from cellpipe.config import CELL_TYPES
+from cellpipe.console import log
 from cellpipe.errors import CellpipeError
-from cellpipe.tables import CELL_TYPES
-from stages.common import log
-from stages.evaluation import read_thresholds
+from cellpipe.evaluation import read_thresholds
 
 
 def write_submission(pred: predictions.Predictions, ids: list[str], thresholds_file: Path, out: Path, *,

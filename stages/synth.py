@@ -8,7 +8,8 @@ import typer
 
 from cellpipe import synth
 from cellpipe.atomic import atomic_path
-from stages.common import PARAMS_HELP, load_params, log, progress
+from cellpipe.config import PARAMS_HELP, load
+from cellpipe.console import log, progress
 
 
 def run(
@@ -16,12 +17,12 @@ def run(
     livecell_out: Path = typer.Option(Path("data/raw/livecell"), help="output folder in the LIVECell layout"),
     params: Path = typer.Option(Path("params.yaml"), help=PARAMS_HELP),
 ) -> None:
-    p = load_params(params, "synth")
+    p = load(params, "synth").synth
     with atomic_path(kaggle_out, directory=True) as tmp, progress("synth kaggle images") as bar:
-        df = synth.write_kaggle(tmp, p["images_per_type"], p["test_images"], p["cells_scale"], p["seed"],
-                                p["images_per_sample"], progress=bar)
-    log(f"wrote {df['id'].nunique()} training images with {len(df)} cells and {p['test_images']} test images "
+        df = synth.write_kaggle(tmp, p.images_per_type, p.test_images, p.cells_scale, p.seed, p.images_per_sample,
+                                progress=bar)
+    log(f"wrote {df['id'].nunique()} training images with {len(df)} cells and {p.test_images} test images "
         f"to {kaggle_out}")
     with atomic_path(livecell_out, directory=True) as tmp, progress("synth livecell images") as bar:
-        coco = synth.write_livecell(tmp, p["livecell_images"], p["livecell_cells_scale"], p["seed"], progress=bar)
+        coco = synth.write_livecell(tmp, p.livecell_images, p.livecell_cells_scale, p.seed, progress=bar)
     log(f"wrote {len(coco['images'])} LIVECell-style images with {len(coco['annotations'])} cells to {livecell_out}")

@@ -7,10 +7,10 @@ from pathlib import Path
 import typer
 
 from cellpipe import thresholds
-from cellpipe.postprocess import PostProcess
-from cellpipe.tables import CELL_TYPES
-from stages.common import PARAMS_HELP, load_params, log, write_csv, write_json
-from stages.evaluation import scored_pairs, val_image_list
+from cellpipe.config import CELL_TYPES, PARAMS_HELP, load
+from cellpipe.console import log
+from cellpipe.evaluation import scored_pairs, val_image_list
+from cellpipe.io import write_csv, write_json
 
 
 def run(
@@ -22,15 +22,15 @@ def run(
     counts_out: Path = typer.Option(Path("metrics/threshold_counts.csv"), help="TP/FP/FN at IoU 0.5 per threshold"),
     params: Path = typer.Option(Path("params.yaml"), help=PARAMS_HELP),
 ) -> None:
-    p = load_params(params, "thresholds")
-    post = PostProcess.from_dict(load_params(params, "postprocess"))
+    params_ = load(params, "thresholds", "postprocess")
+    p, post = params_.thresholds, params_.postprocess
     pairs, _ = scored_pairs(truth, val_image_list(val)["image_id"].tolist(), predictions, truth_where=val)
     preds = [pred for pred, _, _ in pairs]
     truths = {pred.image_id: t for pred, t, _ in pairs}
-    table = thresholds.sweep(preds, truths, p["grid"], post, default_class=CELL_TYPES[0])
-    chosen = thresholds.choose(table, list(CELL_TYPES), p["fallback"])
+    table = thresholds.sweep(preds, truths, p.grid, post, default_class=CELL_TYPES[0])
+    chosen = thresholds.choose(table, list(CELL_TYPES), p.fallback)
     wide = table.pivot(index="threshold", columns="cell_type", values="score").reset_index()
     write_csv(wide.reindex(columns=["threshold", *CELL_TYPES]), sweep_out)
     write_csv(table.groupby("threshold", as_index=False)[["tp", "fp", "fn"]].sum(), counts_out)
-    write_json({"score_threshold": chosen, "postprocess": post.to_dict()}, out)
+    write_json({"score_threshold": chosen, "postprocess": post.model_dump()}, out)
     log(f"thresholds {chosen} → {out}")

@@ -12,10 +12,10 @@ import typer
 
 from cellpipe import coco, overlay, predictions, thresholds
 from cellpipe.atomic import atomic_path
+from cellpipe.config import CELL_TYPES
+from cellpipe.console import log
+from cellpipe.evaluation import read_thresholds, scored_pairs, val_image_list
 from cellpipe.images import list_images, read_grey
-from cellpipe.tables import CELL_TYPES
-from stages.common import log
-from stages.evaluation import read_thresholds, scored_pairs, val_image_list
 
 
 def run(

@@ -76,5 +76,45 @@ def write_params(path: Path, edit=None) -> Path:
     return path
 
 
+# a model small enough to train a few steps in seconds
+TINY_MODEL = None  # set below (imports torch-free config only)
+CLASSES = ["shsy5y", "astro", "cort"]
+
+
+def tiny_model(**kw):
+    """The tiny model config, with ``kw`` changed."""
+    from cellpipe.config import Model
+
+    base = dict(min_size=130, max_size=176, fpn_channels=16, box_head_dim=32, mask_head_channels=16, mask_head_layers=1,
+                norm="batch", detections_per_img=50, rpn_pre_nms_test=200, rpn_post_nms_test=100,
+                anchor_sizes=[4, 8, 16, 32, 64])
+    return Model(**{**base, **kw})
+
+
+TINY_MODEL = tiny_model()
+
+
+def cellpipe_checkpoint(path: Path, cfg, classes: list[str]) -> None:
+    """A checkpoint as cellpipe's training writes it, of an untrained ``cfg`` model."""
+    import torch
+
+    from cellpipe import models
+
+    model = models.build(cfg, len(classes))
+    torch.save({"model": model.state_dict(), "model_config": cfg.model_dump(mode="json"), "classes": classes,
+                "iteration": 1}, path)
+
+
+@pytest.fixture(scope="session")
+def tiny_coco(tmp_path_factory) -> dict:
+    """A COCO dict of 4 tiny synthetic images (paths usable from here)."""
+    from cellpipe import coco, synth, tables
+
+    out = tmp_path_factory.mktemp("coco")
+    synth.write_kaggle(out, {"shsy5y": 1, "astro": 1, "cort": 2}, 0, 0.05, seed=2, images_per_sample=1)
+    ann, images = tables.build_tables(tables.read_train_csv(out / "train.csv"), out / "train")
+    return coco.build(images, ann)
+
+
 def requires_shared():
     return pytest.mark.skipif(not SAMPLE.is_dir(), reason="../shared/data is not beside the repo")

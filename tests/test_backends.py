@@ -6,7 +6,6 @@ Every contract test runs on torchvision always and on detectron2 when it is impo
 
 from __future__ import annotations
 
-import dataclasses
 import os
 import sys
 from pathlib import Path
@@ -17,33 +16,31 @@ import torch
 
 from cellpipe import models
 from cellpipe import train as engine
+from cellpipe.config import Train
 from cellpipe.data import CocoInstances, collate
 from cellpipe.errors import CellpipeError
-from cellpipe.models import d2
+from cellpipe.models import detectron2_maskrcnn as d2
 from cellpipe.predict import predict_image
-from tests.conftest import run_cli
-from tests.test_models import tiny_coco  # noqa: F401 - fixture
+from tests.conftest import run_cli, tiny_model, write_params
 
 NEEDS_D2 = pytest.mark.skipif(not d2.available(), reason="detectron2 is not installed (optional backend, README)")
 BACKENDS = ["torchvision", pytest.param("detectron2", marks=NEEDS_D2)]
 CLASSES = ["shsy5y", "astro", "cort"]
 
 
-def tiny(backend: str, **kw) -> models.ModelConfig:
+def tiny(backend: str, **kw):
     # 32 channels: detectron2's GroupNorm has 32 groups
-    return models.ModelConfig(backend=backend, min_size=130, max_size=176, fpn_channels=32, box_head_dim=32,
-                              mask_head_channels=32, mask_head_layers=1, norm="batch", detections_per_img=50,
-                              rpn_pre_nms_test=200, rpn_post_nms_test=100, anchor_sizes=(4, 8, 16, 32, 64), **kw)
+    return tiny_model(**{"backend": backend, "fpn_channels": 32, "mask_head_channels": 32, **kw})
 
 
-def batch(tiny_coco, cfg):  # noqa: F811
+def batch(tiny_coco, cfg):
     ds = CocoInstances(tiny_coco, cfg.min_size, cfg.max_size, crop_size=96)
     torch.manual_seed(0)
     return collate([ds[0], ds[1]])
 
 
 @pytest.mark.parametrize("backend", BACKENDS)
-def test_train_step_gives_finite_losses_and_gradients(backend, tiny_coco):  # noqa: F811
+def test_train_step_gives_finite_losses_and_gradients(backend, tiny_coco):
     cfg = tiny(backend)
     model = models.build(cfg, 3).train()
     images, targets = batch(tiny_coco, cfg)
@@ -66,7 +63,7 @@ def test_predict_gives_full_size_instances_and_obeys_test_limits(backend):
     inst = predict_image(model, grey, tta=True)
     assert inst.masks.shape == (len(inst.scores), 520 * 704) and len(inst.labels) == len(inst.scores)
     assert set(np.unique(inst.labels)) <= {1, 2, 3}
-    head = models.test_head(model)
+    head = models.family(tiny(backend)).limits(model)
     head.detections_per_img = 5
     assert len(predict_image(model, grey).scores) <= 5
     head.detections_per_img, head.score_thresh = 50, 1.01
@@ -74,19 +71,18 @@ def test_predict_gives_full_size_instances_and_obeys_test_limits(backend):
 
 
 @pytest.mark.parametrize("backend", BACKENDS)
-def test_engine_checkpoints_reload_to_identical_predictions(backend, tiny_coco, tmp_path):  # noqa: F811
-    from stages.predict import load_model
-
+def test_engine_checkpoints_reload_to_identical_predictions(backend, tiny_coco, tmp_path):
     cfg = tiny(backend)
+    family = models.family(cfg)
     torch.manual_seed(0)
     model = models.build(cfg, 3)
     ds = CocoInstances(tiny_coco, cfg.min_size, cfg.max_size, hflip=True, crop_size=96)
     val = engine.val_images({**tiny_coco, "images": tiny_coco["images"][:1]})
-    tcfg = engine.TrainConfig(iters=4, eval_every=2, warmup_iters=1, lr=0.01, eval_score_threshold=0.0)
-    summary = engine.train(model, ds, val, tcfg, cfg, tmp_path, classes=CLASSES, init="none")
+    tcfg = Train(iters=4, eval_every=2, warmup_iters=1, lr=0.01, eval_score_threshold=0.0)
+    summary = engine.train(family, model, ds, val, tcfg, cfg, tmp_path, classes=CLASSES, init="none")
     assert summary["iterations"] == 4 and (tmp_path / "best.pt").is_file() and (tmp_path / "last.pt").is_file()
     last = torch.load(tmp_path / "last.pt", weights_only=True)
-    loaded, mcfg, classes = load_model(tmp_path / "last.pt", "cpu")
+    _, loaded, mcfg, classes = models.from_checkpoint(tmp_path / "last.pt", "cpu")
     assert mcfg.backend == backend and classes == CLASSES
     model.load_state_dict(last["model"])
     grey = np.asarray(val[0].grey)
@@ -99,15 +95,15 @@ def test_class_count_change_reinitialises_only_class_heads(backend, tmp_path):
     one = models.build(tiny(backend), 1)
     torch.save({"model": one.state_dict(), "model_config": {}}, tmp_path / "c.pt")
     three = models.build(tiny(backend), 3)
-    desc = models.initialise(three, str(tmp_path / "c.pt"))
+    desc = models.family(tiny(backend)).initialise(three, str(tmp_path / "c.pt"))
     assert "class-specific heads re-initialised" in desc
     shared = [k for k, v in one.state_dict().items() if v.shape == three.state_dict()[k].shape and
               v.dtype.is_floating_point]
     assert all(torch.equal(three.state_dict()[k], one.state_dict()[k]) for k in shared)
-    other = models.build(dataclasses.replace(tiny(backend), fpn_channels=64), 3)
+    other = models.build(tiny(backend, fpn_channels=64), 3)
     torch.save({"model": other.state_dict(), "model_config": {}}, tmp_path / "other.pt")
     with pytest.raises(CellpipeError, match="another architecture"):
-        models.initialise(three, str(tmp_path / "other.pt"))
+        models.family(tiny(backend)).initialise(three, str(tmp_path / "other.pt"))
 
 
 def test_detectron2_selected_but_not_importable_fails_before_any_work(tmp_path):
@@ -115,8 +111,7 @@ def test_detectron2_selected_but_not_importable_fails_before_any_work(tmp_path):
     fake = tmp_path / "fake" / "detectron2"
     fake.mkdir(parents=True)
     (fake / "__init__.py").write_text("raise ImportError('No module named detectron2._C')\n")
-    params = Path("params.yaml").read_text().replace("backend: torchvision", "backend: detectron2")
-    (tmp_path / "p.yaml").write_text(params)
+    write_params(tmp_path / "p.yaml", lambda p: p["model"].update(backend="detectron2"))
     env_path = f"{tmp_path / 'fake'}{os.pathsep}{os.environ.get('PYTHONPATH', '')}"
     os.environ["PYTHONPATH"], saved = env_path, os.environ.get("PYTHONPATH")
     try:
@@ -144,26 +139,27 @@ def test_detectron2_checkpoints_initialise_with_class_head_reinit(tmp_path):
     src = models.build(tiny("detectron2"), 1)
     DetectionCheckpointer(src.net, save_dir=str(tmp_path)).save("livecell_like")
     dst = models.build(tiny("detectron2"), 3)
-    desc = models.initialise(dst, str(tmp_path / "livecell_like.pth"))
+    family = models.family(tiny("detectron2"))
+    desc = family.initialise(dst, str(tmp_path / "livecell_like.pth"))
     assert "detectron2" in desc and "class-specific heads re-initialised" in desc
     k = "net.backbone.bottom_up.stem.conv1.weight"
     assert torch.equal(dst.state_dict()[k], src.state_dict()[k])
-    wide = models.build(dataclasses.replace(tiny("detectron2"), fpn_channels=64), 3)
+    wide = models.build(tiny("detectron2", fpn_channels=64), 3)
     with pytest.raises(CellpipeError, match="another architecture"):
-        models.initialise(wide, str(tmp_path / "livecell_like.pth"))
+        family.initialise(wide, str(tmp_path / "livecell_like.pth"))
     (tmp_path / "trunc.pth").write_bytes((tmp_path / "livecell_like.pth").read_bytes()[:999])
     with pytest.raises(CellpipeError, match="unreadable or truncated"):
-        models.initialise(dst, str(tmp_path / "trunc.pth"))
+        family.initialise(dst, str(tmp_path / "trunc.pth"))
 
 
 @NEEDS_D2
 def test_detectron2_builds_model_zoo_configs():
-    cfg = dataclasses.replace(tiny("detectron2"), d2_config="COCO-InstanceSegmentation/mask_rcnn_R_50_FPN_3x.yaml")
+    cfg = tiny("detectron2", d2_config="COCO-InstanceSegmentation/mask_rcnn_R_50_FPN_3x.yaml")
     model = models.build(cfg, 3)
     assert model.config.MODEL.RESNETS.DEPTH == 50 and model.config.MODEL.ROI_HEADS.NUM_CLASSES == 3
     assert model.config.TEST.DETECTIONS_PER_IMAGE == 50
     with pytest.raises(CellpipeError, match="neither a YAML file nor"):
-        models.build(dataclasses.replace(cfg, d2_config="nope.yaml"), 3)
+        models.build(cfg.model_copy(update={"d2_config": "nope.yaml"}), 3)
 
 
 @pytest.mark.slow
@@ -188,7 +184,7 @@ def test_detectron2_backend_runs_the_whole_dag(tmp_path):
 def test_cellpipe_imports_without_detectron2():
     code = ("import sys; sys.modules['detectron2'] = None\n"
             "import cellpipe.models, cellpipe.train, cellpipe.predict, stages.cli\n"
-            "from cellpipe.models import d2; assert not d2.available()\n")
+            "from cellpipe.models import detectron2_maskrcnn as d2; assert not d2.available()\n")
     import subprocess
 
     proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)

@@ -15,7 +15,7 @@ import torch
 from PIL import Image
 
 from cellpipe import models
-from tests.conftest import run_cli, write_params
+from tests.conftest import TINY_MODEL, cellpipe_checkpoint, run_cli, write_params
 
 
 def one_line_error(proc, *needles: str) -> None:
@@ -106,17 +106,6 @@ def test_our_coco_files_are_checked_by_the_training_stages(tmp_path):
 
 # ---------------------------------------------------------------- checkpoints
 
-TINY = models.ModelConfig(min_size=130, max_size=176, fpn_channels=16, box_head_dim=32, mask_head_channels=16,
-                          mask_head_layers=1, norm="batch", detections_per_img=50)
-
-
-def cellpipe_checkpoint(path: Path, cfg: models.ModelConfig, classes: list[str]) -> None:
-    model = models.build(cfg, len(classes))
-    torch.save({"model": model.state_dict(), "model_config": cfg.__dict__ | {"anchor_sizes": list(cfg.anchor_sizes),
-                                                                            "aspect_ratios": list(cfg.aspect_ratios)},
-                "classes": classes, "iteration": 1}, path)
-
-
 @pytest.mark.parametrize("damage, message", [
     ("missing", "checkpoint is missing"),
     ("truncated", "unreadable or truncated"),
@@ -130,12 +119,12 @@ def test_bad_checkpoints_through_predict(tmp_path, damage, message):
     images.mkdir()
     Image.fromarray(np.full((52, 70), 90, np.uint8)).save(images / "a.png")
     if damage == "truncated":
-        cellpipe_checkpoint(ckpt, TINY, ["shsy5y", "astro", "cort"])
+        cellpipe_checkpoint(ckpt, TINY_MODEL, ["shsy5y", "astro", "cort"])
         ckpt.write_bytes(ckpt.read_bytes()[:5000])
     elif damage == "not_cellpipe":
         torch.save({"weights": 1}, ckpt)
     elif damage in ("other_architecture", "other_class_count"):
-        cellpipe_checkpoint(ckpt, TINY, ["shsy5y", "astro", "cort"])
+        cellpipe_checkpoint(ckpt, TINY_MODEL, ["shsy5y", "astro", "cort"])
         state = torch.load(ckpt, weights_only=True)
         if damage == "other_architecture":
             state["model_config"]["fpn_channels"] = 32  # claims a wider FPN than its weights
@@ -182,9 +171,9 @@ def test_diverging_training_stops_with_a_clear_error(tmp_path, tiny_kaggle):
 def test_out_of_memory_names_the_knobs(monkeypatch, tmp_path):
     from cellpipe import coco, synth, tables
     from cellpipe import train as engine
+    from cellpipe.config import Train
     from cellpipe.data import CocoInstances
     from cellpipe.errors import CellpipeError
-    from tests.test_models import TINY_MODEL
 
     synth.write_kaggle(tmp_path / "k", {"shsy5y": 1, "astro": 0, "cort": 1}, 0, 0.05, seed=2, images_per_sample=1)
     ann, images = tables.build_tables(tables.read_train_csv(tmp_path / "k/train.csv"), tmp_path / "k/train")
@@ -197,7 +186,7 @@ def test_out_of_memory_names_the_knobs(monkeypatch, tmp_path):
     monkeypatch.setattr(model, "forward", oom)
     ds = CocoInstances(data, TINY_MODEL.min_size, TINY_MODEL.max_size)
     with pytest.raises(CellpipeError, match="out of memory at iteration 1 .* lower batch_size or crop_size"):
-        engine.train(model, ds, engine.val_images(data), engine.TrainConfig(iters=2), TINY_MODEL, tmp_path / "o",
+        engine.train(models.family(TINY_MODEL), model, ds, engine.val_images(data), Train(iters=2), TINY_MODEL, tmp_path / "o",
                      classes=["shsy5y", "astro", "cort"], init="none")
 
 

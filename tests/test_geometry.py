@@ -15,7 +15,7 @@ from torchvision.transforms.v2 import functional as TF
 from cellpipe import anchors, models
 from cellpipe.data import _boxes, input_size
 from cellpipe.models import masks
-from tests.conftest import run_cli, write_params
+from tests.conftest import TINY_MODEL, run_cli, tiny_model, write_params
 
 
 def ellipses(n: int, seed: int = 0, shape=(160, 200)) -> torch.Tensor:
@@ -61,10 +61,6 @@ def test_torchvision_stock_geometry_loses_about_a_twentieth():
     assert (back.sum((1, 2)).float() / gt.sum((1, 2)).float()).mean() > 1.03
 
 
-TINY = models.ModelConfig(min_size=130, max_size=176, fpn_channels=16, box_head_dim=32, mask_head_channels=16,
-                          mask_head_layers=1, norm="batch", detections_per_img=50, anchor_sizes=(4, 8, 16, 32, 64))
-
-
 def sample_batch():
     gt = ellipses(6, seed=1, shape=(128, 160))
     image = torch.randn(3, 128, 160)
@@ -77,7 +73,7 @@ def test_exact_model_uses_the_exact_loss_only_inside_its_forward(monkeypatch):
         a[0].sum() * 0, torch.zeros(())))
     original = tv_roi_heads.maskrcnn_loss
     torch.manual_seed(0)
-    model = models.build(TINY, 1).train()
+    model = models.build(TINY_MODEL, 1).train()
     images, targets = sample_batch()
     losses = model(images, targets)
     assert calls and "loss_mask" in losses
@@ -85,16 +81,16 @@ def test_exact_model_uses_the_exact_loss_only_inside_its_forward(monkeypatch):
 
 
 def test_torchvision_geometry_keeps_the_stock_heads():
-    model = models.build(models.ModelConfig(**{**TINY.__dict__, "mask_geometry": "torchvision"}), 1)
+    model = models.build(tiny_model(mask_geometry="torchvision"), 1)
     assert type(model.roi_heads) is tv_roi_heads.RoIHeads
-    exact = models.build(TINY, 1)
+    exact = models.build(TINY_MODEL, 1)
     assert isinstance(exact.roi_heads, masks.ExactRoIHeads) and isinstance(exact.transform, masks.ExactTransform)
     logits = exact.roi_heads.mask_predictor.mask_fcn_logits
     assert float(logits.weight.detach().std()) < 0.01 and float(logits.bias.detach().abs().max()) == 0.0
 
 
 def test_mask_resolution_56_predicts_56_pixel_masks():
-    model = models.build(models.ModelConfig(**{**TINY.__dict__, "mask_resolution": 56, "box_score_thresh": 0.0}), 1)
+    model = models.build(tiny_model(mask_resolution=56, box_score_thresh=0.0), 1)
     model.eval()
     feats = {"0": torch.randn(1, 16, 32, 40)}
     pooled = model.roi_heads.mask_roi_pool(feats, [torch.tensor([[0.0, 0.0, 30.0, 30.0]])], [(128, 160)])
@@ -103,7 +99,7 @@ def test_mask_resolution_56_predicts_56_pixel_masks():
 
 def test_inference_resizes_like_the_training_data():
     """A downscaled test image is antialiased exactly as cellpipe.data resizes training images."""
-    model = models.build(models.ModelConfig(**{**TINY.__dict__, "min_size": 64, "max_size": 80}), 1).eval()
+    model = models.build(tiny_model(min_size=64, max_size=80), 1).eval()
     image = torch.rand(3, 130, 170)
     resized, _ = model.transform.resize(image)
     size = input_size(130, 170, 64, 80)

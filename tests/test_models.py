@@ -7,25 +7,15 @@ import numpy as np
 import pytest
 import torch
 
-from cellpipe import models, synth
+from cellpipe import models
 from cellpipe import train as engine
+from cellpipe.config import Train
 from cellpipe.data import CocoInstances
 from cellpipe.errors import CellpipeError
 from cellpipe.predict import predict_image
+from tests.conftest import TINY_MODEL, tiny_model
 
-TINY_MODEL = models.ModelConfig(min_size=130, max_size=176, fpn_channels=16, box_head_dim=32, mask_head_channels=16,
-                                mask_head_layers=1, norm="batch", detections_per_img=50, rpn_pre_nms_test=200,
-                                rpn_post_nms_test=100, anchor_sizes=(4, 8, 16, 32, 64))
-
-
-@pytest.fixture(scope="module")
-def tiny_coco(tmp_path_factory):
-    out = tmp_path_factory.mktemp("coco")
-    from cellpipe import coco, tables
-
-    synth.write_kaggle(out, {"shsy5y": 1, "astro": 1, "cort": 2}, 0, 0.05, seed=2, images_per_sample=1)
-    ann, images = tables.build_tables(tables.read_train_csv(out / "train.csv"), out / "train")
-    return coco.build(images, ann)
+FAMILY = models.family(TINY_MODEL)
 
 
 def tiny_train(tiny_coco, out, iters, **kw):
@@ -33,15 +23,15 @@ def tiny_train(tiny_coco, out, iters, **kw):
     model = models.build(TINY_MODEL, 3)
     ds = CocoInstances(tiny_coco, TINY_MODEL.min_size, TINY_MODEL.max_size, hflip=True, vflip=True)
     val = engine.val_images({**tiny_coco, "images": tiny_coco["images"][:1]})
-    cfg = engine.TrainConfig(iters=iters, eval_every=kw.pop("eval_every", 4), warmup_iters=2, lr=0.01, **kw)
+    cfg = Train(iters=iters, eval_every=kw.pop("eval_every", 4), warmup_iters=2, lr=0.01, **kw)
     logs = []
-    summary = engine.train(model, ds, val, cfg, TINY_MODEL, out, classes=["shsy5y", "astro", "cort"], init="none",
+    summary = engine.train(FAMILY, model, ds, val, cfg, TINY_MODEL, out, classes=["shsy5y", "astro", "cort"], init="none",
                            on_log=lambda s, m: logs.append((s, m)))
     return model, summary, logs
 
 
 def test_lr_schedule_warms_up_then_decays_to_zero():
-    cfg = engine.TrainConfig(iters=100, warmup_iters=10, warmup_factor=0.1)
+    cfg = Train(iters=100, warmup_iters=10, warmup_factor=0.1)
     f = [engine.lr_factor(i, cfg) for i in range(101)]
     assert f[0] == pytest.approx(0.1) and f[10] == pytest.approx(1.0)
     assert all(a >= b for a, b in zip(f[10:], f[11:])) and f[100] == pytest.approx(0.0)
@@ -69,19 +59,19 @@ def test_resume_continues_at_the_same_iteration_with_the_same_state(tiny_coco, t
     model = models.build(TINY_MODEL, 3)
     ds = CocoInstances(tiny_coco, TINY_MODEL.min_size, TINY_MODEL.max_size, hflip=True, vflip=True)
     val = engine.val_images({**tiny_coco, "images": tiny_coco["images"][:1]})
-    cfg = engine.TrainConfig(iters=8, eval_every=4, warmup_iters=2, lr=0.01)
+    cfg = Train(iters=8, eval_every=4, warmup_iters=2, lr=0.01)
 
     def kill_at_4(step, metrics):
         if "val/map_iou" in metrics and step == 4:
             raise Interrupt
 
     with pytest.raises(Interrupt):
-        engine.train(model, ds, val, cfg, TINY_MODEL, tmp_path / "part", classes=["shsy5y", "astro", "cort"],
+        engine.train(FAMILY, model, ds, val, cfg, TINY_MODEL, tmp_path / "part", classes=["shsy5y", "astro", "cort"],
                      init="none", on_log=kill_at_4)
     assert torch.load(tmp_path / "part" / "last.pt", weights_only=True)["iteration"] == 4
     torch.manual_seed(0)
     resumed = models.build(TINY_MODEL, 3)
-    summary = engine.train(resumed, ds, val, cfg, TINY_MODEL, tmp_path / "part", classes=["shsy5y", "astro", "cort"],
+    summary = engine.train(FAMILY, resumed, ds, val, cfg, TINY_MODEL, tmp_path / "part", classes=["shsy5y", "astro", "cort"],
                            init="none")
     assert summary["resumed_from"] == 4
     for (k, a), b in zip(full.state_dict().items(), resumed.state_dict().values()):
@@ -93,7 +83,7 @@ def test_class_count_change_reinitialises_only_class_heads(tmp_path):
     one = models.build(TINY_MODEL, 1)
     torch.save({"model": one.state_dict()}, tmp_path / "c.pt")
     three = models.build(TINY_MODEL, 3)
-    desc = models.initialise(three, str(tmp_path / "c.pt"))
+    desc = FAMILY.initialise(three, str(tmp_path / "c.pt"))
     assert "class-specific heads re-initialised" in desc
     k = "backbone.body.conv1.weight"
     assert torch.equal(three.state_dict()[k], one.state_dict()[k])
@@ -102,14 +92,14 @@ def test_class_count_change_reinitialises_only_class_heads(tmp_path):
 def test_bad_checkpoints(tmp_path):
     model = models.build(TINY_MODEL, 3)
     with pytest.raises(CellpipeError, match="checkpoint is missing"):
-        models.initialise(model, str(tmp_path / "nope.pt"))
+        FAMILY.initialise(model, str(tmp_path / "nope.pt"))
     (tmp_path / "trunc.pt").write_bytes(b"PK\x03\x04garbage")
     with pytest.raises(CellpipeError, match="unreadable or truncated"):
-        models.initialise(model, str(tmp_path / "trunc.pt"))
-    other = models.build(models.ModelConfig(fpn_channels=32, norm="batch"), 3)
+        FAMILY.initialise(model, str(tmp_path / "trunc.pt"))
+    other = models.build(tiny_model(fpn_channels=32), 3)
     torch.save({"model": other.state_dict()}, tmp_path / "other.pt")
     with pytest.raises(CellpipeError, match="another architecture"):
-        models.initialise(model, str(tmp_path / "other.pt"))
+        FAMILY.initialise(model, str(tmp_path / "other.pt"))
 
 
 def test_offline_torchvision_weights_fail_clearly(monkeypatch):
@@ -120,7 +110,7 @@ def test_offline_torchvision_weights_fail_clearly(monkeypatch):
 
     monkeypatch.setattr(api.WeightsEnum, "get_state_dict", boom)
     with pytest.raises(CellpipeError, match="could not download"):
-        models.initialise(models.build(TINY_MODEL, 3), "imagenet")
+        FAMILY.initialise(models.build(TINY_MODEL, 3), "imagenet")
 
 
 def test_predict_returns_full_size_instances(tiny_coco):

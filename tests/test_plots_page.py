@@ -17,9 +17,8 @@ import yaml
 from PIL import Image
 
 from cellpipe import rle
-from stages.schema import BUILTIN
-from tests.conftest import REPO, params_text, run_cli
-from tests.test_cli_errors import TINY, cellpipe_checkpoint
+from cellpipe.config import Predict
+from tests.conftest import REPO, TINY_MODEL, cellpipe_checkpoint, params_text, run_cli
 
 PAGE = REPO / "docs" / "plots" / "offline.html"
 
@@ -44,7 +43,7 @@ def test_the_template_inlines_the_pinned_libraries_and_loads_nothing():
 
 
 def test_builtin_predict_params_are_the_committed_ones():
-    assert yaml.safe_load(params_text())["predict"] == BUILTIN["predict"]
+    assert yaml.safe_load(params_text())["predict"] == Predict().model_dump()
 
 
 def test_a_model_applies_outside_a_repository_without_params(tmp_path):
@@ -62,7 +61,7 @@ def test_a_model_applies_outside_a_repository_without_params(tmp_path):
                      "plate_time": "", "sample_date": "", "sample_id": name, "elapsed_timedelta": ""})
     pd.DataFrame(rows).to_csv(work / "truth.csv", index=False)
     (work / "sample_submission.csv").write_text("id,predicted\na,\nb,\n")
-    cellpipe_checkpoint(tmp_path / "model.pt", TINY, ["shsy5y", "astro", "cort"])
+    cellpipe_checkpoint(tmp_path / "model.pt", TINY_MODEL, ["shsy5y", "astro", "cort"])
     proc = run_cli("predict", "--skip-val", "--checkpoint", str(tmp_path / "model.pt"), "--test-dir", "test",
                    "--test-out", "preds.parquet", "--submission-out", "direct.csv", cwd=work)
     assert proc.returncode == 0, proc.stderr

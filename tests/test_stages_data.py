@@ -114,7 +114,7 @@ def test_bom_crlf_and_grey_rgb_are_accepted(kaggle_copy, tmp_path):
 def test_bad_params_name_the_key(tmp_path):
     (tmp_path / "p.yaml").write_text("coco: {val_fraction: 1.5, seed: 0}\n")
     proc = run_cli("coco", "--params", str(tmp_path / "p.yaml"))
-    assert proc.returncode == 1 and "coco.val_fraction must be in (0, 1)" in proc.stderr
+    assert proc.returncode == 1 and "coco.val_fraction must be < 1 (got 1.5)" in proc.stderr
     (tmp_path / "p.yaml").write_text("coco: {val_fraction: 0.2, seed: 0, sede: 1}\n")
     proc = run_cli("coco", "--params", str(tmp_path / "p.yaml"))
     assert proc.returncode == 1 and "unknown params key coco.sede" in proc.stderr

@@ -21,11 +21,11 @@ import pytest
 import torch
 from PIL import Image
 
-from cellpipe import checkpoints, models, predictions, rle, tables
+from cellpipe import checkpoints, predictions, rle, tables
 from cellpipe.errors import CellpipeError
 from cellpipe.images import list_images, read_grey
-from tests.conftest import run_cli, write_params
-from tests.test_cli_errors import TINY, cellpipe_checkpoint, finetune_on, one_line_error
+from tests.conftest import TINY_MODEL, cellpipe_checkpoint, run_cli, tiny_model, write_params
+from tests.test_cli_errors import finetune_on, one_line_error
 
 # ---------------------------------------------------------------- checkpoints are data, never code
 
@@ -171,8 +171,8 @@ def test_interrupted_training_exits_130_without_a_summary(tmp_path, tiny_kaggle)
     (b"", "params section 'coco' is missing (the file holds no sections)"),
     (b"# only a comment\n", "params section 'coco' is missing"),
     (b"\x89PNG\r\n\x1a\n\x00\x00\xff\xfe", "not UTF-8 text"),
-    (b"synth: {seed: 0}\n", "params key synth.images_per_type is missing"),
-], ids=["empty", "comment_only", "binary", "partial_section"])
+    (b"coco: 3\n", "coco must be a mapping"),
+], ids=["empty", "comment_only", "binary", "section_not_a_mapping"])
 def test_params_files_that_say_nothing_useful(tmp_path, content, message):
     (tmp_path / "p.yaml").write_bytes(content)
     one_line_error(run_cli("coco", "--params", str(tmp_path / "p.yaml")), "p.yaml", message)
@@ -289,7 +289,7 @@ def test_two_files_of_one_id_in_the_test_folder_are_an_error(tmp_path):
     folder.mkdir()
     Image.new("L", (70, 52)).save(folder / "a.png")
     Image.new("L", (70, 52)).save(folder / "a.tif")
-    cellpipe_checkpoint(tmp_path / "m.pt", TINY, ["shsy5y", "astro", "cort"])
+    cellpipe_checkpoint(tmp_path / "m.pt", TINY_MODEL, ["shsy5y", "astro", "cort"])
     (tmp_path / "p.yaml").write_text("predict: {tta: false, tta_iou: 0.5, detections_per_img: 0}\n")
     proc = run_cli("predict", "--checkpoint", str(tmp_path / "m.pt"), "--skip-val", "--test-dir", str(folder),
                    "--test-out", str(tmp_path / "t.parquet"), "--params", str(tmp_path / "p.yaml"))
@@ -322,7 +322,7 @@ def test_predict_sees_the_same_pixels_in_every_grey_encoding(tmp_path):
     """Through the CLI: a random model's detections depend on every pixel, and are the same for all four files."""
     grey = (np.random.default_rng(1).normal(128, 30, (104, 140)).clip(0, 255)).astype(np.uint8)
     grey_variants(tmp_path / "f", grey)
-    cellpipe_checkpoint(tmp_path / "m.pt", models.ModelConfig(**{**TINY.__dict__, "box_score_thresh": 0.0}),
+    cellpipe_checkpoint(tmp_path / "m.pt", tiny_model(box_score_thresh=0.0),
                         ["shsy5y", "astro", "cort"])
     (tmp_path / "p.yaml").write_text("predict: {tta: false, tta_iou: 0.5, detections_per_img: 0}\n")
     proc = run_cli("predict", "--checkpoint", str(tmp_path / "m.pt"), "--skip-val", "--test-dir", str(tmp_path / "f"),
@@ -388,7 +388,7 @@ def test_stages_run_from_another_working_directory(tmp_path, tiny_kaggle):
     assert all(not Path(s).is_absolute() and s.startswith("../") for s in stored), stored
     elsewhere = tmp_path / "elsewhere" / "deeper"
     elsewhere.mkdir(parents=True)
-    cellpipe_checkpoint(tmp_path / "m.pt", TINY, ["shsy5y", "astro", "cort"])
+    cellpipe_checkpoint(tmp_path / "m.pt", TINY_MODEL, ["shsy5y", "astro", "cort"])
     (elsewhere / "p.yaml").write_text("predict: {tta: false, tta_iou: 0.5, detections_per_img: 0}\n")
     proc = run_cli("predict", "--checkpoint", "../../m.pt", "--val", "../../work/c/val.json",
                    "--kaggle-dir", os.path.relpath(tiny_kaggle, elsewhere), "--val-out", "v.parquet",
@@ -419,7 +419,7 @@ def test_predict_score_and_check_submission_on_images_of_other_sizes(tmp_path):
                      "plate_time": "", "sample_date": "", "sample_id": name, "elapsed_timedelta": ""})
     pd.DataFrame(rows).to_csv(tmp_path / "truth.csv", index=False)
     (tmp_path / "sample_submission.csv").write_text("id,predicted\ntall,\nsmall,\n")
-    cellpipe_checkpoint(tmp_path / "m.pt", models.ModelConfig(**{**TINY.__dict__, "box_score_thresh": 0.0}),
+    cellpipe_checkpoint(tmp_path / "m.pt", tiny_model(box_score_thresh=0.0),
                         ["shsy5y", "astro", "cort"])
     (tmp_path / "p.yaml").write_text("predict: {tta: false, tta_iou: 0.5, detections_per_img: 0}\n")
     proc = run_cli("predict", "--checkpoint", str(tmp_path / "m.pt"), "--skip-val", "--test-dir", str(folder),

@@ -23,6 +23,8 @@ from torchvision.models.detection.roi_heads import RoIHeads
 from torchvision.models.detection.transform import GeneralizedRCNNTransform, resize_boxes
 from torchvision.ops import roi_align
 
+from cellpipe.images import input_size
+
 
 def mask_targets(gt_masks: torch.Tensor, boxes: torch.Tensor, matched: torch.Tensor, size: int) -> torch.Tensor:
     """Binary ``size×size`` targets of the true masks ``gt_masks[matched]`` inside ``boxes`` (``(K, 4)``)."""
@@ -84,8 +86,7 @@ class ExactTransform(GeneralizedRCNNTransform):
         if self.training and self._skip_resize:
             return image, target
         h, w = image.shape[-2:]
-        scale = min(float(self.min_size[-1]) / min(h, w), float(self.max_size) / max(h, w))
-        size = (int(h * scale), int(w * scale))
+        size = input_size(h, w, self.min_size[-1], self.max_size)
         if size == (h, w):
             return image, target
         image = F.interpolate(image[None], size=size, mode="bilinear", align_corners=False, antialias=True)[0]

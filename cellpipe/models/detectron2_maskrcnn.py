@@ -30,9 +30,10 @@ from torch import nn
 
 from cellpipe import checkpoints
 from cellpipe.errors import CellpipeError
+from cellpipe.models import Family, load_checkpoint
 
 if TYPE_CHECKING:
-    from cellpipe.models import ModelConfig
+    from cellpipe.config import Model
 
 INSTALL_HINT = ("pip install --no-build-isolation 'git+https://github.com/facebookresearch/detectron2.git' "
                 "'setuptools<81'")
@@ -85,7 +86,7 @@ def _config_file(name: str) -> str:
                             f"config (e.g. COCO-InstanceSegmentation/mask_rcnn_R_50_FPN_3x.yaml)") from None
 
 
-def make_config(mc: ModelConfig, num_classes: int):
+def make_config(mc: Model, num_classes: int):
     """detectron2 ``CfgNode`` for ``mc``: the architecture from params or ``mc.d2_config``."""
     from detectron2.config import get_cfg
 
@@ -143,7 +144,7 @@ class Detectron2MaskRCNN(nn.Module):
     # heads whose shape depends on the number of classes
     class_specific = ("net.roi_heads.box_predictor.", "net.roi_heads.mask_head.predictor.")
 
-    def __init__(self, mc: ModelConfig, num_classes: int) -> None:
+    def __init__(self, mc: Model, num_classes: int) -> None:
         super().__init__()
         from detectron2.modeling import build_model
 
@@ -194,14 +195,14 @@ class Detectron2MaskRCNN(nn.Module):
         return losses
 
     def _detect(self, images: list[torch.Tensor]) -> list[dict[str, torch.Tensor]]:
-        from cellpipe.data import input_size
+        from cellpipe.images import input_size
 
         inputs = []
         for image in images:
             h, w = image.shape[-2:]
             size = input_size(h, w, self.min_size, self.max_size)
             x = image if size == (h, w) else F.interpolate(image[None], size=size, mode="bilinear",
-                                                           align_corners=False)[0]
+                                                           align_corners=False, antialias=True)[0]
             inputs.append({"image": x, "height": h, "width": w})  # outputs come back at h×w
         outs = []
         for r in self.net.inference(inputs):
@@ -292,6 +293,30 @@ def load_detectron2_checkpoint(model: Detectron2MaskRCNN, path: str | Path) -> s
     return f"{path} (detectron2)"
 
 
+class Detectron2Family(Family):
+    name = "detectron2 Mask R-CNN"
+    class_specific = Detectron2MaskRCNN.class_specific
+
+    def require(self) -> None:
+        require()
+
+    def build(self, cfg: Model, num_classes: int) -> nn.Module:
+        return Detectron2MaskRCNN(cfg, num_classes)
+
+    def initialise(self, model: nn.Module, init: str) -> str:
+        if init in ("imagenet", "coco"):
+            raise CellpipeError(f"init {init!r} downloads torchvision weights; with model.backend detectron2 give a "
+                                f"detectron2 checkpoint path (.pth/.pkl) instead")
+        if str(init).endswith(".pkl"):  # model-zoo / LIVECell pickles
+            return load_detectron2_checkpoint(model, init)
+        if init not in ("none", "") and "model_config" not in load_checkpoint(init):  # a detectron2 .pth
+            return load_detectron2_checkpoint(model, init)
+        return super().initialise(model, init)
+
+    def limits(self, model: nn.Module) -> Detectron2MaskRCNN:
+        return model
+
+
 def register_coco(name: str, coco_json: str | Path) -> int:
     """Register one of cellpipe's COCO files (``coco``/``livecell`` stage outputs) in detectron2's catalog.
 
@@ -306,7 +331,9 @@ def register_coco(name: str, coco_json: str | Path) -> int:
 
     coco_json = Path(coco_json)
     data = json.loads(coco_json.read_text())
-    roots = {str(Path(im["path"]).parent) for im in data["images"] if "path" in im}
+    from cellpipe.coco import image_paths
+
+    roots = {str(p.parent) for p in image_paths(data, coco_json).values()}
     if len(roots) != 1:
         raise CellpipeError(f"expected the images of one folder, found {len(roots)} folders", where=str(coco_json))
     if name in DatasetCatalog.list():

@@ -1,4 +1,4 @@
-"""Reading truths and predictions for the ``thresholds``, ``score`` and ``visualize`` stages."""
+"""Truth and predictions side by side, for the stages that score (thresholds, score, visualize)."""
 
 from __future__ import annotations
 
@@ -8,10 +8,11 @@ import pandas as pd
 import scipy.sparse as sp
 
 from cellpipe import coco, predictions, rle, tables
+from cellpipe.config import PostProcess
+from cellpipe.console import log
 from cellpipe.errors import CellpipeError
-from cellpipe.postprocess import PostProcess
+from cellpipe.io import read_json, read_parquet
 from cellpipe.thresholds import ImagePredictions
-from stages.common import log, read_json, read_parquet
 
 DUPLICATES_HINT = "--duplicates drop drops them"
 DEFAULT_THRESHOLDS = Path("metrics/thresholds.json")
@@ -21,7 +22,7 @@ BUILTIN_THRESHOLD = 0.5  # every class, when a model is applied outside a reposi
 def val_image_list(val: Path) -> pd.DataFrame:
     """image_id / cell_type / height / width of the images of a COCO JSON."""
     data = coco.load_json(val)
-    return pd.DataFrame([{"image_id": str(im.get("kaggle_id", im["id"])), "cell_type": im.get("cell_type", "cell"),
+    return pd.DataFrame([{"image_id": coco.image_id(im), "cell_type": im.get("cell_type", "cell"),
                           "height": im["height"], "width": im["width"]} for im in data["images"]],
                         columns=["image_id", "cell_type", "height", "width"])
 
@@ -96,4 +97,8 @@ def read_thresholds(path: Path, default: float | None = None) -> tuple[dict[str,
     data = read_json(path, "thresholds file")
     if not isinstance(data, dict) or not isinstance(data.get("score_threshold"), dict):
         raise CellpipeError("not a thresholds file (no 'score_threshold' mapping)", where=str(path))
-    return data["score_threshold"], PostProcess.from_dict(data.get("postprocess"))
+    try:
+        post = PostProcess.model_validate(data.get("postprocess", {}))
+    except ValueError as exc:
+        raise CellpipeError(f"its postprocess is not valid ({str(exc).splitlines()[0]})", where=str(path)) from None
+    return data["score_threshold"], post

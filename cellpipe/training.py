@@ -1,23 +1,25 @@
-"""Shared body of the ``pretrain`` and ``finetune`` stages."""
+"""Training a model from COCO files: the shared body of the ``pretrain`` and ``finetune`` stages.
+
+Reads and checks the COCO files, builds the model of ``model`` params through its
+family, initialises it, fingerprints everything a resume depends on, and runs the
+engine (:mod:`cellpipe.train`) with a progress bar and dvclive logs under ``out/live``.
+"""
 
 from __future__ import annotations
 
 import hashlib
-import os
+import inspect
 from pathlib import Path
-from typing import Any
 
 import torch
-from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
 
 from cellpipe import coco, models
 from cellpipe import train as engine
+from cellpipe.config import Model, PostProcess, Train
+from cellpipe.console import console, log, progress
 from cellpipe.data import CocoInstances
 from cellpipe.errors import CellpipeError
-from cellpipe.postprocess import PostProcess
-from stages.common import console, log, write_json
-
-TRAIN_FIELDS = set(engine.TrainConfig.__dataclass_fields__)
+from cellpipe.io import write_json
 
 
 def file_digest(paths: list[Path]) -> str:
@@ -28,10 +30,6 @@ def file_digest(paths: list[Path]) -> str:
             for chunk in iter(lambda: f.read(1 << 20), b""):
                 h.update(chunk)
     return h.hexdigest()[:16]
-
-
-def train_config(p: dict[str, Any]) -> engine.TrainConfig:
-    return engine.TrainConfig(**{k: v for k, v in p.items() if k in TRAIN_FIELDS})
 
 
 class LiveLogger:
@@ -58,18 +56,13 @@ class LiveLogger:
             self.live.end()
 
 
-def run_training(*, stage: str, train_json: Path, val_source: Path, out: Path, params_all: dict[str, Any],
-                 single_class: bool, val_images: int | None = None, init_checkpoint: Path | None = None) -> None:
-    """Train ``stage``'s model; ``init_checkpoint`` is the file ``init: checkpoint`` loads (a DVC dependency)."""
-    p = params_all[stage]
-    mcfg = models.ModelConfig.from_params(params_all["model"])
-    if mcfg.backend == "detectron2":  # fail before any work when it is not installed
-        from cellpipe.models import d2
-
-        d2.require()
-    tcfg = train_config(p)
+def run_training(*, stage: str, train_json: Path, val_source: Path, out: Path, model_cfg: Model, train_cfg: Train,
+                 init: str, post: PostProcess, single_class: bool, val_images: int | None = None) -> dict:
+    """Train ``stage``'s model from ``init`` ('none', 'imagenet', 'coco' or a checkpoint file)."""
+    family = models.family(model_cfg)
+    family.require()  # fail before any work when an optional backend is not installed
     train_coco = coco.normalise(coco.load_json(train_json), where=str(train_json), single_class=single_class)
-    if val_images is not None:  # hold out the last LIVECell images
+    if val_images is not None:  # hold out the last images (LIVECell)
         ids = [im["id"] for im in train_coco["images"]]
         if len(ids) <= val_images:
             raise CellpipeError(f"{stage}.val_images ({val_images}) leaves no training images of {len(ids)}")
@@ -85,53 +78,41 @@ def run_training(*, stage: str, train_json: Path, val_source: Path, out: Path, p
     if not train_coco["categories"]:
         raise CellpipeError("COCO file has no categories", where=str(train_json))
     class_names = [c["name"] for c in sorted(train_coco["categories"], key=lambda c: c["id"])]
-    dataset = CocoInstances(train_coco, mcfg.min_size, mcfg.max_size, hflip=tcfg.hflip, vflip=tcfg.vflip,
-                            image_ids=train_ids, crop_size=tcfg.crop_size)
+    dataset = CocoInstances(train_coco, model_cfg.min_size, model_cfg.max_size, hflip=train_cfg.hflip,
+                            vflip=train_cfg.vflip, image_ids=train_ids, crop_size=train_cfg.crop_size)
     val = engine.val_images(val_coco)
-    torch.manual_seed(tcfg.seed)
-    model = models.build(mcfg, len(class_names))
-    init = p["init"]
-    if init == "checkpoint":
-        if init_checkpoint is None:
-            raise CellpipeError(f"{stage}.init is 'checkpoint' but no --init-checkpoint was given")
-        init = str(init_checkpoint)
-    desc = models.initialise(model, init)
-    # resuming is safe only with the same inputs and the same training code
+    torch.manual_seed(train_cfg.seed)
+    model = family.build(model_cfg, len(class_names))
+    desc = family.initialise(model, init)
+    # resuming is safe only with the same inputs and the same training code (the family's included)
     import cellpipe.data
-    import cellpipe.models
     import cellpipe.train
 
-    code = [Path(m.__file__) for m in (cellpipe.train, cellpipe.data, cellpipe.models)]
-    if mcfg.backend == "detectron2":
-        import cellpipe.models.d2
-
-        code.append(Path(cellpipe.models.d2.__file__))
+    code = [Path(m.__file__) for m in (cellpipe.train, cellpipe.data)] + [Path(inspect.getfile(type(family)))]
     data_fp = file_digest([train_json, val_source, *code] + ([Path(init)] if Path(init).is_file() else []))
     device = engine.default_device()
     log(f"{stage}: {len(dataset)} train / {len(val)} val images, {len(class_names)} classes, init: {desc}, "
-        f"device {device}, {tcfg.iters} iterations")
+        f"device {device}, {train_cfg.iters} iterations")
     logger = LiveLogger(out)
-    with Progress(TextColumn(f"[bold]{stage}"), BarColumn(), MofNCompleteColumn(), TextColumn("{task.fields[info]}"),
-                  TimeElapsedColumn(), TextColumn("eta"), TimeRemainingColumn(), console=console,
-                  disable=os.environ.get("CELLPIPE_NO_PROGRESS") == "1") as bar:
-        task = bar.add_task(stage, total=tcfg.iters, info="")
+    with progress(stage, total=train_cfg.iters) as bar:
 
         def on_step(done: int, total: int, loss: float, lr: float) -> None:
-            bar.update(task, completed=done, info=f"loss {loss:.3f} lr {lr:.4f}")
+            bar(done, info=f"loss {loss:.3f} lr {lr:.4f}")
 
         def on_log(step: int, metrics: dict[str, float]) -> None:
             logger(step, metrics)
             if "val/map_iou" in metrics:
-                bar.console.log(f"{stage} iteration {step}: val MAP-IoU {metrics['val/map_iou']:.4f} "
-                                f"(best {metrics['val/best_map_iou']:.4f})")
+                console.log(f"{stage} iteration {step}: val MAP-IoU {metrics['val/map_iou']:.4f} "
+                            f"(best {metrics['val/best_map_iou']:.4f})")
 
         try:
-            summary = engine.train(model, dataset, val, tcfg, mcfg, out, classes=class_names, init=desc,
-                                   device=device, on_log=on_log, on_step=on_step, data_fingerprint=data_fp,
-                                   post=PostProcess.from_dict(params_all["postprocess"]))
+            summary = engine.train(family, model, dataset, val, train_cfg, model_cfg, out, classes=class_names,
+                                   init=desc, device=device, on_log=on_log, on_step=on_step, data_fingerprint=data_fp,
+                                   post=post)
         finally:
             logger.close()
     summary["dropped_tiny_cells"] = dataset.dropped
     write_json(summary, out / "summary.json")
     log(f"{stage}: best val MAP-IoU {summary['best_map_iou']:.4f} at iteration {summary['best_iteration']} "
         f"({summary['seconds']} s) → {out}")
+    return summary

@@ -7,8 +7,8 @@ from pathlib import Path
 import typer
 
 from cellpipe import submission, tables
+from cellpipe.console import log
 from cellpipe.images import header_size, list_images
-from stages.common import log
 
 
 def check(

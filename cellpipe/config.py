@@ -1,0 +1,411 @@
+"""Every knob of the pipeline: one typed definition, its default, its bounds, its help text.
+
+``params.yaml`` is loaded once into :class:`Params` (pydantic v2, unknown keys
+forbidden, strict types, ``Literal`` choices, ``Field`` bounds) and the library
+receives these objects. The committed ``params.yaml`` is :func:`render` of the
+defaults — values and comments — so it cannot drift from this file (a test
+compares them); ``cellpipe params --defaults`` prints it, ``cellpipe params --show``
+the effective values of a params file.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from pathlib import Path
+from typing import Any, Literal
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+
+from cellpipe.errors import CellpipeError
+
+CELL_TYPES: tuple[str, ...] = ("shsy5y", "astro", "cort")
+CellType = Literal["shsy5y", "astro", "cort"]
+
+
+class Section(BaseModel):
+    """A params section: strict, closed, immutable."""
+
+    model_config = ConfigDict(extra="forbid", strict=True, frozen=True, populate_by_name=True)
+
+    def fingerprint(self) -> str:
+        return hashlib.sha256(json.dumps(self.model_dump(mode="json"), sort_keys=True).encode()).hexdigest()[:16]
+
+
+def _path(default: str, option: str, help: str) -> Any:
+    return Field(default, alias=option, min_length=1, description=help)
+
+
+# --------------------------------------------------------------------------- data
+
+
+class KaggleData(Section):
+    kaggle_dir: str = _path("data/raw/kaggle", "kaggle-dir", "folder in the Kaggle layout (train.csv, train/, test/)")
+
+
+class LivecellData(Section):
+    livecell_json: str = _path("data/raw/livecell/annotations/LIVECell/livecell_coco_train.json", "livecell-json",
+                               "LIVECell COCO JSON")
+    livecell_images: str = _path("data/raw/livecell/images/livecell_train_val_images", "livecell-images",
+                                 "folder of its images")
+
+
+class Data(Section):
+    """Where the Kaggle-layout folder and the LIVECell COCO + images are (defaults: the synth outputs).
+    Each group maps command-line options to paths: dvc.yaml hands a group to a stage as ${data.kaggle},
+    which DVC expands with shell quoting (a path with spaces or quotes stays one argument)."""
+
+    kaggle: KaggleData = Field(KaggleData(), description="the competition data (decode, predict, submit, visualize)")
+    livecell: LivecellData = Field(LivecellData(), description="the pretraining data (livecell)")
+
+
+# --------------------------------------------------------------------------- data stages
+
+
+class Synth(Section):
+    """The embedded synthetic data, in the real Kaggle and LIVECell layouts."""
+
+    seed: int = Field(0, ge=0, description="random seed")
+    images_per_type: dict[CellType, int] = Field(default_factory=lambda: {"shsy5y": 6, "astro": 6, "cort": 6},
+                                                 description="training images per cell type")
+    images_per_sample: int = Field(2, gt=0, description="frames per sample_id (a well over time)")
+    cells_scale: float = Field(0.35, gt=0, description="× the real mean cells per image (shsy5y 337, astro 80, cort 34)")
+    test_images: int = Field(3, ge=0, description="test images")
+    livecell_images: int = Field(8, ge=0, description="LIVECell-style images")
+    livecell_cells_scale: float = Field(0.3, gt=0, description="× LIVECell's cells per image")
+
+    @field_validator("images_per_type")
+    @classmethod
+    def _counts(cls, v: dict[str, int]) -> dict[str, int]:
+        for k, n in v.items():
+            if n < 0:
+                raise ValueError(f"count for {k} must be ≥ 0")
+        return v
+
+
+class Decode(Section):
+    """train.csv → Parquet."""
+
+    duplicates: Literal["error", "drop"] = Field("error", description="rows repeating an image's mask: error | drop "
+                                                                      "(the real train.csv has 15)")
+
+
+class Coco(Section):
+    """The leak-free train/val split (whole sample_id groups, stratified by cell type)."""
+
+    val_fraction: float = Field(0.2, gt=0, lt=1, description="share of each cell type's images in val")
+    seed: int = Field(0, ge=0, description="random seed of the split")
+
+
+# --------------------------------------------------------------------------- model
+
+
+class Model(Section):
+    """The network. CPU default: a narrow ResNet-18 FPN Mask R-CNN with light heads; the GPU recipe
+    (profiles/gpu.yaml) is resnet50 / fpn_channels 256 / box_head_dim 1024 / mask head 256 × 4."""
+
+    arch: Literal["maskrcnn"] = Field("maskrcnn", description="model family")
+    backend: Literal["torchvision", "detectron2"] = Field("torchvision", description="torchvision | detectron2 "
+                                                          "(optional install: README)")
+    d2_config: str = Field("", description="detectron2 only: model-zoo config or YAML path; '' = the knobs below")
+    backbone: Literal["resnet18", "resnet34", "resnet50", "resnet101"] = Field("resnet18", description="ResNet depth")
+    norm: Literal["group", "batch", "frozen"] = Field("batch", description="backbone norm (frozen: only with "
+                                                      "pretrained weights)")
+    head_norm: Literal["group", "none"] = Field("group", description="GroupNorm in FPN and heads (helps training "
+                                                "from scratch)")
+    box_head_convs: int = Field(0, ge=0, description="conv layers before the box head's FC layer")
+    fpn_channels: int = Field(64, gt=0, description="FPN width")
+    box_head_dim: int = Field(256, gt=0, description="box head FC width")
+    mask_head_channels: int = Field(64, gt=0, description="mask head width")
+    mask_head_layers: int = Field(2, gt=0, description="mask head conv layers")
+    anchor_sizes: list[int | list[int]] = Field(
+        default_factory=lambda: [8, 16, 32, 64, 128],
+        description="per FPN level P2..P6: a size or a list of sizes (px at the model's input size); "
+                    "`cellpipe anchors` reports how well they fit")
+    aspect_ratios: list[float] = Field(default_factory=lambda: [0.5, 1.0, 2.0], min_length=1,
+                                       description="anchor aspect ratios")
+    rpn_fg_iou: float = Field(0.7, gt=0, lt=1, description="anchors at IoU ≥ this with a cell are RPN positives")
+    rpn_bg_iou: float = Field(0.3, gt=0, lt=1, description="... below this negatives")
+    mask_geometry: Literal["exact", "torchvision"] = Field(
+        "exact", description="exact: pixel-centre mask targets and paste (detectron2's) | torchvision: its stock ones")
+    mask_resolution: Literal[28, 56] = Field(28, description="predicted mask side")
+    min_size: int = Field(520, gt=0, description="input short side (520 = full size) ...")
+    max_size: int = Field(704, gt=0, description="... and long side at most; training crops come from this scale")
+    detections_per_img: int = Field(1000, gt=0, description="LIVECell images hold 2000+ cells, shsy5y up to 790")
+    rpn_batch_per_image: int = Field(256, gt=0, description="RPN anchors sampled per image")
+    roi_batch_per_image: int = Field(128, gt=0, description="RoIs sampled per image")
+    rpn_pre_nms_train: int = Field(2000, gt=0, description="RPN proposals before NMS, training")
+    rpn_post_nms_train: int = Field(2000, gt=0, description="... after NMS, training")
+    rpn_pre_nms_test: int = Field(3000, gt=0, description="RPN proposals before NMS, inference")
+    rpn_post_nms_test: int = Field(3000, gt=0, description="... after NMS, inference")
+    box_nms_thresh: float = Field(0.5, ge=0, le=1, description="per-class box NMS IoU")
+    box_score_thresh: float = Field(0.05, ge=0, le=1, description="lowest score kept by predict (thresholds tunes "
+                                    "above it)")
+    mask_threshold: float = Field(0.5, gt=0, lt=1, description="mask probability → pixel")
+
+    @field_validator("anchor_sizes")
+    @classmethod
+    def _levels(cls, v: list) -> list:
+        levels = [x if isinstance(x, list) else [x] for x in v]
+        if len(levels) != 5 or any(not lv or min(lv) <= 0 for lv in levels) or len({len(lv) for lv in levels}) != 1:
+            raise ValueError("must list 5 FPN levels, each a positive integer size or a list of them, with the same "
+                             "number of sizes per level")
+        return v
+
+    @field_validator("aspect_ratios")
+    @classmethod
+    def _ratios(cls, v: list[float]) -> list[float]:
+        if any(r <= 0 for r in v):
+            raise ValueError("must be positive numbers")
+        return v
+
+    def level_sizes(self) -> tuple[tuple[int, ...], ...]:
+        """Anchor sizes per FPN level, each a tuple."""
+        return tuple(tuple(s) if isinstance(s, list) else (s,) for s in self.anchor_sizes)
+
+    @classmethod
+    def from_checkpoint(cls, stored: dict[str, Any]) -> Model:
+        """The config a checkpoint was trained with (keys of older versions dropped, types from JSON relaxed).
+
+        Checkpoints from before ``mask_geometry`` existed were trained with torchvision's.
+        """
+        known = {k: v for k, v in {"mask_geometry": "torchvision", **stored}.items() if k in cls.model_fields}
+        return cls.model_validate(known, strict=False)
+
+
+# --------------------------------------------------------------------------- training
+
+
+class Train(Section):
+    """Optimisation knobs shared by pretrain and finetune."""
+
+    iters: int = Field(500, gt=0, description="iterations")
+    batch_size: int = Field(2, gt=0, description="images per iteration")
+    lr: float = Field(0.02, gt=0, description="SGD learning rate")
+    momentum: float = Field(0.9, ge=0, le=1, description="SGD momentum")
+    weight_decay: float = Field(0.0001, ge=0, description="SGD weight decay")
+    warmup_iters: int = Field(30, ge=0, description="linear warm-up iterations (then cosine decay to 0)")
+    warmup_factor: float = Field(0.001, ge=0, le=1, description="lr factor at iteration 0")
+    clip_grad: float = Field(10.0, gt=0, description="gradient norm clip")
+    eval_every: int = Field(100, gt=0, description="evaluate on val every this many iterations (keeps the best)")
+    eval_score_threshold: float = Field(0.3, ge=0, le=1, description="score threshold of those evaluations")
+    seed: int = Field(0, ge=0, description="random seed (batches, crops, flips)")
+    hflip: bool = Field(True, description="random horizontal flips")
+    vflip: bool = Field(True, description="random vertical flips")
+    crop_size: int = Field(256, ge=0, description="random training window (px at the model's scale); 0 = whole image")
+    workers: int = Field(0, ge=0, description="DataLoader worker processes building batches (0: in the main process)")
+
+
+class Pretrain(Train):
+    """On the LIVECell COCO (one class 'cell'); its last images are held out for evaluation."""
+
+    init: Literal["none", "imagenet", "coco"] = Field("none", description="none | imagenet | coco (torchvision "
+                                                      "weights: need a download)")
+    iters: int = Field(300, gt=0, description="iterations")
+    val_images: int = Field(2, gt=0, description="last LIVECell images held out for evaluation")
+
+
+class InitCheckpoint(Section):
+    init_checkpoint: str = _path("models/livecell/best.pt", "init-checkpoint", "the pretrain output; or your own "
+                                 "checkpoint (.pt, detectron2 .pth/.pkl)")
+
+
+class Finetune(Train):
+    """On data/coco/train.json, evaluated on val.json."""
+
+    init: Literal["checkpoint", "none", "imagenet", "coco"] = Field("checkpoint", description="checkpoint (the file "
+                                                                    "below) | none | imagenet | coco")
+    init_checkpoint: InitCheckpoint = Field(InitCheckpoint(), description="a DVC dependency, passed as "
+                                            "--init-checkpoint (quoted, like data.*)")
+
+
+# --------------------------------------------------------------------------- after the model
+
+
+class Predict(Section):
+    """Applying the model to val and test images."""
+
+    tta: bool = Field(False, description="flip test-time augmentation (3× slower)")
+    tta_iou: float = Field(0.5, gt=0, lt=1, description="mask IoU matching detections across the flips")
+    detections_per_img: int = Field(0, ge=0, description="cap at predict time; 0 = the checkpoint's "
+                                    "model.detections_per_img")
+
+
+class PostProcess(Section):
+    """Raw detections → final cells; the same steps select the best checkpoint in training, tune the
+    thresholds and make the score and the submission."""
+
+    min_size: int = Field(0, ge=0, description="drop cells left smaller than this after overlap removal (pixels)")
+    max_lost: float = Field(1.0, ge=0, le=1, description="drop cells that lost more than this share of their "
+                            "pixels to better ones (1 = keep)")
+    mask_nms_iou: float = Field(1.0, ge=0, le=1, description="class-agnostic mask NMS above this IoU (1 = off)")
+    vote_min_score: float = Field(0.0, ge=0, le=1, description="detections at least this confident vote for the "
+                                  "image's cell type")
+
+
+class Thresholds(Section):
+    """Per-class score thresholds tuned on val."""
+
+    grid: list[float] = Field(default_factory=lambda: [round(0.05 * k, 2) for k in range(1, 20)], min_length=1,
+                              description="score thresholds tried")
+    fallback: float = Field(0.5, ge=0, le=1, description="threshold for a class without val images")
+
+    @field_validator("grid")
+    @classmethod
+    def _unit(cls, v: list[float]) -> list[float]:
+        if any(not 0 <= x <= 1 for x in v):
+            raise ValueError("must be numbers in [0, 1]")
+        return v
+
+
+class Params(Section):
+    data: Data = Data()
+    synth: Synth = Synth()
+    decode: Decode = Decode()
+    coco: Coco = Coco()
+    model: Model = Model()
+    pretrain: Pretrain = Pretrain()
+    finetune: Finetune = Finetune()
+    predict: Predict = Predict()
+    postprocess: PostProcess = PostProcess()
+    thresholds: Thresholds = Thresholds()
+
+    @model_validator(mode="after")
+    def _rpn(self) -> Params:
+        if self.model.rpn_bg_iou > self.model.rpn_fg_iou:
+            raise ValueError("model.rpn_bg_iou must be ≤ model.rpn_fg_iou")
+        return self
+
+
+SECTIONS: tuple[str, ...] = tuple(Params.model_fields)
+
+# --------------------------------------------------------------------------- loading
+
+_MESSAGES = {
+    "greater_than": "must be > {gt}", "greater_than_equal": "must be ≥ {ge}", "less_than": "must be < {lt}",
+    "less_than_equal": "must be ≤ {le}", "int_type": "must be an integer", "float_type": "must be a number",
+    "bool_type": "must be true/false", "string_type": "must be a string", "list_type": "must be a list",
+    "dict_type": "must be a mapping", "model_type": "must be a mapping", "too_short": "must not be empty",
+    "string_too_short": "must be a non-empty path",
+}
+
+
+def _message(err: dict[str, Any]) -> str:
+    loc = [str(x) for x in err["loc"] if not isinstance(x, int) and x not in ("int", "list[int]")]
+    key = ".".join(loc)
+    kind, ctx = err["type"], err.get("ctx", {})
+    got = err.get("input")
+    if kind == "extra_forbidden":
+        return f"unknown params key {key}" if len(loc) > 1 else f"unknown params section {key!r}; known: {', '.join(SECTIONS)}"
+    if kind == "missing":
+        return f"params key {key} is missing"
+    if kind == "literal_error":
+        return f"{key} must be one of {ctx.get('expected', '').replace(' or ', ', ')} (got {got!r})"
+    if kind in _MESSAGES:
+        bounds = {k: f"{v:g}" if isinstance(v, int | float) else v for k, v in ctx.items()}
+        return f"{key} {_MESSAGES[kind].format(**bounds)} (got {got!r})"
+    msg = str(err["msg"]).removeprefix("Value error, ")
+    return f"{key} {msg} (got {got!r})" if key else msg
+
+
+def validate(data: Any, *, where: str) -> Params:
+    """``params.yaml`` content → :class:`Params`, or one line naming the first bad key."""
+    if not isinstance(data, dict):
+        raise CellpipeError("params must be a mapping of sections", where=where)
+    try:
+        return Params.model_validate(data)
+    except ValidationError as exc:
+        raise CellpipeError(_message(exc.errors()[0]), where=where) from None
+
+
+def read(path: str | Path) -> tuple[Params, set[str]]:
+    """Load a params file: the typed params and the sections the file itself holds."""
+    path = Path(path)
+    if not path.is_file():
+        raise CellpipeError("params file is missing", where=str(path))
+    try:
+        data = yaml.safe_load(path.read_text(encoding="utf-8"))
+    except UnicodeDecodeError:
+        raise CellpipeError("params file is not UTF-8 text", where=str(path)) from None
+    except yaml.YAMLError as exc:
+        raise CellpipeError(f"not valid YAML ({str(exc).splitlines()[0]})", where=str(path)) from None
+    data = {} if data is None else data
+    return validate(data, where=str(path)), set(data) if isinstance(data, dict) else set()
+
+
+# --------------------------------------------------------------------------- the documented file
+
+HEADER = """\
+# Every knob of the pipeline, one section per stage, with its default. Each stage in dvc.yaml
+# lists only the sections it reads, so changing one reruns only what it affects.
+# Generated from cellpipe/config.py (`cellpipe params --defaults`); a test keeps the two equal.
+"""
+
+
+def _flow(value: Any) -> str:
+    return yaml.safe_dump(value, default_flow_style=True, sort_keys=False, width=10_000).strip().removesuffix("\n...")
+
+
+def _lines(model: Section, indent: str) -> list[str]:
+    out = []
+    for name, field in type(model).model_fields.items():
+        key = field.alias or name
+        value = getattr(model, name)
+        if isinstance(value, Section):
+            out.append(f"{indent}{key}:" + (f"  # {field.description}" if field.description else ""))
+            out += _lines(value, indent + "  ")
+            continue
+        text = f"{indent}{key}: {_flow(value if not isinstance(value, tuple) else list(value))}"
+        if field.description:
+            text = f"{text.ljust(28)}  # {field.description}" if len(text) < 60 else f"{text}  # {field.description}"
+        out.append(text)
+    return out
+
+
+def render(params: Params | None = None) -> str:
+    """params.yaml text of ``params`` (default: the defaults), with every knob's help as a comment."""
+    params = params or Params()
+    out = [HEADER]
+    for name in SECTIONS:
+        section = getattr(params, name)
+        doc = " ".join((type(section).__doc__ or "").split())
+        if doc:
+            out.append("\n".join(f"# {line}" for line in _wrap(doc, 96)))
+        out.append(f"{name}:")
+        out += _lines(section, "  ")
+        out.append("")
+    return "\n".join(out)
+
+
+def _wrap(text: str, width: int) -> list[str]:
+    import textwrap
+
+    return textwrap.wrap(text, width) or [""]
+
+
+DEFAULT_FILE = Path("params.yaml")
+
+
+def load(path: str | Path, *sections: str, builtin: bool = False) -> Params:
+    """The params of ``path``, which must hold the ``sections`` a stage reads (DVC tracks them there).
+
+    With ``builtin``, a missing file at the default path gives the built-in defaults,
+    said in one log line: a model can be applied outside a repository.
+    """
+    path = Path(path)
+    if builtin and not path.is_file() and path == DEFAULT_FILE:
+        from cellpipe.console import log
+
+        params = Params()
+        shown = {s: getattr(params, s).model_dump(by_alias=True) for s in sections}
+        log(f"no {path} here: built-in params {shown}")
+        return params
+    params, held = read(path)
+    missing = [s for s in sections if s not in held]
+    if missing:
+        raise CellpipeError(f"params section '{missing[0]}' is missing (the file holds "
+                            f"{', '.join(sorted(held)) or 'no sections'})", where=str(path))
+    return params
+
+PARAMS_HELP = "params file (the pipeline's knobs, grouped per stage)"

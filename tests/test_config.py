@@ -1,0 +1,71 @@
+"""The typed params: one definition of every knob, and params.yaml generated from it."""
+
+from __future__ import annotations
+
+import pytest
+import yaml
+
+from cellpipe import config
+from cellpipe.errors import CellpipeError
+from tests.conftest import params_text, run_cli
+
+
+def test_params_yaml_is_the_rendered_defaults():
+    """The committed params.yaml (values and comments) is exactly what the models document."""
+    assert params_text() == config.render(), "regenerate it: cellpipe params --defaults > params.yaml"
+
+
+def test_render_round_trips():
+    params = config.Params()
+    assert config.validate(yaml.safe_load(config.render(params)), where="x") == params
+
+
+def test_every_knob_has_help():
+    def fields(model):
+        for name, f in type(model).model_fields.items():
+            yield f"{type(model).__name__}.{name}", f
+            if isinstance(getattr(model, name), config.Section):
+                yield from fields(getattr(model, name))
+
+    missing = [name for name, f in fields(config.Params()) if not f.description and not name.startswith("Params.")]
+    assert not missing, missing
+
+
+@pytest.mark.parametrize("data, message", [
+    ({"finetune": {"lr": -1}}, "finetune.lr must be > 0 (got -1)"),
+    ({"coco": {"val_fraction": 1.5}}, "coco.val_fraction must be < 1 (got 1.5)"),
+    ({"coco": {"sede": 1}}, "unknown params key coco.sede"),
+    ({"bogus": {}}, "unknown params section 'bogus'"),
+    ({"thresholds": {"grid": [True, 0.5]}}, "thresholds.grid must be a number (got True)"),
+    ({"model": {"backbone": "vgg"}}, "model.backbone must be one of 'resnet18', 'resnet34', 'resnet50', 'resnet101'"),
+    ({"predict": {"tta": 1}}, "predict.tta must be true/false (got 1)"),
+    ({"model": {"anchor_sizes": [1, 2, 3]}}, "model.anchor_sizes must list 5 FPN levels"),
+    ({"model": {"anchor_sizes": [[4, 5], [8], [16], [32], [64]]}}, "same number of sizes per level"),
+    ({"data": {"kaggle": {"kaggle-dir": ""}}}, "data.kaggle.kaggle-dir must be a non-empty path"),
+    ({"model": {"rpn_bg_iou": 0.8}}, "model.rpn_bg_iou must be ≤ model.rpn_fg_iou"),
+    ({"synth": {"images_per_type": {"neuron": 3}}}, "synth.images_per_type"),
+    ({"synth": {"seed": 1.5}}, "synth.seed must be an integer (got 1.5)"),
+    ([1, 2], "params must be a mapping of sections"),
+])
+def test_bad_values_are_one_line_naming_the_key(data, message):
+    with pytest.raises(CellpipeError, match="^p.yaml: ") as err:
+        config.validate(data, where="p.yaml")
+    assert message in str(err.value) and "\n" not in str(err.value)
+
+
+def test_keys_a_file_leaves_out_take_the_documented_defaults(tmp_path):
+    (tmp_path / "p.yaml").write_text("coco: {seed: 3}\nfinetune: {lr: 0.01}\n")
+    params = config.load(tmp_path / "p.yaml", "coco", "finetune")
+    assert params.coco.seed == 3 and params.coco.val_fraction == config.Coco().val_fraction
+    assert params.finetune.lr == 0.01 and params.finetune.iters == config.Finetune().iters
+    with pytest.raises(CellpipeError, match="params section 'model' is missing"):
+        config.load(tmp_path / "p.yaml", "model")
+
+
+def test_params_command_shows_the_effective_values(tmp_path):
+    (tmp_path / "p.yaml").write_text("coco: {seed: 3}\n")
+    proc = run_cli("params", "--params", str(tmp_path / "p.yaml"))
+    assert proc.returncode == 0, proc.stderr
+    shown = yaml.safe_load(proc.stdout)
+    assert shown["coco"] == {"val_fraction": 0.2, "seed": 3} and shown["model"]["backbone"] == "resnet18"
+    assert run_cli("params", "--defaults").stdout == config.render()
