@@ -55,6 +55,9 @@ case "${1:-}" in
   test)
     setup
     shift
+    echo "== ruff check, ruff format --check"
+    ruff check .
+    ruff format --check .
     python -m pytest -n 2 --dist loadgroup "$@"
     ;;
   *)

@@ -54,12 +54,15 @@ def stratified(df: pd.DataFrame, per_type: int) -> list[str]:
 def decode_peak_rss(kaggle: Path) -> float:
     """Peak RSS (MiB) of the real ``cellpipe decode`` command on the data."""
     out = HERE / ".cache" / "decode-out"
-    code = ("import resource, sys; from stages.cli import main; sys.argv=['cellpipe','decode','--kaggle-dir',"
-            f"'{kaggle}','--annotations-out','{out}/a.parquet','--images-out','{out}/i.parquet'];"
-            "\ntry:\n    main()\nexcept SystemExit:\n    pass\n"
-            "print(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss)")
-    proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, cwd=REPO,
-                          env={**os.environ, "CELLPIPE_NO_PROGRESS": "1"})
+    code = (
+        "import resource, sys; from stages.cli import main; sys.argv=['cellpipe','decode','--kaggle-dir',"
+        f"'{kaggle}','--annotations-out','{out}/a.parquet','--images-out','{out}/i.parquet'];"
+        "\ntry:\n    main()\nexcept SystemExit:\n    pass\n"
+        "print(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss)"
+    )
+    proc = subprocess.run(
+        [sys.executable, "-c", code], capture_output=True, text=True, cwd=REPO, env={**os.environ, "CELLPIPE_NO_PROGRESS": "1"}
+    )
     if proc.returncode != 0:
         raise RuntimeError(proc.stderr)
     return int(proc.stdout.strip().splitlines()[-1]) / 1024
@@ -78,8 +81,7 @@ def dvc_noop(kaggle: Path) -> cases.Result:
     for name in ("decode", "coco"):
         stages[name]["deps"] = [d for d in stages[name]["deps"] if not str(d).startswith(("stages/", "cellpipe/"))]
     (work / "dvc.yaml").write_text(yaml.safe_dump({"stages": {k: stages[k] for k in ("decode", "coco")}}))
-    env = {**os.environ, "PATH": f"{Path(sys.executable).parent}{os.pathsep}{os.environ['PATH']}",
-           "CELLPIPE_NO_PROGRESS": "1"}
+    env = {**os.environ, "PATH": f"{Path(sys.executable).parent}{os.pathsep}{os.environ['PATH']}", "CELLPIPE_NO_PROGRESS": "1"}
     dvc = str(Path(sys.executable).parent / "dvc")
     for cmd in (["git", "init", "-q"], [dvc, "init", "-q"], [dvc, "repro", "-q"]):
         subprocess.run(cmd, cwd=work, check=True, env=env, capture_output=True)
@@ -95,8 +97,15 @@ def dvc_noop(kaggle: Path) -> cases.Result:
     status_s = best_of([dvc, "status"])
     repro_s = best_of([dvc, "repro"])
     files = sum(1 for _ in (kaggle / "train").iterdir())
-    return cases.Result("no-op `dvc repro` vs `dvc status`", "images", files, status_s, repro_s, True,
-                        f"reference = `dvc status`; repro takes {repro_s / status_s:.2f}× status (target ≤ 1.5×)")
+    return cases.Result(
+        "no-op `dvc repro` vs `dvc status`",
+        "images",
+        files,
+        status_s,
+        repro_s,
+        True,
+        f"reference = `dvc status`; repro takes {repro_s / status_s:.2f}× status (target ≤ 1.5×)",
+    )
 
 
 def main() -> None:
@@ -125,26 +134,53 @@ def main() -> None:
     for col in ("case", "size", "reference s", "cellpipe s", "ratio", "identical", "note"):
         table.add_column(col)
     for r in results:
-        table.add_row(r.name, f"{r.size} {r.unit}", f"{r.ref_s:.2f}", f"{r.cellpipe_s:.3f}", f"{r.ratio:.1f}×",
-                      "yes" if r.identical else "NO", r.note)
+        table.add_row(
+            r.name,
+            f"{r.size} {r.unit}",
+            f"{r.ref_s:.2f}",
+            f"{r.cellpipe_s:.3f}",
+            f"{r.ratio:.1f}×",
+            "yes" if r.identical else "NO",
+            r.note,
+        )
     console.print(table)
     console.print(f"decode stage peak RSS: {rss:.0f} MiB")
     payload = {
-        "scale": args.scale, "images": int(df["id"].nunique()), "cells": int(len(df)),
-        "machine": {"platform": platform.platform(), "python": platform.python_version(), "cpus": os.cpu_count(),
-                    "processor": platform.processor()},
+        "scale": args.scale,
+        "images": int(df["id"].nunique()),
+        "cells": int(len(df)),
+        "machine": {
+            "platform": platform.platform(),
+            "python": platform.python_version(),
+            "cpus": os.cpu_count(),
+            "processor": platform.processor(),
+        },
         "decode_peak_rss_mib": round(rss, 1),
-        "cases": [{"name": r.name, "size": r.size, "unit": r.unit, "reference_s": round(r.ref_s, 4),
-                   "cellpipe_s": round(r.cellpipe_s, 4), "ratio": round(r.ratio, 2), "identical": r.identical,
-                   "note": r.note} for r in results],
+        "cases": [
+            {
+                "name": r.name,
+                "size": r.size,
+                "unit": r.unit,
+                "reference_s": round(r.ref_s, 4),
+                "cellpipe_s": round(r.cellpipe_s, 4),
+                "ratio": round(r.ratio, 2),
+                "identical": r.identical,
+                "note": r.note,
+            }
+            for r in results
+        ],
     }
     args.out.write_text(json.dumps(payload, indent=2) + "\n")
     lines = ["| case | size | reference | cellpipe | ratio | identical | note |", "|---|---|---|---|---|---|---|"]
     for r in results:
-        lines.append(f"| {r.name} | {r.size} {r.unit} | {r.ref_s:.2f} s | {r.cellpipe_s:.3f} s | {r.ratio:.1f}× | "
-                     f"{'yes' if r.identical else 'NO'} | {r.note} |")
-    lines.append(f"\nDecode stage peak RSS: {rss:.0f} MiB. Machine: {payload['machine']['platform']}, "
-                 f"{payload['machine']['cpus']} CPUs, Python {payload['machine']['python']}.")
+        lines.append(
+            f"| {r.name} | {r.size} {r.unit} | {r.ref_s:.2f} s | {r.cellpipe_s:.3f} s | {r.ratio:.1f}× | "
+            f"{'yes' if r.identical else 'NO'} | {r.note} |"
+        )
+    lines.append(
+        f"\nDecode stage peak RSS: {rss:.0f} MiB. Machine: {payload['machine']['platform']}, "
+        f"{payload['machine']['cpus']} CPUs, Python {payload['machine']['python']}."
+    )
     args.out.with_suffix(".md").write_text("\n".join(lines) + "\n")
     if not all(r.identical for r in results):
         sys.exit("results differ from the reference")

@@ -25,8 +25,15 @@ from cellpipe.data import CocoInstances, collate
 from cellpipe.models import d2
 
 HERE = Path(__file__).resolve().parent
-R50 = {"backbone": "resnet50", "fpn_channels": 256, "box_head_dim": 1024, "mask_head_channels": 256,
-       "mask_head_layers": 4, "head_norm": "none", "norm": "batch"}
+R50 = {
+    "backbone": "resnet50",
+    "fpn_channels": 256,
+    "box_head_dim": 1024,
+    "mask_head_channels": 256,
+    "mask_head_layers": 4,
+    "head_norm": "none",
+    "norm": "batch",
+}
 
 
 def batch(cfg: models.ModelConfig, crop: int, folder: Path):
@@ -74,13 +81,17 @@ def main() -> None:
         params = {**params, **R50}
     base = models.ModelConfig.from_params(params)
     images, targets = batch(base, args.crop, HERE / ".cache" / "backends")
-    results = {"machine": f"{platform.processor() or platform.machine()}, {torch.get_num_threads()} threads",
-               "arch": args.arch, "crop": args.crop, "input": [list(i.shape) for i in images], "steps": args.steps}
+    results = {
+        "machine": f"{platform.processor() or platform.machine()}, {torch.get_num_threads()} threads",
+        "arch": args.arch,
+        "crop": args.crop,
+        "input": [list(i.shape) for i in images],
+        "steps": args.steps,
+    }
     backends = ["torchvision"] + (["detectron2"] if d2.available() else [])
     if len(backends) == 1:
         print("detectron2 is not installed: timing torchvision only")
-    timed = step_times({b: dataclasses.replace(base, backend=b) for b in backends}, images, targets, args.steps,
-                       args.warmup)
+    timed = step_times({b: dataclasses.replace(base, backend=b) for b in backends}, images, targets, args.steps, args.warmup)
     for backend, times in timed.items():
         results[backend] = {"median_s": round(statistics.median(times), 3), "min_s": round(min(times), 3)}
         print(f"{backend:12s} median {statistics.median(times):.3f} s/step (min {min(times):.3f})")

@@ -91,6 +91,7 @@ def timed(fn: Callable[[], Any]) -> tuple[float, Any]:
 
 def decode_coco(df: pd.DataFrame) -> Result:
     """train.csv rows → per-cell area, bbox and COCO RLE."""
+
     def reference():
         areas, boxes, counts = [], [], []
         for s in df["annotation"]:
@@ -107,9 +108,11 @@ def decode_coco(df: pd.DataFrame) -> Result:
 
     ref_s, (areas, boxes, counts) = timed(reference)
     our_s, ann = timed(ours)
-    same = (ann["area"].tolist() == areas
-            and list(map(tuple, ann[["bbox_x", "bbox_y", "bbox_w", "bbox_h"]].to_numpy().tolist())) == boxes
-            and [c.encode() for c in ann["coco_counts"]] == counts)
+    same = (
+        ann["area"].tolist() == areas
+        and list(map(tuple, ann[["bbox_x", "bbox_y", "bbox_w", "bbox_h"]].to_numpy().tolist())) == boxes
+        and [c.encode() for c in ann["coco_counts"]] == counts
+    )
     return Result("decode → COCO (area, bbox, COCO RLE)", "cells", len(df), ref_s, our_s, same)
 
 
@@ -126,8 +129,9 @@ def plain_decode(df: pd.DataFrame) -> Result:
 
     ref_s, ref = timed(reference)
     our_s, runs = timed(lambda: rle.parse_many(strings, H * W))
-    same = (np.array_equal(np.concatenate([r[0] for r in ref]), runs.starts)
-            and np.array_equal(np.concatenate([r[1] for r in ref]), runs.lengths))
+    same = np.array_equal(np.concatenate([r[0] for r in ref]), runs.starts) and np.array_equal(
+        np.concatenate([r[1] for r in ref]), runs.lengths
+    )
     return Result("plain decode (RLE → runs)", "cells", len(df), ref_s, our_s, same)
 
 
@@ -142,6 +146,7 @@ def label_images(df: pd.DataFrame) -> list[np.ndarray]:
 
 def encode(labels: list[np.ndarray]) -> Result:
     """All instance masks of all images → Kaggle RLE strings."""
+
     def reference():
         out = []
         for lab in labels:
@@ -204,9 +209,13 @@ def metric_case(df: pd.DataFrame, preds: dict[str, list[str]], ref_images: list[
     groups = {k: g["annotation"].tolist() for k, g in df.groupby("id", sort=False)}
 
     def reference():
-        return {i: ref_iou_score(np.stack([ref_rle_decode(s) for s in groups[i]]),
-                                 np.stack([ref_rle_decode(s) for s in preds[i]]) if preds[i]
-                                 else np.zeros((0, H, W), bool)) for i in ref_images}
+        return {
+            i: ref_iou_score(
+                np.stack([ref_rle_decode(s) for s in groups[i]]),
+                np.stack([ref_rle_decode(s) for s in preds[i]]) if preds[i] else np.zeros((0, H, W), bool),
+            )
+            for i in ref_images
+        }
 
     def ours():
         out = {}
@@ -256,5 +265,4 @@ def submission_case(preds: dict[str, list[str]], seed: int = 0) -> Result:
 
     ref_s, ref = timed(reference)
     our_s, got = timed(ours)
-    return Result("submission (overlaps + encode)", "cells", sum(map(len, preds.values())), ref_s, our_s,
-                  ref == got, "")
+    return Result("submission (overlaps + encode)", "cells", sum(map(len, preds.values())), ref_s, our_s, ref == got, "")

@@ -46,8 +46,9 @@ def _level_iou(boxes: np.ndarray, sizes: Sequence[int], ratios: Sequence[float],
     return best
 
 
-def best_iou(boxes: np.ndarray, level_sizes: Sequence[Sequence[int]], ratios: Sequence[float],
-             strides: Sequence[int] = STRIDES) -> np.ndarray:
+def best_iou(
+    boxes: np.ndarray, level_sizes: Sequence[Sequence[int]], ratios: Sequence[float], strides: Sequence[int] = STRIDES
+) -> np.ndarray:
     """For each box ``(x0, y0, x1, y1)``, the best IoU of any anchor on the grids of the levels."""
     boxes = np.asarray(boxes, dtype=np.float64).reshape(-1, 4)
     best = np.zeros(len(boxes))
@@ -56,8 +57,14 @@ def best_iou(boxes: np.ndarray, level_sizes: Sequence[Sequence[int]], ratios: Se
     return best
 
 
-def suggest(boxes: np.ndarray, ratios: Sequence[float], per_level: int = 2, fg_iou: float = 0.7,
-            strides: Sequence[int] = STRIDES, rounds: int = 2) -> list[list[int]]:
+def suggest(
+    boxes: np.ndarray,
+    ratios: Sequence[float],
+    per_level: int = 2,
+    fg_iou: float = 0.7,
+    strides: Sequence[int] = STRIDES,
+    rounds: int = 2,
+) -> list[list[int]]:
     """Anchor sizes per level that maximise the share of boxes with an anchor at IoU ≥ ``fg_iou``.
 
     Coordinate ascent from a geometric series over the box scales (``sqrt(w·h)``, 1st to
@@ -70,10 +77,10 @@ def suggest(boxes: np.ndarray, ratios: Sequence[float], per_level: int = 2, fg_i
     levels = len(strides)
     scale = np.sqrt((boxes[:, 2] - boxes[:, 0]) * (boxes[:, 3] - boxes[:, 1]))
     if not len(scale):
-        return [[8 * 2 ** k] * per_level for k in range(levels)]
+        return [[8 * 2**k] * per_level for k in range(levels)]
     lo, hi = np.percentile(scale, [1, 99])
     start = np.maximum(np.round(np.geomspace(max(lo, 2.0), max(hi, lo + 1, 3.0), levels * per_level)), 2).astype(int)
-    sizes = [list(start[k * per_level:(k + 1) * per_level]) for k in range(levels)]
+    sizes = [list(start[k * per_level : (k + 1) * per_level]) for k in range(levels)]
     candidates = np.unique(np.round(np.geomspace(2, max(2 * scale.max(), 4), 48)).astype(int))
     per = [_level_iou(boxes, sizes[k], ratios, strides[k]) for k in range(levels)]
 
@@ -89,7 +96,7 @@ def suggest(boxes: np.ndarray, ratios: Sequence[float], per_level: int = 2, fg_i
                 low = max(sizes[k - 1]) if k else 0
                 high = min(sizes[k + 1]) if k + 1 < levels else np.inf
                 for c in candidates[(candidates >= low) & (candidates <= high)]:
-                    trial = [*sizes[k][:slot], int(c), *sizes[k][slot + 1:]]
+                    trial = [*sizes[k][:slot], int(c), *sizes[k][slot + 1 :]]
                     arr = _level_iou(boxes, trial, ratios, strides[k])
                     val = objective(np.maximum(others, arr))
                     if best_val is None or val > best_val:
@@ -99,9 +106,16 @@ def suggest(boxes: np.ndarray, ratios: Sequence[float], per_level: int = 2, fg_i
     return [sorted(int(x) for x in s) for s in sizes]
 
 
-def report(boxes: np.ndarray, level_sizes: Sequence[Sequence[int]], ratios: Sequence[float],
-           thresholds: Sequence[float] = (0.5, 0.6, 0.7)) -> dict:
+def report(
+    boxes: np.ndarray,
+    level_sizes: Sequence[Sequence[int]],
+    ratios: Sequence[float],
+    thresholds: Sequence[float] = (0.5, 0.6, 0.7),
+) -> dict:
     """Share of boxes whose best anchor reaches each IoU threshold, and the median best IoU."""
     iou = best_iou(boxes, level_sizes, ratios)
-    return {"boxes": int(len(iou)), "median_best_iou": round(float(np.median(iou)) if len(iou) else 0.0, 4),
-            **{f"share_iou_{t:.1f}": round(float((iou >= t).mean()) if len(iou) else 0.0, 4) for t in thresholds}}
+    return {
+        "boxes": int(len(iou)),
+        "median_best_iou": round(float(np.median(iou)) if len(iou) else 0.0, 4),
+        **{f"share_iou_{t:.1f}": round(float((iou >= t).mean()) if len(iou) else 0.0, 4) for t in thresholds},
+    }

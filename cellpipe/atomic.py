@@ -67,9 +67,3 @@ def remove_stale(folder: str | os.PathLike[str], name: str = "*") -> list[Path]:
         else:
             path.unlink(missing_ok=True)
     return stale
-
-
-def write_text(target: str | os.PathLike[str], text: str) -> None:
-    """Write ``text`` to ``target`` atomically."""
-    with atomic_path(target) as tmp:
-        tmp.write_text(text)

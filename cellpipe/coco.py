@@ -57,8 +57,9 @@ def split_groups(images: pd.DataFrame, val_fraction: float, seed: int) -> pd.Ser
     return split
 
 
-def build(images: pd.DataFrame, annotations: pd.DataFrame, *, images_file: str | Path | None = None,
-          out: str | Path | None = None) -> dict:
+def build(
+    images: pd.DataFrame, annotations: pd.DataFrame, *, images_file: str | Path | None = None, out: str | Path | None = None
+) -> dict:
     """COCO dict of the given images and their annotations (COCO RLE masks).
 
     Image paths are stored in ``images_file`` (the images table) relative to it; in
@@ -71,19 +72,37 @@ def build(images: pd.DataFrame, annotations: pd.DataFrame, *, images_file: str |
         return moved(value, images_file, out) if images_file is not None and out is not None else value
 
     coco_images = [
-        {"id": img_ids[r.image_id], "file_name": r.file_name, "height": int(r.height), "width": int(r.width),
-         "path": path(r.path), "kaggle_id": r.image_id, "cell_type": r.cell_type, "sample_id": r.sample_id}
+        {
+            "id": img_ids[r.image_id],
+            "file_name": r.file_name,
+            "height": int(r.height),
+            "width": int(r.width),
+            "path": path(r.path),
+            "kaggle_id": r.image_id,
+            "cell_type": r.cell_type,
+            "sample_id": r.sample_id,
+        }
         for r in images.itertuples(index=False)
     ]
     ann = annotations[annotations["image_id"].isin(img_ids)]
     coco_anns = [
-        {"id": int(a.ann_id), "image_id": img_ids[a.image_id], "category_id": CATEGORY_ID[a.cell_type],
-         "segmentation": {"size": [int(a.height), int(a.width)], "counts": a.coco_counts},
-         "area": int(a.area), "bbox": [int(a.bbox_x), int(a.bbox_y), int(a.bbox_w), int(a.bbox_h)], "iscrowd": 0}
+        {
+            "id": int(a.ann_id),
+            "image_id": img_ids[a.image_id],
+            "category_id": CATEGORY_ID[a.cell_type],
+            "segmentation": {"size": [int(a.height), int(a.width)], "counts": a.coco_counts},
+            "area": int(a.area),
+            "bbox": [int(a.bbox_x), int(a.bbox_y), int(a.bbox_w), int(a.bbox_h)],
+            "iscrowd": 0,
+        }
         for a in ann.itertuples(index=False)
     ]
-    return {"info": {"description": "cellpipe COCO export of a Kaggle Sartorius train.csv"},
-            "images": coco_images, "annotations": coco_anns, "categories": CATEGORIES}
+    return {
+        "info": {"description": "cellpipe COCO export of a Kaggle Sartorius train.csv"},
+        "images": coco_images,
+        "annotations": coco_anns,
+        "categories": CATEGORIES,
+    }
 
 
 # --------------------------------------------------------------------------- reading COCO
@@ -106,8 +125,9 @@ def instances(annotations: list[dict], height: int, width: int) -> sp.csr_matrix
     if not annotations:
         return sp.csr_matrix((0, height * width), dtype=np.float32)
     dense = mask_util.decode([segmentation_rle(a["segmentation"], height, width) for a in annotations])  # (h, w, n)
-    return sp.csr_matrix(np.ascontiguousarray(dense.transpose(2, 0, 1)).reshape(len(annotations), height * width),
-                         dtype=np.float32)
+    return sp.csr_matrix(
+        np.ascontiguousarray(dense.transpose(2, 0, 1)).reshape(len(annotations), height * width), dtype=np.float32
+    )
 
 
 def _annotations_list(data: dict, where: str) -> list[dict]:
@@ -136,8 +156,9 @@ def load_json(path: str | Path) -> dict:
     return data
 
 
-def normalise(data: dict, *, where: str, image_root: str | Path | None = None,
-              single_class: bool = False, check_files: bool = True) -> dict:
+def normalise(
+    data: dict, *, where: str, image_root: str | Path | None = None, single_class: bool = False, check_files: bool = True
+) -> dict:
     """Validate a COCO dict and return it with list ``annotations`` and image ``path``s.
 
     An image's file is its ``path`` (cellpipe's own COCO files: relative to the JSON
@@ -185,8 +206,13 @@ def normalise(data: dict, *, where: str, image_root: str | Path | None = None,
                 if not isinstance(poly, list) or len(poly) < 6 or len(poly) % 2:
                     raise CellpipeError(f"{label}: polygon with fewer than 3 points", where=where)
                 xy = np.asarray(poly, dtype=float).reshape(-1, 2)
-                if not np.isfinite(xy).all() or xy[:, 0].min() < -1 or xy[:, 1].min() < -1 \
-                        or xy[:, 0].max() > w + 1 or xy[:, 1].max() > h + 1:
+                if (
+                    not np.isfinite(xy).all()
+                    or xy[:, 0].min() < -1
+                    or xy[:, 1].min() < -1
+                    or xy[:, 0].max() > w + 1
+                    or xy[:, 1].max() > h + 1
+                ):
                     raise CellpipeError(f"{label}: polygon lies outside the {w}×{h} image", where=where)
             rle_ = segmentation_rle(seg, h, w)
         elif isinstance(seg, dict) and "counts" in seg:
@@ -198,11 +224,22 @@ def normalise(data: dict, *, where: str, image_root: str | Path | None = None,
         area = float(mask_util.area(rle_))
         if area <= 0:
             raise CellpipeError(f"{label}: mask has zero area", where=where)
-        out_anns.append({**a, "category_id": 1 if single_class else int(cid), "area": area,
-                         "bbox": [float(v) for v in mask_util.toBbox(rle_)], "iscrowd": int(a.get("iscrowd", 0))})
+        out_anns.append(
+            {
+                **a,
+                "category_id": 1 if single_class else int(cid),
+                "area": area,
+                "bbox": [float(v) for v in mask_util.toBbox(rle_)],
+                "iscrowd": int(a.get("iscrowd", 0)),
+            }
+        )
     categories = [{"id": 1, "name": "cell", "supercategory": "cell"}] if single_class else data["categories"]
-    return {**{k: v for k, v in data.items() if k not in ("annotations", "images", "categories")},
-            "images": list(images.values()), "annotations": out_anns, "categories": categories}
+    return {
+        **{k: v for k, v in data.items() if k not in ("annotations", "images", "categories")},
+        "images": list(images.values()),
+        "annotations": out_anns,
+        "categories": categories,
+    }
 
 
 def with_paths_for(data: dict, out: str | Path) -> dict:
@@ -214,7 +251,6 @@ def image_paths(data: dict, where: str | Path) -> dict[str, Path]:
     """``{image id: file}`` of a cellpipe COCO dict read from ``where`` (Kaggle ids where present)."""
     out = {}
     for im in data["images"]:
-        stored_path = str(im["path"]) if "path" in im else check_name(str(im["file_name"]), what="file_name",
-                                                                      where=str(where))
+        stored_path = str(im["path"]) if "path" in im else check_name(str(im["file_name"]), what="file_name", where=str(where))
         out[image_id(im)] = resolve(stored_path, where)
     return out

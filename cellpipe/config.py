@@ -45,10 +45,10 @@ class KaggleData(Section):
 
 
 class LivecellData(Section):
-    livecell_json: str = _path("data/raw/livecell/annotations/LIVECell/livecell_coco_train.json", "livecell-json",
-                               "LIVECell COCO JSON")
-    livecell_images: str = _path("data/raw/livecell/images/livecell_train_val_images", "livecell-images",
-                                 "folder of its images")
+    livecell_json: str = _path(
+        "data/raw/livecell/annotations/LIVECell/livecell_coco_train.json", "livecell-json", "LIVECell COCO JSON"
+    )
+    livecell_images: str = _path("data/raw/livecell/images/livecell_train_val_images", "livecell-images", "folder of its images")
 
 
 class Data(Section):
@@ -67,8 +67,9 @@ class Synth(Section):
     """The embedded synthetic data, in the real Kaggle and LIVECell layouts."""
 
     seed: int = Field(0, ge=0, description="random seed")
-    images_per_type: dict[CellType, int] = Field(default_factory=lambda: {"shsy5y": 6, "astro": 6, "cort": 6},
-                                                 description="training images per cell type")
+    images_per_type: dict[CellType, int] = Field(
+        default_factory=lambda: {"shsy5y": 6, "astro": 6, "cort": 6}, description="training images per cell type"
+    )
     images_per_sample: int = Field(2, gt=0, description="frames per sample_id (a well over time)")
     cells_scale: float = Field(0.35, gt=0, description="× the real mean cells per image (shsy5y 337, astro 80, cort 34)")
     test_images: int = Field(3, ge=0, description="test images")
@@ -87,8 +88,9 @@ class Synth(Section):
 class Decode(Section):
     """train.csv → Parquet."""
 
-    duplicates: Literal["error", "drop"] = Field("error", description="rows repeating an image's mask: error | drop "
-                                                                      "(the real train.csv has 15)")
+    duplicates: Literal["error", "drop"] = Field(
+        "error", description="rows repeating an image's mask: error | drop (the real train.csv has 15)"
+    )
 
 
 class Coco(Section):
@@ -106,14 +108,13 @@ class Model(Section):
     (profiles/gpu.yaml) is resnet50 / fpn_channels 256 / box_head_dim 1024 / mask head 256 × 4."""
 
     arch: Literal["maskrcnn"] = Field("maskrcnn", description="model family")
-    backend: Literal["torchvision", "detectron2"] = Field("torchvision", description="torchvision | detectron2 "
-                                                          "(optional install: README)")
+    backend: Literal["torchvision", "detectron2"] = Field(
+        "torchvision", description="torchvision | detectron2 (optional install: README)"
+    )
     d2_config: str = Field("", description="detectron2 only: model-zoo config or YAML path; '' = the knobs below")
     backbone: Literal["resnet18", "resnet34", "resnet50", "resnet101"] = Field("resnet18", description="ResNet depth")
-    norm: Literal["group", "batch", "frozen"] = Field("batch", description="backbone norm (frozen: only with "
-                                                      "pretrained weights)")
-    head_norm: Literal["group", "none"] = Field("group", description="GroupNorm in FPN and heads (helps training "
-                                                "from scratch)")
+    norm: Literal["group", "batch", "frozen"] = Field("batch", description="backbone norm (frozen: only with pretrained weights)")
+    head_norm: Literal["group", "none"] = Field("group", description="GroupNorm in FPN and heads (helps training from scratch)")
     box_head_convs: int = Field(0, ge=0, description="conv layers before the box head's FC layer")
     fpn_channels: int = Field(64, gt=0, description="FPN width")
     box_head_dim: int = Field(256, gt=0, description="box head FC width")
@@ -122,13 +123,14 @@ class Model(Section):
     anchor_sizes: list[int | list[int]] = Field(
         default_factory=lambda: [8, 16, 32, 64, 128],
         description="per FPN level P2..P6: a size or a list of sizes (px at the model's input size); "
-                    "`cellpipe anchors` reports how well they fit")
-    aspect_ratios: list[float] = Field(default_factory=lambda: [0.5, 1.0, 2.0], min_length=1,
-                                       description="anchor aspect ratios")
+        "`cellpipe anchors` reports how well they fit",
+    )
+    aspect_ratios: list[float] = Field(default_factory=lambda: [0.5, 1.0, 2.0], min_length=1, description="anchor aspect ratios")
     rpn_fg_iou: float = Field(0.7, gt=0, lt=1, description="anchors at IoU ≥ this with a cell are RPN positives")
     rpn_bg_iou: float = Field(0.3, gt=0, lt=1, description="... below this negatives")
     mask_geometry: Literal["exact", "torchvision"] = Field(
-        "exact", description="exact: pixel-centre mask targets and paste (detectron2's) | torchvision: its stock ones")
+        "exact", description="exact: pixel-centre mask targets and paste (detectron2's) | torchvision: its stock ones"
+    )
     mask_resolution: Literal[28, 56] = Field(28, description="predicted mask side")
     min_size: int = Field(520, gt=0, description="input short side (520 = full size) ...")
     max_size: int = Field(704, gt=0, description="... and long side at most; training crops come from this scale")
@@ -140,8 +142,7 @@ class Model(Section):
     rpn_pre_nms_test: int = Field(3000, gt=0, description="RPN proposals before NMS, inference")
     rpn_post_nms_test: int = Field(3000, gt=0, description="... after NMS, inference")
     box_nms_thresh: float = Field(0.5, ge=0, le=1, description="per-class box NMS IoU")
-    box_score_thresh: float = Field(0.05, ge=0, le=1, description="lowest score kept by predict (thresholds tunes "
-                                    "above it)")
+    box_score_thresh: float = Field(0.05, ge=0, le=1, description="lowest score kept by predict (thresholds tunes above it)")
     mask_threshold: float = Field(0.5, gt=0, lt=1, description="mask probability → pixel")
 
     @field_validator("anchor_sizes")
@@ -149,8 +150,9 @@ class Model(Section):
     def _levels(cls, v: list) -> list:
         levels = [x if isinstance(x, list) else [x] for x in v]
         if len(levels) != 5 or any(not lv or min(lv) <= 0 for lv in levels) or len({len(lv) for lv in levels}) != 1:
-            raise ValueError("must list 5 FPN levels, each a positive integer size or a list of them, with the same "
-                             "number of sizes per level")
+            raise ValueError(
+                "must list 5 FPN levels, each a positive integer size or a list of them, with the same number of sizes per level"
+            )
         return v
 
     @field_validator("aspect_ratios")
@@ -200,24 +202,28 @@ class Train(Section):
 class Pretrain(Train):
     """On the LIVECell COCO (one class 'cell'); its last images are held out for evaluation."""
 
-    init: Literal["none", "imagenet", "coco"] = Field("none", description="none | imagenet | coco (torchvision "
-                                                      "weights: need a download)")
+    init: Literal["none", "imagenet", "coco"] = Field(
+        "none", description="none | imagenet | coco (torchvision weights: need a download)"
+    )
     iters: int = Field(300, gt=0, description="iterations")
     val_images: int = Field(2, gt=0, description="last LIVECell images held out for evaluation")
 
 
 class InitCheckpoint(Section):
-    init_checkpoint: str = _path("models/livecell/best.pt", "init-checkpoint", "the pretrain output; or your own "
-                                 "checkpoint (.pt, detectron2 .pth/.pkl)")
+    init_checkpoint: str = _path(
+        "models/livecell/best.pt", "init-checkpoint", "the pretrain output; or your own checkpoint (.pt, detectron2 .pth/.pkl)"
+    )
 
 
 class Finetune(Train):
     """On data/coco/train.json, evaluated on val.json."""
 
-    init: Literal["checkpoint", "none", "imagenet", "coco"] = Field("checkpoint", description="checkpoint (the file "
-                                                                    "below) | none | imagenet | coco")
-    init_checkpoint: InitCheckpoint = Field(InitCheckpoint(), description="a DVC dependency, passed as "
-                                            "--init-checkpoint (quoted, like data.*)")
+    init: Literal["checkpoint", "none", "imagenet", "coco"] = Field(
+        "checkpoint", description="checkpoint (the file below) | none | imagenet | coco"
+    )
+    init_checkpoint: InitCheckpoint = Field(
+        InitCheckpoint(), description="a DVC dependency, passed as --init-checkpoint (quoted, like data.*)"
+    )
 
 
 # --------------------------------------------------------------------------- after the model
@@ -228,8 +234,7 @@ class Predict(Section):
 
     tta: bool = Field(False, description="flip test-time augmentation (3× slower)")
     tta_iou: float = Field(0.5, gt=0, lt=1, description="mask IoU matching detections across the flips")
-    detections_per_img: int = Field(0, ge=0, description="cap at predict time; 0 = the checkpoint's "
-                                    "model.detections_per_img")
+    detections_per_img: int = Field(0, ge=0, description="cap at predict time; 0 = the checkpoint's model.detections_per_img")
 
 
 class PostProcess(Section):
@@ -237,18 +242,21 @@ class PostProcess(Section):
     thresholds and make the score and the submission."""
 
     min_size: int = Field(0, ge=0, description="drop cells left smaller than this after overlap removal (pixels)")
-    max_lost: float = Field(1.0, ge=0, le=1, description="drop cells that lost more than this share of their "
-                            "pixels to better ones (1 = keep)")
+    max_lost: float = Field(
+        1.0, ge=0, le=1, description="drop cells that lost more than this share of their pixels to better ones (1 = keep)"
+    )
     mask_nms_iou: float = Field(1.0, ge=0, le=1, description="class-agnostic mask NMS above this IoU (1 = off)")
-    vote_min_score: float = Field(0.0, ge=0, le=1, description="detections at least this confident vote for the "
-                                  "image's cell type")
+    vote_min_score: float = Field(
+        0.0, ge=0, le=1, description="detections at least this confident vote for the image's cell type"
+    )
 
 
 class Thresholds(Section):
     """Per-class score thresholds tuned on val."""
 
-    grid: list[float] = Field(default_factory=lambda: [round(0.05 * k, 2) for k in range(1, 20)], min_length=1,
-                              description="score thresholds tried")
+    grid: list[float] = Field(
+        default_factory=lambda: [round(0.05 * k, 2) for k in range(1, 20)], min_length=1, description="score thresholds tried"
+    )
     fallback: float = Field(0.5, ge=0, le=1, description="threshold for a class without val images")
 
     @field_validator("grid")
@@ -283,10 +291,18 @@ SECTIONS: tuple[str, ...] = tuple(Params.model_fields)
 # --------------------------------------------------------------------------- loading
 
 _MESSAGES = {
-    "greater_than": "must be > {gt}", "greater_than_equal": "must be ≥ {ge}", "less_than": "must be < {lt}",
-    "less_than_equal": "must be ≤ {le}", "int_type": "must be an integer", "float_type": "must be a number",
-    "bool_type": "must be true/false", "string_type": "must be a string", "list_type": "must be a list",
-    "dict_type": "must be a mapping", "model_type": "must be a mapping", "too_short": "must not be empty",
+    "greater_than": "must be > {gt}",
+    "greater_than_equal": "must be ≥ {ge}",
+    "less_than": "must be < {lt}",
+    "less_than_equal": "must be ≤ {le}",
+    "int_type": "must be an integer",
+    "float_type": "must be a number",
+    "bool_type": "must be true/false",
+    "string_type": "must be a string",
+    "list_type": "must be a list",
+    "dict_type": "must be a mapping",
+    "model_type": "must be a mapping",
+    "too_short": "must not be empty",
     "string_too_short": "must be a non-empty path",
 }
 
@@ -404,8 +420,11 @@ def load(path: str | Path, *sections: str, builtin: bool = False) -> Params:
     params, held = read(path)
     missing = [s for s in sections if s not in held]
     if missing:
-        raise CellpipeError(f"params section '{missing[0]}' is missing (the file holds "
-                            f"{', '.join(sorted(held)) or 'no sections'})", where=str(path))
+        raise CellpipeError(
+            f"params section '{missing[0]}' is missing (the file holds {', '.join(sorted(held)) or 'no sections'})",
+            where=str(path),
+        )
     return params
+
 
 PARAMS_HELP = "params file (the pipeline's knobs, grouped per stage)"

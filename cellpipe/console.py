@@ -23,9 +23,18 @@ def log(message: str) -> None:
 @contextmanager
 def progress(description: str, total: int | None = None) -> Iterator[Callable[..., None]]:
     """A progress bar driven by ``update(done, total=None, info="")``; ``info`` shows beside it."""
-    with Progress(TextColumn("[bold]{task.description}"), BarColumn(), MofNCompleteColumn(),
-                  TextColumn("{task.fields[info]}"), TimeElapsedColumn(), TextColumn("eta"), TimeRemainingColumn(),
-                  console=console, disable=os.environ.get("CELLPIPE_NO_PROGRESS") == "1", transient=False) as bar:
+    with Progress(
+        TextColumn("[bold]{task.description}"),
+        BarColumn(),
+        MofNCompleteColumn(),
+        TextColumn("{task.fields[info]}"),
+        TimeElapsedColumn(),
+        TextColumn("eta"),
+        TimeRemainingColumn(),
+        console=console,
+        disable=os.environ.get("CELLPIPE_NO_PROGRESS") == "1",
+        transient=False,
+    ) as bar:
         task = bar.add_task(description, total=total, info="")
 
         def update(done: int, total: int | None = None, info: str = "") -> None:

@@ -50,8 +50,18 @@ class CocoInstances(Dataset):
     enough for the 7×7/14×14 RoI features while costing less than whole images.
     """
 
-    def __init__(self, coco: dict, min_size: int, max_size: int, *, hflip: bool = False, vflip: bool = False,
-                 class_agnostic: bool = False, image_ids: list[int] | None = None, crop_size: int = 0) -> None:
+    def __init__(
+        self,
+        coco: dict,
+        min_size: int,
+        max_size: int,
+        *,
+        hflip: bool = False,
+        vflip: bool = False,
+        class_agnostic: bool = False,
+        image_ids: list[int] | None = None,
+        crop_size: int = 0,
+    ) -> None:
         self.coco = coco
         self.min_size, self.max_size = min_size, max_size
         self.class_agnostic = class_agnostic
@@ -101,8 +111,7 @@ class CocoInstances(Dataset):
             corners.append((y, x))
             crops.append(np.ascontiguousarray(m[y : y + bh, x : x + bw]))
             labels.append(1 if self.class_agnostic else int(a["category_id"]))
-        sample = Sample(image, np.asarray(corners, dtype=np.int64).reshape(-1, 2), crops,
-                        np.asarray(labels, dtype=np.int64))
+        sample = Sample(image, np.asarray(corners, dtype=np.int64).reshape(-1, 2), crops, np.asarray(labels, dtype=np.int64))
         self._cache[index] = sample
         return sample
 
@@ -139,7 +148,10 @@ class CocoInstances(Dataset):
             image, target = self.augment(image, target)
         m = target["masks"]
         return image.as_subclass(torch.Tensor).contiguous(), {
-            "boxes": _boxes(m), "labels": target["labels"], "masks": m.as_subclass(torch.Tensor)}
+            "boxes": _boxes(m),
+            "labels": target["labels"],
+            "masks": m.as_subclass(torch.Tensor),
+        }
 
 
 def _boxes(masks: torch.Tensor) -> torch.Tensor:

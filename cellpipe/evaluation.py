@@ -11,8 +11,8 @@ from cellpipe import coco, predictions, rle, tables
 from cellpipe.config import PostProcess
 from cellpipe.console import log
 from cellpipe.errors import CellpipeError
+from cellpipe.instances import Instances
 from cellpipe.io import read_json, read_parquet
-from cellpipe.thresholds import ImagePredictions
 
 DUPLICATES_HINT = "--duplicates drop drops them"
 DEFAULT_THRESHOLDS = Path("metrics/thresholds.json")
@@ -22,9 +22,18 @@ BUILTIN_THRESHOLD = 0.5  # every class, when a model is applied outside a reposi
 def val_image_list(val: Path) -> pd.DataFrame:
     """image_id / cell_type / height / width of the images of a COCO JSON."""
     data = coco.load_json(val)
-    return pd.DataFrame([{"image_id": coco.image_id(im), "cell_type": im.get("cell_type", "cell"),
-                          "height": im["height"], "width": im["width"]} for im in data["images"]],
-                        columns=["image_id", "cell_type", "height", "width"])
+    return pd.DataFrame(
+        [
+            {
+                "image_id": coco.image_id(im),
+                "cell_type": im.get("cell_type", "cell"),
+                "height": im["height"],
+                "width": im["width"],
+            }
+            for im in data["images"]
+        ],
+        columns=["image_id", "cell_type", "height", "width"],
+    )
 
 
 def _truth_table(path: Path, duplicates: str) -> pd.DataFrame:
@@ -38,8 +47,9 @@ def truth_ids(path: Path, duplicates: str = "error") -> list[str]:
     return list(dict.fromkeys(_truth_table(path, duplicates)["id"]))
 
 
-def load_truth(path: Path, image_ids: list[str], duplicates: str = "error"
-               ) -> tuple[dict[str, sp.csr_matrix], dict[str, str], dict[str, tuple[int, int]]]:
+def load_truth(
+    path: Path, image_ids: list[str], duplicates: str = "error"
+) -> tuple[dict[str, sp.csr_matrix], dict[str, str], dict[str, tuple[int, int]]]:
     """True instances, cell type and (height, width) per image from ``annotations.parquet`` or a ``train.csv``."""
     df = _truth_table(path, duplicates)
     missing = sorted(set(image_ids) - set(df["id"]))
@@ -56,26 +66,27 @@ def load_truth(path: Path, image_ids: list[str], duplicates: str = "error"
     return truths, types, sizes
 
 
-def scored_pairs(truth: Path, truth_ids_: list[str], predictions_file: Path, *, truth_where: Path,
-                 duplicates: str = "error"
-                 ) -> tuple[list[tuple[ImagePredictions, sp.csr_matrix, str]], predictions.Alignment]:
+def scored_pairs(
+    truth: Path, truth_ids_: list[str], predictions_file: Path, *, truth_where: Path, duplicates: str = "error"
+) -> tuple[list[tuple[Instances, sp.csr_matrix, str]], predictions.Alignment]:
     """(predictions, truth, cell type) of every image in both the truth and the predictions.
 
     Ids in only one of them are counted and reported as a warning; none in common is an
     error; an image whose predictions and truth differ in size is an error.
     """
     pred = predictions.read(predictions_file)
-    alignment = predictions.align(truth_ids_, pred.sizes, truth_where=str(truth_where),
-                                  predictions_where=str(predictions_file))
+    alignment = predictions.align(truth_ids_, pred.sizes, truth_where=str(truth_where), predictions_where=str(predictions_file))
     if warning := alignment.warning():
         log(f"[yellow]warning: {warning}[/yellow]")
     truths, types, sizes = load_truth(truth, alignment.scored, duplicates)
     out = []
     for p in pred.select(alignment.scored):
         if p.shape != sizes[p.image_id]:
-            raise CellpipeError(f"image {p.image_id} was predicted at {p.shape[1]}×{p.shape[0]} but the truth is "
-                                f"{sizes[p.image_id][1]}×{sizes[p.image_id][0]} (width×height)",
-                                where=str(predictions_file))
+            raise CellpipeError(
+                f"image {p.image_id} was predicted at {p.shape[1]}×{p.shape[0]} but the truth is "
+                f"{sizes[p.image_id][1]}×{sizes[p.image_id][0]} (width×height)",
+                where=str(predictions_file),
+            )
         out.append((p, truths[p.image_id], types[p.image_id]))
     return out, alignment
 

@@ -55,11 +55,6 @@ def read_grey(path: str | Path, shape: tuple[int, int] | None = None) -> np.ndar
     return arr
 
 
-def image_size(path: str | Path) -> tuple[int, int]:
-    """(height, width) of an image, checking it decodes completely."""
-    return read_grey(path).shape  # type: ignore[return-value]
-
-
 IMAGE_SUFFIXES = (".png", ".tif", ".tiff")
 
 

@@ -10,7 +10,7 @@ pairs above the threshold, with a greedy fallback for that rare case.
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Mapping
+from collections.abc import Iterable
 from dataclasses import dataclass, field
 
 import numpy as np
@@ -37,9 +37,7 @@ def as_instances(masks: np.ndarray | sp.spmatrix) -> sp.csr_matrix:
         labels = np.unique(flat[flat != 0])
         pix = np.flatnonzero(flat)
         rows = np.searchsorted(labels, flat[pix])
-        return sp.csr_matrix(
-            (np.ones(len(pix), np.float32), (rows, pix)), shape=(len(labels), flat.size)
-        )
+        return sp.csr_matrix((np.ones(len(pix), np.float32), (rows, pix)), shape=(len(labels), flat.size))
     raise ValueError(f"expected a label image (h, w) or masks (n, h, w), got shape {arr.shape}")
 
 
@@ -75,7 +73,15 @@ class ImageScore:
 
 
 def _one_to_one(iou: np.ndarray, t: float) -> int:
-    """Matches above ``t`` when some cell has several: greedy by descending IoU."""
+    """Matches above ``t`` when some cell has several: greedy by descending IoU.
+
+    The best remaining pair is matched first, as COCO's evaluation matches, not the
+    largest possible number of pairs (``scipy.optimize.linear_sum_assignment`` would
+    be that): with truths T1, T2 and predictions P1, P2 where IoU(T1, P1) = 0.9,
+    IoU(T1, P2) = IoU(T2, P1) = 0.6, greedy matching gives one hit (T1–P1), a maximum
+    matching two. It only arises when cells of one side overlap each other heavily,
+    which disjoint submissions cannot do.
+    """
     rows, cols = np.nonzero(iou > t)
     order = np.argsort(-iou[rows, cols], kind="stable")
     used_r, used_c = set(), set()
@@ -140,9 +146,7 @@ class Report:
             "map_iou": round(self.score, 6),
             "images": int(len(pi)),
             "per_class": {k: round(v, 6) for k, v in self.per_class().items()},
-            "per_threshold": {
-                c[1:]: round(float(v), 6) for c, v in self.per_threshold().iloc[0].items()
-            },
+            "per_threshold": {c[1:]: round(float(v), 6) for c, v in self.per_threshold().iloc[0].items()},
             "counts": {
                 "tp@0.5": int(pi["tp@0.50"].sum()),
                 "fp@0.5": int(pi["fp@0.50"].sum()),
@@ -161,15 +165,15 @@ def evaluate(
     rows = []
     for image_id, cell_type, truth, pred in images:
         s = score_image(truth, pred, thresholds)
-        row: dict = {"image_id": image_id, "cell_type": cell_type, "score": s.score,
-                     "n_true": int(truth.shape[0]), "n_pred": int(pred.shape[0])}
+        row: dict = {
+            "image_id": image_id,
+            "cell_type": cell_type,
+            "score": s.score,
+            "n_true": int(truth.shape[0]),
+            "n_pred": int(pred.shape[0]),
+        }
         for t, v, tp, fp, fn in zip(thresholds, s.per_threshold, s.tp, s.fp, s.fn):
             row[f"t{t:.2f}"] = float(v)
             row[f"tp@{t:.2f}"], row[f"fp@{t:.2f}"], row[f"fn@{t:.2f}"] = int(tp), int(fp), int(fn)
         rows.append(row)
     return Report(pd.DataFrame(rows), np.asarray(thresholds))
-
-
-def mean_score(per_image: Mapping[str, float]) -> float:
-    """Dataset score: the plain mean over images."""
-    return float(np.mean(list(per_image.values()))) if per_image else float("nan")

@@ -26,7 +26,7 @@ def _outline(masks: sp.csr_matrix, shape: tuple[int, int]) -> np.ndarray:
     out = np.zeros(shape, dtype=bool)
     m = masks.tocsr()
     for k in range(m.shape[0]):
-        idx = m.indices[m.indptr[k]: m.indptr[k + 1]]
+        idx = m.indices[m.indptr[k] : m.indptr[k + 1]]
         if len(idx) == 0:
             continue
         ys, xs = np.divmod(idx, shape[1])
@@ -48,8 +48,9 @@ def _fill(masks: sp.csr_matrix, rows: np.ndarray, shape: tuple[int, int]) -> np.
     return flat.reshape(shape)
 
 
-def draw(grey: np.ndarray, truth: sp.csr_matrix | None, pred: sp.csr_matrix | None, *, title: str = "",
-         iou_threshold: float = 0.5) -> Image.Image:
+def draw(
+    grey: np.ndarray, truth: sp.csr_matrix | None, pred: sp.csr_matrix | None, *, title: str = "", iou_threshold: float = 0.5
+) -> Image.Image:
     """Side-by-side panel: the image, and the image with outlines and TP/FP/FN marks."""
     shape = grey.shape
     base = np.repeat(grey[..., None], 3, axis=2).astype(np.float32)

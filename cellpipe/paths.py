@@ -20,8 +20,10 @@ from cellpipe.errors import CellpipeError
 def check_name(name: str, *, what: str, where: str) -> str:
     """``name`` if it is a plain file name in its folder; else a one-line error naming it."""
     if not name or name in (".", "..") or "/" in name or "\\" in name or name.startswith(".") or "\x00" in name:
-        raise CellpipeError(f"{what} {name!r} is not a plain name (no '/', '\\', '..' or leading '.'): "
-                            f"it would become a path outside its folder", where=where)
+        raise CellpipeError(
+            f"{what} {name!r} is not a plain name (no '/', '\\', '..' or leading '.'): it would become a path outside its folder",
+            where=where,
+        )
     return name
 
 

@@ -41,7 +41,7 @@ def mask_nms(masks: sp.csr_matrix, scores: np.ndarray, iou: float) -> np.ndarray
     keep = np.ones(n, bool)
     for i in range(n):
         if keep[i]:
-            keep[i + 1:] &= ~over[i, i + 1:]
+            keep[i + 1 :] &= ~over[i, i + 1 :]
     return order[keep]
 
 

@@ -8,7 +8,6 @@ passes: matched masks are combined and scores averaged over the passes.
 
 from __future__ import annotations
 
-from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
@@ -16,20 +15,8 @@ import scipy.sparse as sp
 import torch
 
 from cellpipe.data import normalise_image
+from cellpipe.instances import Instances
 from cellpipe.metric import iou_matrix
-
-
-@dataclass
-class Instances:
-    """Detections of one image."""
-
-    masks: sp.csr_matrix
-    scores: np.ndarray
-    labels: np.ndarray
-    shape: tuple[int, int]
-
-    def select(self, keep: np.ndarray) -> Instances:
-        return Instances(self.masks[keep], self.scores[keep], self.labels[keep], self.shape)
 
 
 def _to_instances(out: dict, shape: tuple[int, int], mask_threshold: float, flip: str | None = None) -> Instances:
@@ -41,14 +28,20 @@ def _to_instances(out: dict, shape: tuple[int, int], mask_threshold: float, flip
     n = masks.shape[0]
     flat = masks.reshape(n, shape[0] * shape[1])
     rows, cols = torch.nonzero(flat, as_tuple=True)
-    m = sp.csr_matrix((np.ones(len(rows), np.float32), (rows.cpu().numpy(), cols.cpu().numpy())),
-                      shape=(n, shape[0] * shape[1]))
+    m = sp.csr_matrix((np.ones(len(rows), np.float32), (rows.cpu().numpy(), cols.cpu().numpy())), shape=(n, shape[0] * shape[1]))
     return Instances(m, out["scores"].float().cpu().numpy(), out["labels"].cpu().numpy(), shape)
 
 
 @torch.no_grad()
-def predict_image(model: torch.nn.Module, grey: np.ndarray, *, device: torch.device | str = "cpu",
-                  mask_threshold: float = 0.5, tta: bool = False, tta_iou: float = 0.5) -> Instances:
+def predict_image(
+    model: torch.nn.Module,
+    grey: np.ndarray,
+    *,
+    device: torch.device | str = "cpu",
+    mask_threshold: float = 0.5,
+    tta: bool = False,
+    tta_iou: float = 0.5,
+) -> Instances:
     """Detections of one grey image (uint8 H×W) at full resolution."""
     model.eval()
     x = normalise_image(grey).to(device)
@@ -104,24 +97,39 @@ def merge_passes(parts: list[Instances], iou_threshold: float) -> Instances:
         out_labels.append(labels[i])
     shape = parts[0].shape
     if not rows:
-        return Instances(sp.csr_matrix((0, shape[0] * shape[1]), dtype=np.float32), np.zeros(0, np.float32),
-                         np.zeros(0, np.int64), shape)
+        return Instances(
+            sp.csr_matrix((0, shape[0] * shape[1]), dtype=np.float32), np.zeros(0, np.float32), np.zeros(0, np.int64), shape
+        )
     merged = sp.vstack(rows).tocsr()
     merged.eliminate_zeros()
     keep = np.asarray(merged.sum(axis=1)).ravel() > 0
     return Instances(merged[keep], np.asarray(out_scores, np.float32)[keep], np.asarray(out_labels)[keep], shape)
 
 
-def predict_images(family, model: torch.nn.Module, paths: dict[str, Path], classes: list[str], *, device,
-                   mask_threshold: float, tta: bool = False, tta_iou: float = 0.5, progress=None):
+def predict_images(
+    family,
+    model: torch.nn.Module,
+    paths: dict[str, Path],
+    classes: list[str],
+    *,
+    device,
+    mask_threshold: float,
+    tta: bool = False,
+    tta_iou: float = 0.5,
+    progress=None,
+):
     """Predictions (:class:`cellpipe.predictions.Predictions`) of every image in ``paths`` (id → file)."""
     from cellpipe import predictions
     from cellpipe.images import read_grey
 
     items = []
     for k, (image_id, path) in enumerate(paths.items()):
-        items.append((image_id, family.predict(model, read_grey(path), device=device, mask_threshold=mask_threshold,
-                                               tta=tta, tta_iou=tta_iou)))
+        items.append(
+            (
+                image_id,
+                family.predict(model, read_grey(path), device=device, mask_threshold=mask_threshold, tta=tta, tta_iou=tta_iou),
+            )
+        )
         if progress:
             progress(k + 1)
     return predictions.to_frame(items, classes)

@@ -17,7 +17,6 @@ import json
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING
 
 import numpy as np
 import pandas as pd
@@ -28,10 +27,7 @@ import scipy.sparse as sp
 from cellpipe import rle
 from cellpipe.atomic import atomic_path
 from cellpipe.errors import CellpipeError
-from cellpipe.thresholds import ImagePredictions
-
-if TYPE_CHECKING:  # cellpipe.predict imports torch; reading predictions must not
-    from cellpipe.predict import Instances
+from cellpipe.instances import Instances
 
 COLUMNS = ["image_id", "label", "score", "height", "width", "rle"]
 IMAGES_KEY = b"cellpipe.images"
@@ -45,7 +41,7 @@ class Predictions:
     sizes: dict[str, tuple[int, int]]  # image id -> (height, width), in prediction order
     where: str
 
-    def select(self, image_ids: Iterable[str]) -> list[ImagePredictions]:
+    def select(self, image_ids: Iterable[str]) -> list[Instances]:
         """Per-image predictions of ``image_ids`` (each must have been predicted) at their own size."""
         df = self.detections
         groups = df.groupby("image_id", sort=False).indices
@@ -56,11 +52,11 @@ class Predictions:
             h, w = self.sizes[image_id]
             idx = groups.get(image_id, np.zeros(0, dtype=np.int64))
             sub = df.iloc[idx]
-            runs = rle.parse_many(sub["rle"].tolist(), h * w, where=self.where,
-                                  row_names=[f"{image_id} #{k}" for k in range(len(sub))])
+            runs = rle.parse_many(
+                sub["rle"].tolist(), h * w, where=self.where, row_names=[f"{image_id} #{k}" for k in range(len(sub))]
+            )
             masks = rle.to_csr(runs, h * w) if len(sub) else sp.csr_matrix((0, h * w), dtype=np.float32)
-            out.append(ImagePredictions(image_id, masks, sub["score"].to_numpy(np.float64), sub["label"].to_numpy(str),
-                                        (h, w)))
+            out.append(Instances(masks, sub["score"].to_numpy(np.float64), sub["label"].to_numpy(str), (h, w), image_id))
         return out
 
 
@@ -70,18 +66,24 @@ def to_frame(items: Iterable[tuple[str, Instances]], class_names: list[str]) -> 
     for image_id, inst in items:
         sizes[image_id] = (int(inst.shape[0]), int(inst.shape[1]))
         strings = rle.to_strings(rle.from_csr(inst.masks))
-        frames.append(pd.DataFrame({
-            "image_id": image_id,
-            "label": [class_names[int(k) - 1] for k in inst.labels],
-            "score": inst.scores.astype(np.float32),
-            "height": np.int64(inst.shape[0]), "width": np.int64(inst.shape[1]), "rle": strings}))
+        frames.append(
+            pd.DataFrame(
+                {
+                    "image_id": image_id,
+                    "label": [class_names[int(k) - 1] for k in inst.labels],
+                    "score": inst.scores.astype(np.float32),
+                    "height": np.int64(inst.shape[0]),
+                    "width": np.int64(inst.shape[1]),
+                    "rle": strings,
+                }
+            )
+        )
     frames = [f for f in frames if len(f)]
     if frames:
         df = pd.concat(frames, ignore_index=True)
         df = df[df["rle"] != ""].reset_index(drop=True)
     else:
-        df = pd.DataFrame({c: pd.Series(dtype=t) for c, t in zip(
-            COLUMNS, ["str", "str", "float32", "int64", "int64", "str"])})
+        df = pd.DataFrame({c: pd.Series(dtype=t) for c, t in zip(COLUMNS, ["str", "str", "float32", "int64", "int64", "str"])})
     return Predictions(df, sizes, "<memory>")
 
 
@@ -109,26 +111,25 @@ def read(path: str | Path) -> Predictions:
         raise CellpipeError(f"predictions table lacks column(s) {', '.join(missing)}", where=where)
     meta = (table.schema.metadata or {}).get(IMAGES_KEY)
     if meta is None:
-        raise CellpipeError("predictions table does not list its images (not written by cellpipe predict)",
-                            where=where)
+        raise CellpipeError("predictions table does not list its images (not written by cellpipe predict)", where=where)
     try:
         sizes = {str(i): (int(h), int(w)) for i, h, w in json.loads(meta)}
     except (ValueError, TypeError) as exc:
-        raise CellpipeError(f"predictions table's image list is malformed ({exc.__class__.__name__})",
-                            where=where) from None
+        raise CellpipeError(f"predictions table's image list is malformed ({exc.__class__.__name__})", where=where) from None
     df = table.to_pandas()
     unknown = sorted(set(df["image_id"]) - set(sizes))
     if unknown:
-        raise CellpipeError(f"detections of image {unknown[0]} which the image list lacks ({len(unknown)} images)",
-                            where=where)
+        raise CellpipeError(f"detections of image {unknown[0]} which the image list lacks ({len(unknown)} images)", where=where)
     if len(df):
         expected = np.array([sizes[i] for i in df["image_id"]], dtype=np.int64)
         bad = np.flatnonzero((expected != df[["height", "width"]].to_numpy(np.int64)).any(axis=1))
         if len(bad):
             i = int(bad[0])
-            raise CellpipeError(f"row {i}: image {df['image_id'].iloc[i]} has size {df['height'].iloc[i]}×"
-                                f"{df['width'].iloc[i]} but the image list says {sizes[df['image_id'].iloc[i]]}",
-                                where=where)
+            raise CellpipeError(
+                f"row {i}: image {df['image_id'].iloc[i]} has size {df['height'].iloc[i]}×"
+                f"{df['width'].iloc[i]} but the image list says {sizes[df['image_id'].iloc[i]]}",
+                where=where,
+            )
     return Predictions(df, sizes, where)
 
 
@@ -142,8 +143,10 @@ class Alignment:
 
     def warning(self) -> str | None:
         parts = []
-        for ids, what in ((self.without_predictions, "truth image(s) were not predicted"),
-                          (self.without_truth, "predicted image(s) are not in the truth")):
+        for ids, what in (
+            (self.without_predictions, "truth image(s) were not predicted"),
+            (self.without_truth, "predicted image(s) are not in the truth"),
+        ):
             if ids:
                 parts.append(f"{len(ids)} {what} (e.g. {', '.join(ids[:3])})")
         if not parts:
@@ -152,18 +155,22 @@ class Alignment:
 
     def counts(self) -> dict[str, int]:
         """For the metrics file (the scored images are its ``images``)."""
-        return {"truth_images_not_predicted": len(self.without_predictions),
-                "predicted_images_without_truth": len(self.without_truth)}
+        return {
+            "truth_images_not_predicted": len(self.without_predictions),
+            "predicted_images_without_truth": len(self.without_truth),
+        }
 
 
-def align(truth_ids: Sequence[str], predicted_ids: Iterable[str], *, truth_where: str, predictions_where: str
-          ) -> Alignment:
+def align(truth_ids: Sequence[str], predicted_ids: Iterable[str], *, truth_where: str, predictions_where: str) -> Alignment:
     """Match truth and prediction ids; an error when they share no image."""
     predicted = list(dict.fromkeys(predicted_ids))
     pset, tset = set(predicted), set(truth_ids)
     scored = [i for i in truth_ids if i in pset]
     if not scored:
-        raise CellpipeError(f"no image of the truth ({truth_where}: {len(tset)} images, e.g. "
-                            f"{', '.join(list(truth_ids)[:3]) or 'none'}) was predicted (predicted: {len(pset)} images, "
-                            f"e.g. {', '.join(predicted[:3]) or 'none'})", where=predictions_where)
+        raise CellpipeError(
+            f"no image of the truth ({truth_where}: {len(tset)} images, e.g. "
+            f"{', '.join(list(truth_ids)[:3]) or 'none'}) was predicted (predicted: {len(pset)} images, "
+            f"e.g. {', '.join(predicted[:3]) or 'none'})",
+            where=predictions_where,
+        )
     return Alignment(scored, [i for i in truth_ids if i not in pset], [i for i in predicted if i not in tset])

@@ -1,6 +1,6 @@
 """Run-length codes in the Kaggle convention, vectorised over whole tables.
 
-Kaggle RLE (``../shared/FORMATS.md``): space-separated pairs ``start length`` with a
+Kaggle RLE (the competition's ``train.csv`` and submission format): space-separated pairs ``start length`` with a
 1-based ``start``, over the image flattened row by row (numpy C order of
 ``(height, width)``); runs sorted and not overlapping.
 
@@ -105,8 +105,7 @@ def parse_many(
     non-integers, starts < 1, lengths < 1, runs past the image and unsorted or
     overlapping runs; for empty strings unless ``allow_empty``.
     """
-    texts = [s if isinstance(s, str) else ("" if s is None or (isinstance(s, float) and s != s) else str(s))
-             for s in strings]
+    texts = [s if isinstance(s, str) else ("" if s is None or (isinstance(s, float) and s != s) else str(s)) for s in strings]
     fast = _parse_canonical(texts)
     if fast is not None:
         flat, counts = fast
@@ -175,8 +174,14 @@ def _parse_tokens(texts: list[str], where: str | None, row_names: Sequence[str] 
     return flat, counts
 
 
-def _validated(flat: np.ndarray, counts: np.ndarray, n_pixels: int | np.ndarray, where: str | None,
-               row_names: Sequence[str] | None, canonical: bool) -> Runs:
+def _validated(
+    flat: np.ndarray,
+    counts: np.ndarray,
+    n_pixels: int | np.ndarray,
+    where: str | None,
+    row_names: Sequence[str] | None,
+    canonical: bool,
+) -> Runs:
     """Runs from parsed values, after checking every run against its image."""
     tokens_n = len(counts)
     starts1 = flat[0::2]

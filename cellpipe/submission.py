@@ -18,8 +18,9 @@ from cellpipe import rle
 from cellpipe.errors import CellpipeError
 
 
-def resolve_overlaps(instances: sp.csr_matrix, scores: np.ndarray, min_size: int = 0,
-                     max_lost: float = 1.0) -> tuple[sp.csr_matrix, np.ndarray]:
+def resolve_overlaps(
+    instances: sp.csr_matrix, scores: np.ndarray, min_size: int = 0, max_lost: float = 1.0
+) -> tuple[sp.csr_matrix, np.ndarray]:
     """Give each pixel to the highest-scoring kept instance; drop instances under ``min_size``.
 
     Instances are taken in descending score; each keeps the pixels no kept instance
@@ -47,8 +48,9 @@ def resolve_overlaps(instances: sp.csr_matrix, scores: np.ndarray, min_size: int
             pieces.append(np.sort(free))
     counts = np.array([len(p) for p in pieces], dtype=np.int64)
     cols = np.concatenate(pieces) if pieces else np.zeros(0, np.int64)
-    out = sp.csr_matrix((np.ones(len(cols), np.float32), cols, np.concatenate([[0], np.cumsum(counts)])),
-                        shape=(len(kept), m.shape[1]))
+    out = sp.csr_matrix(
+        (np.ones(len(cols), np.float32), cols, np.concatenate([[0], np.cumsum(counts)])), shape=(len(kept), m.shape[1])
+    )
     return out, np.asarray(kept, dtype=np.int64)
 
 
@@ -58,8 +60,9 @@ def image_rows(image_id: str, instances: sp.csr_matrix) -> list[tuple[str, str]]
     return [(image_id, s) for s in strings] or [(image_id, "")]
 
 
-def build(predictions: Iterable[tuple[str, sp.csr_matrix | None, np.ndarray | None]], order: Sequence[str],
-          min_size: int = 0) -> pd.DataFrame:
+def build(
+    predictions: Iterable[tuple[str, sp.csr_matrix | None, np.ndarray | None]], order: Sequence[str], min_size: int = 0
+) -> pd.DataFrame:
     """Submission table in ``order`` (the sample submission's ids) from scored instances.
 
     ``None`` instances mark an image deliberately left without prediction (one empty row).
@@ -112,14 +115,15 @@ def validate(path: str | Path, expected_ids: Sequence[str], sizes: Mapping[str, 
         if not nonempty:
             continue
         if image_id not in sizes:
-            raise CellpipeError(f"image {image_id}: its size is unknown (no image file), so its masks cannot be "
-                                f"checked", where=where)
+            raise CellpipeError(
+                f"image {image_id}: its size is unknown (no image file), so its masks cannot be checked", where=where
+            )
         n_pix = sizes[image_id][0] * sizes[image_id][1]
-        runs = rle.parse_many(nonempty, n_pix, where=where,
-                              row_names=[f"line {int(idx[k]) + 2}" for k, s in enumerate(strings) if s.strip()])
+        runs = rle.parse_many(
+            nonempty, n_pix, where=where, row_names=[f"line {int(idx[k]) + 2}" for k, s in enumerate(strings) if s.strip()]
+        )
         covered = rle.to_csr(runs, n_pix).sum(axis=0).A1
         if (covered > 1).any():
-            raise CellpipeError(f"image {image_id}: predicted masks overlap ({int((covered > 1).sum())} pixels)",
-                                where=where)
+            raise CellpipeError(f"image {image_id}: predicted masks overlap ({int((covered > 1).sum())} pixels)", where=where)
         cells += runs.n
     return {"rows": int(len(df)), "images": int(df["id"].nunique()), "cells": cells}

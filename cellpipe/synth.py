@@ -6,8 +6,8 @@ cells (shsy5y: hundreds of elongated cells with thin processes, touching; astro:
 tens of large irregular low-contrast cells; cort: a few dozen small round cells among
 unannotated debris), a phase-contrast look (grey ≈ 128, bright halo and dark rim at
 the border, textured interior, uneven illumination, grain) and a few pixels of
-overlap between neighbours, as in the real ``train.csv``. Statistics follow the
-measurements in ``../shared/data/README.md``.
+overlap between neighbours, as in the real ``train.csv``. Counts and sizes follow
+those measured on the real training images.
 """
 
 from __future__ import annotations
@@ -57,18 +57,84 @@ class Style:
 
 
 STYLES: dict[str, Style] = {
-    "shsy5y": Style(337, 790, 195, 0.55, (1.6, 3.2), 0.12, (0, 1), (6, 16), 2, (0, 2), (0.6, 1.6), 28.0, 0.06,
-                    bg_noise=5.0, body=3.0, texture=10.0, halo=32.0, rim=20.0, nucleus=14.0, neurites=10),
-    "astro": Style(80, 594, 653, 0.75, (1.2, 2.4), 0.25, (0, 0), (0, 0), 3, (2, 4), (0.8, 2.2), 60.0, 0.04,
-                   bg_noise=3.0, body=-2.0, texture=8.0, halo=20.0, rim=14.0, nucleus=6.0),
-    "cort": Style(34, 108, 209, 0.5, (1.0, 1.35), 0.06, (0, 1), (6, 18), 2, (0, 0), (0.0, 0.0), 0.0, 0.02,
-                  bg_noise=7.0, body=8.0, texture=18.0, halo=60.0, rim=32.0, nucleus=18.0, debris=140, neurites=25),
+    "shsy5y": Style(
+        337,
+        790,
+        195,
+        0.55,
+        (1.6, 3.2),
+        0.12,
+        (0, 1),
+        (6, 16),
+        2,
+        (0, 2),
+        (0.6, 1.6),
+        28.0,
+        0.06,
+        bg_noise=5.0,
+        body=3.0,
+        texture=10.0,
+        halo=32.0,
+        rim=20.0,
+        nucleus=14.0,
+        neurites=10,
+    ),
+    "astro": Style(
+        80,
+        594,
+        653,
+        0.75,
+        (1.2, 2.4),
+        0.25,
+        (0, 0),
+        (0, 0),
+        3,
+        (2, 4),
+        (0.8, 2.2),
+        60.0,
+        0.04,
+        bg_noise=3.0,
+        body=-2.0,
+        texture=8.0,
+        halo=20.0,
+        rim=14.0,
+        nucleus=6.0,
+    ),
+    "cort": Style(
+        34,
+        108,
+        209,
+        0.5,
+        (1.0, 1.35),
+        0.06,
+        (0, 1),
+        (6, 18),
+        2,
+        (0, 0),
+        (0.0, 0.0),
+        0.0,
+        0.02,
+        bg_noise=7.0,
+        body=8.0,
+        texture=18.0,
+        halo=60.0,
+        rim=32.0,
+        nucleus=18.0,
+        debris=140,
+        neurites=25,
+    ),
 }
 
 # LIVECell's eight cell types, each drawn in the style of the nearest competition type
 LIVECELL_STYLES: dict[str, str] = {
-    "A172": "shsy5y", "BT474": "cort", "BV2": "cort", "Huh7": "astro",
-    "MCF7": "cort", "SHSY5Y": "shsy5y", "SkBr3": "cort", "SKOV3": "astro",
+    "A172": "shsy5y",
+    "BT474": "cort",
+    "BV2": "cort",
+    "Huh7": "astro",
+    "MCF7": "cort",
+    "SHSY5Y": "shsy5y",
+    "SkBr3": "cort",
+    "SKOV3": "astro",
 }
 
 
@@ -80,8 +146,7 @@ class Cell:
     processes: list[tuple[float, float, float, float]] = field(default_factory=list)
 
 
-def _cell_shape(rng: np.random.Generator, style: Style, scale_area: float = 1.0,
-                with_processes: bool = True) -> Cell:
+def _cell_shape(rng: np.random.Generator, style: Style, scale_area: float = 1.0, with_processes: bool = True) -> Cell:
     """A cell centred at the origin: a wobbly ellipse, optionally with thin processes."""
     area = style.median_area * scale_area * float(np.exp(rng.normal(0.0, style.area_sigma)))
     area = float(np.clip(area, 30.0, 12_000.0))
@@ -117,8 +182,9 @@ def _cell_shape(rng: np.random.Generator, style: Style, scale_area: float = 1.0,
     return cell
 
 
-def _rasterize(cell: Cell, cx: float, cy: float, width: int, process_width: int,
-               shape: tuple[int, int]) -> tuple[np.ndarray, int, int] | None:
+def _rasterize(
+    cell: Cell, cx: float, cy: float, process_width: int, shape: tuple[int, int]
+) -> tuple[np.ndarray, int, int] | None:
     """Boolean crop of the cell placed at (cx, cy) and its top-left corner, clipped."""
     pts = cell.polygon + [cx, cy]
     xs = [pts[:, 0]] + [np.array([p[0] + cx, p[2] + cx]) for p in cell.processes]
@@ -152,8 +218,15 @@ def _n_cells(rng: np.random.Generator, style: Style, scale: float) -> int:
     return int(np.clip(round(n), 3, max(3, style.max_cells * scale)))
 
 
-def _place_cells(rng: np.random.Generator, style: Style, n: int, shape: tuple[int, int],
-                 *, with_processes: bool = True, scale_area: float = 1.0) -> list[tuple[np.ndarray, int, int, Cell]]:
+def _place_cells(
+    rng: np.random.Generator,
+    style: Style,
+    n: int,
+    shape: tuple[int, int],
+    *,
+    with_processes: bool = True,
+    scale_area: float = 1.0,
+) -> list[tuple[np.ndarray, int, int, Cell]]:
     """Place ``n`` cells, accepting only a few pixels of overlap with neighbours.
 
     Returns (crop, top, left, cell) with ``cell.polygon`` moved to image coordinates.
@@ -171,7 +244,7 @@ def _place_cells(rng: np.random.Generator, style: Style, n: int, shape: tuple[in
         else:
             cx, cy = rng.uniform(0, W), rng.uniform(0, H)
         cell = _cell_shape(rng, style, scale_area, with_processes)
-        got = _rasterize(cell, cx, cy, W, style.process_width, shape)
+        got = _rasterize(cell, cx, cy, style.process_width, shape)
         if got is None:
             continue
         crop, y0, x0 = got
@@ -189,8 +262,9 @@ def _smooth_field(rng: np.random.Generator, shape: tuple[int, int], cells: tuple
     return amp * field_ / max(field_.std(), 1e-6)
 
 
-def render(rng: np.random.Generator, style: Style, crops: list[tuple[np.ndarray, int, int]],
-           shape: tuple[int, int]) -> np.ndarray:
+def render(
+    rng: np.random.Generator, style: Style, crops: list[tuple[np.ndarray, int, int]], shape: tuple[int, int]
+) -> np.ndarray:
     """Phase-contrast-like 8-bit image of the given cell masks."""
     H, W = shape
     labels = np.zeros(shape, dtype=np.int32)
@@ -224,7 +298,7 @@ def render(rng: np.random.Generator, style: Style, crops: list[tuple[np.ndarray,
         sl = (slice(y0, y0 + crop.shape[0]), slice(x0, x0 + crop.shape[1]))
         labels[sl][crop] = k + 1
     inside = labels > 0
-    edges = (ndi.maximum_filter(labels, 3) != ndi.minimum_filter(labels, 3))
+    edges = ndi.maximum_filter(labels, 3) != ndi.minimum_filter(labels, 3)
     halo = (edges & ~inside).astype(np.float32)
     rim = (edges & inside).astype(np.float32)
     tex = ndi.gaussian_filter(rng.normal(0, 1, size=shape).astype(np.float32), 1.0) * 2.2
@@ -261,8 +335,9 @@ def _hex_id(rng: np.random.Generator, used: set[str]) -> str:
 SAMPLE_NAMES = {"shsy5y": "shsy5y[diff]", "astro": "astros[cereb]", "cort": "cort[oka-high]"}
 
 
-def kaggle_image(rng: np.random.Generator, cell_type: str, cells_scale: float,
-                 shape: tuple[int, int] = (HEIGHT, WIDTH)) -> tuple[np.ndarray, list[np.ndarray], list[tuple[int, int]]]:
+def kaggle_image(
+    rng: np.random.Generator, cell_type: str, cells_scale: float, shape: tuple[int, int] = (HEIGHT, WIDTH)
+) -> tuple[np.ndarray, list[np.ndarray], list[tuple[int, int]]]:
     """One synthetic competition image: pixels, cell crops and their corners."""
     style = STYLES[cell_type]
     placed = _place_cells(rng, style, _n_cells(rng, style, cells_scale), shape)
@@ -282,8 +357,15 @@ def _crop_runs(crops: list[np.ndarray], corners: list[tuple[int, int]], shape: t
     return rle.runs_from_flat_indices(np.concatenate(mask_of), np.concatenate(pixel).astype(np.int64), len(crops))
 
 
-def write_kaggle(out: Path, images_per_type: dict[str, int], test_images: int, cells_scale: float,
-                 seed: int, images_per_sample: int = 3, progress=None) -> pd.DataFrame:
+def write_kaggle(
+    out: Path,
+    images_per_type: dict[str, int],
+    test_images: int,
+    cells_scale: float,
+    seed: int,
+    images_per_sample: int = 3,
+    progress=None,
+) -> pd.DataFrame:
     """Write ``train.csv``, ``train/<id>.png``, ``test/<id>.png`` and ``sample_submission.csv``."""
     rng = np.random.default_rng(seed)
     used: set[str] = set()
@@ -309,8 +391,9 @@ def write_kaggle(out: Path, images_per_type: dict[str, int], test_images: int, c
         Image.fromarray(pixels).save(out / "train" / f"{image_id}.png")
         runs = _crop_runs(crops, corners, (HEIGHT, WIDTH))
         for s in rle.to_strings(runs):
-            rows.append((image_id, s, WIDTH, HEIGHT, cell_type, f"{hours:02d}h00m00s", date, sample_id,
-                         f"0 days {hours:02d}:00:00"))
+            rows.append(
+                (image_id, s, WIDTH, HEIGHT, cell_type, f"{hours:02d}h00m00s", date, sample_id, f"0 days {hours:02d}:00:00")
+            )
         if progress:
             progress(i + 1, len(jobs))
     test_ids = []
@@ -320,8 +403,20 @@ def write_kaggle(out: Path, images_per_type: dict[str, int], test_images: int, c
         pixels, _, _ = kaggle_image(rng, cell_type, cells_scale)
         Image.fromarray(pixels).save(out / "test" / f"{image_id}.png")
         test_ids.append(image_id)
-    df = pd.DataFrame(rows, columns=["id", "annotation", "width", "height", "cell_type", "plate_time",
-                                     "sample_date", "sample_id", "elapsed_timedelta"])
+    df = pd.DataFrame(
+        rows,
+        columns=[
+            "id",
+            "annotation",
+            "width",
+            "height",
+            "cell_type",
+            "plate_time",
+            "sample_date",
+            "sample_id",
+            "elapsed_timedelta",
+        ],
+    )
     df.to_csv(out / "train.csv", index=False)
     pd.DataFrame({"id": test_ids, "predicted": ""}).to_csv(out / "sample_submission.csv", index=False)
     return df
@@ -360,18 +455,34 @@ def write_livecell(out: Path, n_images: int, cells_scale: float, seed: int, prog
             if area < 10:
                 continue
             ys, xs = np.nonzero(m)
-            crops.append((m[ys.min(): ys.max() + 1, xs.min(): xs.max() + 1], int(ys.min()), int(xs.min())))
+            crops.append((m[ys.min() : ys.max() + 1, xs.min() : xs.max() + 1], int(ys.min()), int(xs.min())))
             x_min, y_min = float(poly[:, 0].min()), float(poly[:, 1].min())
             ann_id += 1
             annotations[str(ann_id)] = {
-                "id": ann_id, "image_id": image_id, "category_id": 1, "segmentation": seg, "area": area,
-                "bbox": [round(x_min, 2), round(y_min, 2), round(float(poly[:, 0].max()) - x_min, 2),
-                         round(float(poly[:, 1].max()) - y_min, 2)], "iscrowd": 0,
+                "id": ann_id,
+                "image_id": image_id,
+                "category_id": 1,
+                "segmentation": seg,
+                "area": area,
+                "bbox": [
+                    round(x_min, 2),
+                    round(y_min, 2),
+                    round(float(poly[:, 0].max()) - x_min, 2),
+                    round(float(poly[:, 1].max()) - y_min, 2),
+                ],
+                "iscrowd": 0,
             }
         pixels = render(rng, style, crops, (HEIGHT, WIDTH))
         Image.fromarray(pixels).save(img_dir / name, compression="tiff_lzw")
-        images.append({"id": image_id, "width": WIDTH, "height": HEIGHT, "file_name": name,
-                       "original_filename": name.replace(".tif", ".png")})
+        images.append(
+            {
+                "id": image_id,
+                "width": WIDTH,
+                "height": HEIGHT,
+                "file_name": name,
+                "original_filename": name.replace(".tif", ".png"),
+            }
+        )
         if progress:
             progress(i + 1, n_images)
     coco = {
@@ -383,4 +494,3 @@ def write_livecell(out: Path, n_images: int, cells_scale: float, seed: int, prog
     }
     (out / "annotations" / "LIVECell" / "livecell_coco_train.json").write_text(json.dumps(coco))
     return coco
-

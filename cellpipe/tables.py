@@ -20,8 +20,17 @@ from cellpipe.errors import CellpipeError
 from cellpipe.images import list_images, read_grey
 from cellpipe.paths import check_name, stored
 
-COLUMNS: tuple[str, ...] = ("id", "annotation", "width", "height", "cell_type", "plate_time",
-                            "sample_date", "sample_id", "elapsed_timedelta")
+COLUMNS: tuple[str, ...] = (
+    "id",
+    "annotation",
+    "width",
+    "height",
+    "cell_type",
+    "plate_time",
+    "sample_date",
+    "sample_id",
+    "elapsed_timedelta",
+)
 METADATA: tuple[str, ...] = ("plate_time", "sample_date", "sample_id", "elapsed_timedelta")
 
 
@@ -30,8 +39,9 @@ def _line(i: int) -> str:
     return f"line {i + 2}"
 
 
-def read_train_csv(path: str | Path, *, duplicates: str = "error",
-                   duplicates_hint: str = "decode.duplicates: drop drops them") -> pd.DataFrame:
+def read_train_csv(
+    path: str | Path, *, duplicates: str = "error", duplicates_hint: str = "decode.duplicates: drop drops them"
+) -> pd.DataFrame:
     """Read and validate the columns and values of a Kaggle ``train.csv``.
 
     Accepts a UTF-8 BOM and CRLF line endings (both occur in re-saved downloads).
@@ -94,8 +104,11 @@ def read_train_csv(path: str | Path, *, duplicates: str = "error",
         i = int(dup[0])
         same = (df["id"] == df["id"].iloc[i]) & (df["annotation"] == df["annotation"].iloc[i])
         first = int(np.flatnonzero(same.to_numpy())[0])
-        raise CellpipeError(f"{_line(i)}: duplicate of {_line(first)} (same image {df['id'].iloc[i]} and mask; "
-                            f"{len(dup)} duplicate rows in all; {duplicates_hint})", where=where)
+        raise CellpipeError(
+            f"{_line(i)}: duplicate of {_line(first)} (same image {df['id'].iloc[i]} and mask; "
+            f"{len(dup)} duplicate rows in all; {duplicates_hint})",
+            where=where,
+        )
     per_image = df.groupby("id", sort=False)[["width", "height", "cell_type"]].nunique()
     for col in ("width", "height", "cell_type"):
         bad_ids = per_image.index[per_image[col] > 1]
@@ -105,9 +118,15 @@ def read_train_csv(path: str | Path, *, duplicates: str = "error",
     return df
 
 
-def build_tables(df: pd.DataFrame, image_dir: str | Path, *, where: str = "train.csv",
-                 check_images: bool = True, progress=None,
-                 holder: str | Path | None = None) -> tuple[pd.DataFrame, pd.DataFrame]:
+def build_tables(
+    df: pd.DataFrame,
+    image_dir: str | Path,
+    *,
+    where: str = "train.csv",
+    check_images: bool = True,
+    progress=None,
+    holder: str | Path | None = None,
+) -> tuple[pd.DataFrame, pd.DataFrame]:
     """Validated ``train.csv`` rows → (annotations, images) tables.
 
     Parses every RLE at once (:func:`cellpipe.rle.parse_many`), derives area and bbox
@@ -118,8 +137,7 @@ def build_tables(df: pd.DataFrame, image_dir: str | Path, *, where: str = "train
     image_dir = Path(image_dir)
     on_disk = list_images(image_dir) if check_images else {}
     n_pix = (df["width"] * df["height"]).to_numpy()
-    runs = rle.parse_many(df["annotation"].tolist(), n_pix, where=where,
-                          row_names=[_line(i) for i in range(len(df))])
+    runs = rle.parse_many(df["annotation"].tolist(), n_pix, where=where, row_names=[_line(i) for i in range(len(df))])
     area = runs.areas()
     bbox = np.zeros((len(df), 4), dtype=np.int64)
     counts = np.empty(len(df), dtype=object)
@@ -136,25 +154,37 @@ def build_tables(df: pd.DataFrame, image_dir: str | Path, *, where: str = "train
         bbox[idx] = rle.boxes(sub, w)
         counts[idx] = [c["counts"] for c in rle.to_coco(sub, (h, w))]
         first = df.iloc[idx[0]]
-        image_rows.append({
-            "image_id": image_id, "file_name": path.name, "height": h, "width": w,
-            "path": stored(path, holder) if holder is not None else str(path),
-            "cell_type": first["cell_type"], **{m: first[m] for m in METADATA}, "n_cells": len(idx),
-        })
+        image_rows.append(
+            {
+                "image_id": image_id,
+                "file_name": path.name,
+                "height": h,
+                "width": w,
+                "path": stored(path, holder) if holder is not None else str(path),
+                "cell_type": first["cell_type"],
+                **{m: first[m] for m in METADATA},
+                "n_cells": len(idx),
+            }
+        )
         if progress:
             progress(k + 1, len(groups))
-    ann = pd.DataFrame({
-        "ann_id": np.arange(1, len(df) + 1, dtype=np.int64),
-        "image_id": df["id"].to_numpy(),
-        "cell_type": df["cell_type"].to_numpy(),
-        "height": df["height"].to_numpy(),
-        "width": df["width"].to_numpy(),
-        "annotation": kaggle,
-        "coco_counts": counts,
-        "area": area,
-        "bbox_x": bbox[:, 0], "bbox_y": bbox[:, 1], "bbox_w": bbox[:, 2], "bbox_h": bbox[:, 3],
-        **{m: df[m].to_numpy() for m in METADATA},
-    })
+    ann = pd.DataFrame(
+        {
+            "ann_id": np.arange(1, len(df) + 1, dtype=np.int64),
+            "image_id": df["id"].to_numpy(),
+            "cell_type": df["cell_type"].to_numpy(),
+            "height": df["height"].to_numpy(),
+            "width": df["width"].to_numpy(),
+            "annotation": kaggle,
+            "coco_counts": counts,
+            "area": area,
+            "bbox_x": bbox[:, 0],
+            "bbox_y": bbox[:, 1],
+            "bbox_w": bbox[:, 2],
+            "bbox_h": bbox[:, 3],
+            **{m: df[m].to_numpy() for m in METADATA},
+        }
+    )
     images = pd.DataFrame(image_rows)
     return ann, images
 
@@ -164,8 +194,7 @@ def check_image_folder(image_dir: str | Path, images: pd.DataFrame, *, where: st
     on_disk = set(list_images(image_dir))
     extra = sorted(on_disk - set(images["image_id"]))
     if extra:
-        raise CellpipeError(
-            f"image {extra[0]} has no annotations ({len(extra)} image(s) without rows)", where=where)
+        raise CellpipeError(f"image {extra[0]} has no annotations ({len(extra)} image(s) without rows)", where=where)
 
 
 def read_sample_submission(path: str | Path) -> list[str]:

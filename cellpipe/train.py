@@ -92,9 +92,15 @@ class Batches(Dataset):
 
 def loader(dataset: CocoInstances, cfg: Train, start: int, device: torch.device) -> DataLoader:
     """The batches of iterations ``start..iters-1`` in order, built by ``cfg.workers`` worker processes."""
-    return DataLoader(Batches(dataset, cfg, start), batch_size=None, shuffle=False, num_workers=cfg.workers,
-                      pin_memory=device.type == "cuda", generator=torch.Generator().manual_seed(cfg.seed),
-                      persistent_workers=False)
+    return DataLoader(
+        Batches(dataset, cfg, start),
+        batch_size=None,
+        shuffle=False,
+        num_workers=cfg.workers,
+        pin_memory=device.type == "cuda",
+        generator=torch.Generator().manual_seed(cfg.seed),
+        persistent_workers=False,
+    )
 
 
 # --------------------------------------------------------------------------- one step
@@ -117,21 +123,29 @@ def optimisation(model: torch.nn.Module, cfg: Train, device: torch.device) -> Op
     return Optimisation(params, optimizer, scheduler, torch.amp.GradScaler("cuda") if device.type == "cuda" else None)
 
 
-def train_step(family: Family, model: torch.nn.Module, images: list[torch.Tensor], targets: list[dict],
-               opt: Optimisation, cfg: Train, device: torch.device, it: int) -> tuple[float, float, dict[str, float]]:
+def train_step(
+    family: Family,
+    model: torch.nn.Module,
+    images: list[torch.Tensor],
+    targets: list[dict],
+    opt: Optimisation,
+    cfg: Train,
+    device: torch.device,
+    it: int,
+) -> tuple[float, float, dict[str, float]]:
     """One step on one batch: (loss, lr it ran with, each loss term)."""
     model.train()
     try:
         with torch.autocast(device_type="cuda", enabled=device.type == "cuda"):
             losses = family.train_step(model, images, targets)
     except torch.OutOfMemoryError:
-        raise CellpipeError(f"out of memory at iteration {it + 1} on {device}: lower batch_size or crop_size, "
-                            f"or model.min_size/max_size") from None
+        raise CellpipeError(
+            f"out of memory at iteration {it + 1} on {device}: lower batch_size or crop_size, or model.min_size/max_size"
+        ) from None
     loss = sum(losses.values())
     terms = {k: float(v.detach()) for k, v in losses.items()}
     if not torch.isfinite(loss):
-        raise CellpipeError(f"loss became non-finite at iteration {it + 1} ({terms}); lower the lr or raise "
-                            f"warmup_iters")
+        raise CellpipeError(f"loss became non-finite at iteration {it + 1} ({terms}); lower the lr or raise warmup_iters")
     opt.optimizer.zero_grad(set_to_none=True)
     if opt.scaler is not None:
         opt.scaler.scale(loss).backward()
@@ -151,8 +165,16 @@ def train_step(family: Family, model: torch.nn.Module, images: list[torch.Tensor
 # --------------------------------------------------------------------------- evaluation and checkpoints
 
 
-def evaluate(family: Family, model: torch.nn.Module, val: list[ValImage], *, device, score_threshold: float,
-             post: PostProcess, mask_threshold: float) -> metric.Report:
+def evaluate(
+    family: Family,
+    model: torch.nn.Module,
+    val: list[ValImage],
+    *,
+    device,
+    score_threshold: float,
+    post: PostProcess,
+    mask_threshold: float,
+) -> metric.Report:
     """Competition metric of the model on ``val``, post-processed as the final score is (one threshold)."""
     limits = family.limits(model)
     saved = limits.score_thresh
@@ -161,8 +183,7 @@ def evaluate(family: Family, model: torch.nn.Module, val: list[ValImage], *, dev
         rows = []
         for v in val:
             inst = family.predict(model, v.grey, device=device, mask_threshold=mask_threshold)
-            rows.append((v.image_id, v.cell_type, v.truth, postprocess.final(inst.masks, inst.scores, score_threshold,
-                                                                             post)))
+            rows.append((v.image_id, v.cell_type, v.truth, postprocess.final(inst.masks, inst.scores, score_threshold, post)))
     finally:
         limits.score_thresh = saved
     return metric.evaluate(rows)
@@ -184,10 +205,19 @@ class BestKeeper:
 
 def save_last(path: Path, model: torch.nn.Module, opt: Optimisation, it: int, keeper: BestKeeper) -> None:
     """``last.pt``: everything needed to continue after iteration ``it``."""
-    checkpoints.save({"model": model.state_dict(), "optimizer": opt.optimizer.state_dict(),
-                      "scheduler": opt.scheduler.state_dict(),
-                      "scaler": opt.scaler.state_dict() if opt.scaler is not None else None, "iteration": it,
-                      "best": keeper.best, "best_iteration": keeper.iteration, **keeper.meta}, path)
+    checkpoints.save(
+        {
+            "model": model.state_dict(),
+            "optimizer": opt.optimizer.state_dict(),
+            "scheduler": opt.scheduler.state_dict(),
+            "scaler": opt.scaler.state_dict() if opt.scaler is not None else None,
+            "iteration": it,
+            "best": keeper.best,
+            "best_iteration": keeper.iteration,
+            **keeper.meta,
+        },
+        path,
+    )
 
 
 def resume(path: Path, model: torch.nn.Module, opt: Optimisation, fingerprint: str, device) -> tuple[int, float, int]:
@@ -249,10 +279,15 @@ def train(
         raise CellpipeError("the val set has no images: evaluation during training needs some")
     model.to(device)
     opt = optimisation(model, cfg, device)
-    meta = {"train_config": cfg.model_dump(mode="json"), "model_config": model_cfg.model_dump(mode="json"),
-            "classes": classes, "init": init, "postprocess": post.model_dump(mode="json"),
-            "fingerprint": f"{model_cfg.fingerprint()}:{cfg.fingerprint()}:{init}:{len(classes)}:{data_fingerprint}:"
-                           f"{post.fingerprint()}"}
+    meta = {
+        "train_config": cfg.model_dump(mode="json"),
+        "model_config": model_cfg.model_dump(mode="json"),
+        "classes": classes,
+        "init": init,
+        "postprocess": post.model_dump(mode="json"),
+        "fingerprint": f"{model_cfg.fingerprint()}:{cfg.fingerprint()}:{init}:{len(classes)}:{data_fingerprint}:"
+        f"{post.fingerprint()}",
+    }
     last = out_dir / "last.pt"
     start, best, best_it = resume(last, model, opt, meta["fingerprint"], device)
     if start == 0:  # a fresh run: a best.pt of another configuration must not survive
@@ -261,8 +296,15 @@ def train(
     t0 = time.perf_counter()
 
     def evaluation(it: int) -> None:
-        report = evaluate(family, model, val, device=device, score_threshold=cfg.eval_score_threshold, post=post,
-                          mask_threshold=model_cfg.mask_threshold)
+        report = evaluate(
+            family,
+            model,
+            val,
+            device=device,
+            score_threshold=cfg.eval_score_threshold,
+            post=post,
+            mask_threshold=model_cfg.mask_threshold,
+        )
         logs = {"val/map_iou": report.score, **{f"val/{k}": v for k, v in report.per_class().items()}}
         keeper.offer(report.score, it, model)
         logs["val/best_map_iou"] = keeper.best
@@ -281,12 +323,18 @@ def train(
             evaluation(done)
     if start >= cfg.iters and not keeper.path.is_file():
         evaluation(cfg.iters)
-    return {"best_map_iou": keeper.best, "best_iteration": keeper.iteration, "iterations": cfg.iters,
-            "resumed_from": start, "seconds": round(time.perf_counter() - t0, 1)}
+    return {
+        "best_map_iou": keeper.best,
+        "best_iteration": keeper.iteration,
+        "iterations": cfg.iters,
+        "resumed_from": start,
+        "seconds": round(time.perf_counter() - t0, 1),
+    }
 
 
-def _iterations(dataset: CocoInstances, cfg: Train, start: int, device: torch.device
-                ) -> Iterator[tuple[int, tuple[list[torch.Tensor], list[dict]]]]:
+def _iterations(
+    dataset: CocoInstances, cfg: Train, start: int, device: torch.device
+) -> Iterator[tuple[int, tuple[list[torch.Tensor], list[dict]]]]:
     """(iteration, batch on ``device``) from the loader.
 
     With worker processes the batches are drawn elsewhere, so the main process seeds
@@ -309,6 +357,12 @@ def val_images(data: dict, *, class_agnostic_names: bool = False) -> list[ValIma
     for im in data["images"]:
         h, w = int(im["height"]), int(im["width"])
         truth = coco.instances(by_image.get(im["id"], []), h, w)
-        out.append(ValImage(coco.image_id(im), "cell" if class_agnostic_names else str(im.get("cell_type", "cell")),
-                            read_grey(im["path"], (h, w)), truth))
+        out.append(
+            ValImage(
+                coco.image_id(im),
+                "cell" if class_agnostic_names else str(im.get("cell_type", "cell")),
+                read_grey(im["path"], (h, w)),
+                truth,
+            )
+        )
     return out

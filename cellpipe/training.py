@@ -44,8 +44,7 @@ class LiveLogger:
             from dvclive import Live
 
             resume = (self.out / "live" / "metrics.json").is_file() and step > 1
-            self.live = Live(dir=str(self.out / "live"), resume=resume, dvcyaml=False, save_dvc_exp=False,
-                             report=None)
+            self.live = Live(dir=str(self.out / "live"), resume=resume, dvcyaml=False, save_dvc_exp=False, report=None)
         self.live.step = step
         for k, v in metrics.items():
             self.live.log_metric(k, v)
@@ -56,8 +55,19 @@ class LiveLogger:
             self.live.end()
 
 
-def run_training(*, stage: str, train_json: Path, val_source: Path, out: Path, model_cfg: Model, train_cfg: Train,
-                 init: str, post: PostProcess, single_class: bool, val_images: int | None = None) -> dict:
+def run_training(
+    *,
+    stage: str,
+    train_json: Path,
+    val_source: Path,
+    out: Path,
+    model_cfg: Model,
+    train_cfg: Train,
+    init: str,
+    post: PostProcess,
+    single_class: bool,
+    val_images: int | None = None,
+) -> dict:
     """Train ``stage``'s model from ``init`` ('none', 'imagenet', 'coco' or a checkpoint file)."""
     family = models.family(model_cfg)
     family.require()  # fail before any work when an optional backend is not installed
@@ -67,8 +77,11 @@ def run_training(*, stage: str, train_json: Path, val_source: Path, out: Path, m
         if len(ids) <= val_images:
             raise CellpipeError(f"{stage}.val_images ({val_images}) leaves no training images of {len(ids)}")
         val_ids, train_ids = set(ids[-val_images:]), ids[:-val_images]
-        val_coco = {**train_coco, "images": [im for im in train_coco["images"] if im["id"] in val_ids],
-                    "annotations": [a for a in train_coco["annotations"] if a["image_id"] in val_ids]}
+        val_coco = {
+            **train_coco,
+            "images": [im for im in train_coco["images"] if im["id"] in val_ids],
+            "annotations": [a for a in train_coco["annotations"] if a["image_id"] in val_ids],
+        }
     else:
         train_ids = None
         val_coco = coco.normalise(coco.load_json(val_source), where=str(val_source), single_class=single_class)
@@ -78,8 +91,15 @@ def run_training(*, stage: str, train_json: Path, val_source: Path, out: Path, m
     if not train_coco["categories"]:
         raise CellpipeError("COCO file has no categories", where=str(train_json))
     class_names = [c["name"] for c in sorted(train_coco["categories"], key=lambda c: c["id"])]
-    dataset = CocoInstances(train_coco, model_cfg.min_size, model_cfg.max_size, hflip=train_cfg.hflip,
-                            vflip=train_cfg.vflip, image_ids=train_ids, crop_size=train_cfg.crop_size)
+    dataset = CocoInstances(
+        train_coco,
+        model_cfg.min_size,
+        model_cfg.max_size,
+        hflip=train_cfg.hflip,
+        vflip=train_cfg.vflip,
+        image_ids=train_ids,
+        crop_size=train_cfg.crop_size,
+    )
     val = engine.val_images(val_coco)
     torch.manual_seed(train_cfg.seed)
     model = family.build(model_cfg, len(class_names))
@@ -91,8 +111,10 @@ def run_training(*, stage: str, train_json: Path, val_source: Path, out: Path, m
     code = [Path(m.__file__) for m in (cellpipe.train, cellpipe.data)] + [Path(inspect.getfile(type(family)))]
     data_fp = file_digest([train_json, val_source, *code] + ([Path(init)] if Path(init).is_file() else []))
     device = engine.default_device()
-    log(f"{stage}: {len(dataset)} train / {len(val)} val images, {len(class_names)} classes, init: {desc}, "
-        f"device {device}, {train_cfg.iters} iterations")
+    log(
+        f"{stage}: {len(dataset)} train / {len(val)} val images, {len(class_names)} classes, init: {desc}, "
+        f"device {device}, {train_cfg.iters} iterations"
+    )
     logger = LiveLogger(out)
     with progress(stage, total=train_cfg.iters) as bar:
 
@@ -102,17 +124,33 @@ def run_training(*, stage: str, train_json: Path, val_source: Path, out: Path, m
         def on_log(step: int, metrics: dict[str, float]) -> None:
             logger(step, metrics)
             if "val/map_iou" in metrics:
-                console.log(f"{stage} iteration {step}: val MAP-IoU {metrics['val/map_iou']:.4f} "
-                            f"(best {metrics['val/best_map_iou']:.4f})")
+                console.log(
+                    f"{stage} iteration {step}: val MAP-IoU {metrics['val/map_iou']:.4f} (best {metrics['val/best_map_iou']:.4f})"
+                )
 
         try:
-            summary = engine.train(family, model, dataset, val, train_cfg, model_cfg, out, classes=class_names,
-                                   init=desc, device=device, on_log=on_log, on_step=on_step, data_fingerprint=data_fp,
-                                   post=post)
+            summary = engine.train(
+                family,
+                model,
+                dataset,
+                val,
+                train_cfg,
+                model_cfg,
+                out,
+                classes=class_names,
+                init=desc,
+                device=device,
+                on_log=on_log,
+                on_step=on_step,
+                data_fingerprint=data_fp,
+                post=post,
+            )
         finally:
             logger.close()
     summary["dropped_tiny_cells"] = dataset.dropped
     write_json(summary, out / "summary.json")
-    log(f"{stage}: best val MAP-IoU {summary['best_map_iou']:.4f} at iteration {summary['best_iteration']} "
-        f"({summary['seconds']} s) → {out}")
+    log(
+        f"{stage}: best val MAP-IoU {summary['best_map_iou']:.4f} at iteration {summary['best_iteration']} "
+        f"({summary['seconds']} s) → {out}"
+    )
     return summary

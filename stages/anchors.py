@@ -47,9 +47,14 @@ def run(
     current = [list(s) for s in mcfg.level_sizes()]
     suggested = anchors.suggest(boxes, mcfg.aspect_ratios, per_level, mcfg.rpn_fg_iou)
     side = np.sqrt((boxes[:, 2] - boxes[:, 0]) * (boxes[:, 3] - boxes[:, 1]))
-    per_class = {str(c): {"cells": int((labels == c).sum()), "median_scale": round(float(np.median(side[labels == c])), 2),
-                          **anchors.report(boxes[labels == c], current, mcfg.aspect_ratios)}
-                 for c in sorted(set(labels.tolist()))}
+    per_class = {
+        str(c): {
+            "cells": int((labels == c).sum()),
+            "median_scale": round(float(np.median(side[labels == c])), 2),
+            **anchors.report(boxes[labels == c], current, mcfg.aspect_ratios),
+        }
+        for c in sorted(set(labels.tolist()))
+    }
     result = {
         "fg_iou": mcfg.rpn_fg_iou,
         "box_scale_px": {f"p{q}": round(float(np.percentile(side, q)), 2) for q in (1, 10, 50, 90, 99)} if len(side) else {},
@@ -63,7 +68,13 @@ def run(
         table.add_column(col)
     for name in ("current", "suggested"):
         r = result[name]
-        table.add_row(name, str(r["anchor_sizes"]), f"{r['median_best_iou']:.3f}", f"{r['share_iou_0.5']:.1%}",
-                      f"{r['share_iou_0.6']:.1%}", f"{r['share_iou_0.7']:.1%}")
+        table.add_row(
+            name,
+            str(r["anchor_sizes"]),
+            f"{r['median_best_iou']:.3f}",
+            f"{r['share_iou_0.5']:.1%}",
+            f"{r['share_iou_0.6']:.1%}",
+            f"{r['share_iou_0.7']:.1%}",
+        )
     console.print(table)
     log(f"→ {out}")

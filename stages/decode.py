@@ -23,11 +23,12 @@ def run(
     df = tables.read_train_csv(csv_path, duplicates=p.duplicates)
     dropped = df.attrs.get("dropped_duplicates", [])
     if dropped:
-        log(f"[yellow]dropped {len(dropped)} exact duplicate rows of {csv_path} (lines {', '.join(map(str, dropped[:10]))}"
-            f"{' …' if len(dropped) > 10 else ''})[/yellow]")
+        log(
+            f"[yellow]dropped {len(dropped)} exact duplicate rows of {csv_path} (lines {', '.join(map(str, dropped[:10]))}"
+            f"{' …' if len(dropped) > 10 else ''})[/yellow]"
+        )
     with progress("decode images") as bar:
-        ann, images = tables.build_tables(df, kaggle_dir / "train", where=str(csv_path), progress=bar,
-                                          holder=images_out)
+        ann, images = tables.build_tables(df, kaggle_dir / "train", where=str(csv_path), progress=bar, holder=images_out)
     tables.check_image_folder(kaggle_dir / "train", images, where=str(csv_path))
     write_parquet(ann, annotations_out)
     write_parquet(images, images_out)

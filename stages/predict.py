@@ -21,14 +21,16 @@ def run(
     checkpoint: Path = typer.Option(Path("models/finetune/best.pt"), help="trained checkpoint"),
     val: Path = typer.Option(Path("data/coco/val.json"), help="COCO JSON whose images to predict (val split)"),
     kaggle_dir: Path = typer.Option(Path("data/raw/kaggle"), help="Kaggle-layout folder whose test/ images to predict"),
-    test_dir: Path | None = typer.Option(None, help="folder of images to predict instead (any folder of PNG/TIFF) "
-                                         "[default: KAGGLE_DIR/test]"),
+    test_dir: Path | None = typer.Option(
+        None, help="folder of images to predict instead (any folder of PNG/TIFF) [default: KAGGLE_DIR/test]"
+    ),
     val_out: Path = typer.Option(Path("data/predictions/val.parquet"), help="val detections"),
     test_out: Path = typer.Option(Path("data/predictions/test.parquet"), help="test detections"),
     skip_val: bool = typer.Option(False, "--skip-val", help="predict only the image folder (apply a model to new images)"),
     submission_out: Path | None = typer.Option(None, help="also write a submission-format CSV of the folder's images"),
-    thresholds_file: Path = typer.Option(Path("metrics/thresholds.json"), "--thresholds",
-                                         help="per-class score thresholds for --submission-out (0.5 if missing)"),
+    thresholds_file: Path = typer.Option(
+        Path("metrics/thresholds.json"), "--thresholds", help="per-class score thresholds for --submission-out (0.5 if missing)"
+    ),
     params: Path = typer.Option(Path("params.yaml"), help=PARAMS_HELP),
 ) -> None:
     from cellpipe import models, predictions  # import torch: only when predicting
@@ -50,12 +52,20 @@ def run(
     outputs = ([] if skip_val else [("val", val_paths, val_out)]) + [("test", test_paths, test_out)]
     for label, paths, out in outputs:
         with progress(f"predict {label}", total=len(paths)) as bar:
-            pred = predict_images(family, model, paths, classes, device=device, mask_threshold=mcfg.mask_threshold,
-                                  tta=p.tta, tta_iou=p.tta_iou, progress=bar)
+            pred = predict_images(
+                family,
+                model,
+                paths,
+                classes,
+                device=device,
+                mask_threshold=mcfg.mask_threshold,
+                tta=p.tta,
+                tta_iou=p.tta_iou,
+                progress=bar,
+            )
         predictions.write(pred, out)
         log(f"predicted {len(pred.detections)} {label} detections on {len(paths)} images → {out}")
     if submission_out is not None:
         from stages.submit import write_submission
 
-        write_submission(pred, list(test_paths), thresholds_file, submission_out, default_threshold=0.5,
-                         ids_where=str(folder))
+        write_submission(pred, list(test_paths), thresholds_file, submission_out, default_threshold=0.5, ids_where=str(folder))

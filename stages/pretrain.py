@@ -17,6 +17,15 @@ def run(
     from cellpipe.training import run_training  # imports torch: only when training
 
     p = load(params, "model", "pretrain", "postprocess")
-    run_training(stage="pretrain", train_json=livecell, val_source=livecell, out=out, model_cfg=p.model,
-                 train_cfg=p.pretrain, init=p.pretrain.init, post=p.postprocess, single_class=True,
-                 val_images=p.pretrain.val_images)
+    run_training(
+        stage="pretrain",
+        train_json=livecell,
+        val_source=livecell,
+        out=out,
+        model_cfg=p.model,
+        train_cfg=p.pretrain,
+        init=p.pretrain.init,
+        post=p.postprocess,
+        single_class=True,
+        val_images=p.pretrain.val_images,
+    )

@@ -28,20 +28,25 @@ def run(
     predictions: Path = typer.Option(Path("data/predictions/val.parquet"), help="detections to score"),
     val: Path = typer.Option(Path("data/coco/val.json"), help="COCO JSON listing the images to score"),
     truth: Path = typer.Option(Path("data/interim/annotations.parquet"), help="truth: annotations.parquet or a train.csv"),
-    thresholds_file: Path = typer.Option(Path("metrics/thresholds.json"), "--thresholds",
-                                         help="per-class score thresholds (thresholds stage)"),
+    thresholds_file: Path = typer.Option(
+        Path("metrics/thresholds.json"), "--thresholds", help="per-class score thresholds (thresholds stage)"
+    ),
     out: Path = typer.Option(Path("metrics/val.json"), help="metrics JSON (DVC metrics)"),
     per_image_out: Path = typer.Option(Path("metrics/val_per_image.csv"), help="score per image and threshold"),
     per_iou_out: Path = typer.Option(Path("metrics/val_per_iou.csv"), help="score per IoU threshold, per class (plots)"),
-    all_truth_images: bool = typer.Option(False, "--all-truth-images",
-                                          help="score every image of the truth file instead of the images of --val"),
-    duplicates: Duplicates = typer.Option(Duplicates.error, help="rows of a train.csv truth repeating an earlier "
-                                          "row's image and mask (the real train.csv has 15): error | drop"),
+    all_truth_images: bool = typer.Option(
+        False, "--all-truth-images", help="score every image of the truth file instead of the images of --val"
+    ),
+    duplicates: Duplicates = typer.Option(
+        Duplicates.error,
+        help="rows of a train.csv truth repeating an earlier row's image and mask (the real train.csv has 15): error | drop",
+    ),
 ) -> None:
     chosen, post = read_thresholds(thresholds_file)
     ids = truth_ids(truth, duplicates.value) if all_truth_images else val_image_list(val)["image_id"].tolist()
-    pairs, alignment = scored_pairs(truth, ids, predictions, truth_where=truth if all_truth_images else val,
-                                    duplicates=duplicates.value)
+    pairs, alignment = scored_pairs(
+        truth, ids, predictions, truth_where=truth if all_truth_images else val, duplicates=duplicates.value
+    )
     rows, voted_right = [], 0
     for pred, true, cell_type in pairs:
         voted, final = thresholds.apply_chosen(pred, chosen, post, CELL_TYPES[0])
@@ -53,8 +58,9 @@ def run(
     write_json(summary, out)
     write_csv(report.per_image, per_image_out)
     per_class = report.per_threshold(by_class=True).T
-    per_iou = pd.DataFrame({"iou_threshold": [float(c[1:]) for c in per_class.index],
-                            "all": report.per_threshold().iloc[0].to_numpy()})
+    per_iou = pd.DataFrame(
+        {"iou_threshold": [float(c[1:]) for c in per_class.index], "all": report.per_threshold().iloc[0].to_numpy()}
+    )
     for cls in CELL_TYPES:
         per_iou[cls] = per_class[cls].to_numpy() if cls in per_class.columns else float("nan")
     write_csv(per_iou, per_iou_out)
@@ -65,7 +71,6 @@ def run(
     table.add_column("mean")
     per = report.per_threshold(by_class=True)
     for cls, row in per.iterrows():
-        table.add_row(str(cls), *[f"{row[f't{t:.2f}']:.3f}" for t in metric.THRESHOLDS[::2]],
-                      f"{summary['per_class'][cls]:.3f}")
+        table.add_row(str(cls), *[f"{row[f't{t:.2f}']:.3f}" for t in metric.THRESHOLDS[::2]], f"{summary['per_class'][cls]:.3f}")
     console.print(table)
     log(f"→ {out}")

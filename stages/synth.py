@@ -19,10 +19,8 @@ def run(
 ) -> None:
     p = load(params, "synth").synth
     with atomic_path(kaggle_out, directory=True) as tmp, progress("synth kaggle images") as bar:
-        df = synth.write_kaggle(tmp, p.images_per_type, p.test_images, p.cells_scale, p.seed, p.images_per_sample,
-                                progress=bar)
-    log(f"wrote {df['id'].nunique()} training images with {len(df)} cells and {p.test_images} test images "
-        f"to {kaggle_out}")
+        df = synth.write_kaggle(tmp, p.images_per_type, p.test_images, p.cells_scale, p.seed, p.images_per_sample, progress=bar)
+    log(f"wrote {df['id'].nunique()} training images with {len(df)} cells and {p.test_images} test images to {kaggle_out}")
     with atomic_path(livecell_out, directory=True) as tmp, progress("synth livecell images") as bar:
         coco = synth.write_livecell(tmp, p.livecell_images, p.livecell_cells_scale, p.seed, progress=bar)
     log(f"wrote {len(coco['images'])} LIVECell-style images with {len(coco['annotations'])} cells to {livecell_out}")

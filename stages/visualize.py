@@ -44,10 +44,14 @@ def run(
             _, final = thresholds.apply_chosen(pred, chosen, post, CELL_TYPES[0])
             title = f"val {pred.image_id} ({cell_type}): truth vs prediction"
             overlay.draw(read_grey(paths[pred.image_id]), true, final, title=title).save(
-                tmp / f"val_{cell_type}_{pred.image_id}.png")
+                tmp / f"val_{cell_type}_{pred.image_id}.png"
+            )
         for pred in test_pred.select(drawn):
             cls, final = thresholds.apply_chosen(pred, chosen, post, CELL_TYPES[0])
-            overlay.draw(read_grey(test[pred.image_id]), None, final,
-                         title=f"test {pred.image_id} (predicted {cls}): {final.shape[0]} cells").save(
-                tmp / f"test_{pred.image_id}.png")
+            overlay.draw(
+                read_grey(test[pred.image_id]),
+                None,
+                final,
+                title=f"test {pred.image_id} (predicted {cls}): {final.shape[0]} cells",
+            ).save(tmp / f"test_{pred.image_id}.png")
     log(f"overlays of {len(pairs)} val and {len(drawn)} test images → {out}")

@@ -17,8 +17,9 @@ os.environ.setdefault("CELLPIPE_NO_PROGRESS", "1")
 def run_cli(*args: str, cwd: Path | None = None, check: bool = False) -> subprocess.CompletedProcess:
     """Run the real ``cellpipe`` command in a subprocess."""
     env = {**os.environ, "CELLPIPE_NO_PROGRESS": "1", "COLUMNS": "200"}
-    proc = subprocess.run([sys.executable, "-m", "stages", *args], cwd=cwd or REPO, env=env,
-                          capture_output=True, text=True, timeout=600)
+    proc = subprocess.run(
+        [sys.executable, "-m", "stages", *args], cwd=cwd or REPO, env=env, capture_output=True, text=True, timeout=600
+    )
     if check and proc.returncode != 0:
         raise AssertionError(f"cellpipe {' '.join(args)} failed:\n{proc.stdout}\n{proc.stderr}")
     return proc
@@ -59,8 +60,9 @@ def params_text(repo: Path = REPO) -> str:
         return work
 
     def keys(d, prefix=""):
-        return {prefix + k for k in d} | {x for k, v in d.items() if isinstance(v, dict) and k not in ("images_per_type",)
-                                          for x in keys(v, f"{prefix}{k}.")}
+        return {prefix + k for k in d} | {
+            x for k, v in d.items() if isinstance(v, dict) and k not in ("images_per_type",) for x in keys(v, f"{prefix}{k}.")
+        }
 
     return head.stdout if keys(yaml.safe_load(head.stdout)) == keys(yaml.safe_load(work)) else work
 
@@ -85,9 +87,19 @@ def tiny_model(**kw):
     """The tiny model config, with ``kw`` changed."""
     from cellpipe.config import Model
 
-    base = dict(min_size=130, max_size=176, fpn_channels=16, box_head_dim=32, mask_head_channels=16, mask_head_layers=1,
-                norm="batch", detections_per_img=50, rpn_pre_nms_test=200, rpn_post_nms_test=100,
-                anchor_sizes=[4, 8, 16, 32, 64])
+    base = dict(
+        min_size=130,
+        max_size=176,
+        fpn_channels=16,
+        box_head_dim=32,
+        mask_head_channels=16,
+        mask_head_layers=1,
+        norm="batch",
+        detections_per_img=50,
+        rpn_pre_nms_test=200,
+        rpn_post_nms_test=100,
+        anchor_sizes=[4, 8, 16, 32, 64],
+    )
     return Model(**{**base, **kw})
 
 
@@ -101,8 +113,9 @@ def cellpipe_checkpoint(path: Path, cfg, classes: list[str]) -> None:
     from cellpipe import models
 
     model = models.build(cfg, len(classes))
-    torch.save({"model": model.state_dict(), "model_config": cfg.model_dump(mode="json"), "classes": classes,
-                "iteration": 1}, path)
+    torch.save(
+        {"model": model.state_dict(), "model_config": cfg.model_dump(mode="json"), "classes": classes, "iteration": 1}, path
+    )
 
 
 @pytest.fixture(scope="session")

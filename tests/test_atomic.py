@@ -30,8 +30,20 @@ def test_atomic_path_leaves_nothing_on_error(tmp_path):
 @requires_shared()
 def test_decode_killed_at_random_moments(tmp_path):
     out = tmp_path / "out"
-    cmd = [sys.executable, "-m", "stages", "decode", "--kaggle-dir", str(SAMPLE), "--annotations-out",
-           str(out / "a.parquet"), "--images-out", str(out / "i.parquet"), "--params", str(tmp_path / "p.yaml")]
+    cmd = [
+        sys.executable,
+        "-m",
+        "stages",
+        "decode",
+        "--kaggle-dir",
+        str(SAMPLE),
+        "--annotations-out",
+        str(out / "a.parquet"),
+        "--images-out",
+        str(out / "i.parquet"),
+        "--params",
+        str(tmp_path / "p.yaml"),
+    ]
     (tmp_path / "p.yaml").write_text("decode: {duplicates: error}\n")
     env = {**os.environ, "CELLPIPE_NO_PROGRESS": "1"}
     t = time.perf_counter()

@@ -45,8 +45,13 @@ def test_train_step_gives_finite_losses_and_gradients(backend, tiny_coco):
     model = models.build(cfg, 3).train()
     images, targets = batch(tiny_coco, cfg)
     losses = model(list(images), list(targets))
-    assert {"loss_classifier", "loss_box_reg", "loss_mask"} <= set(losses) or \
-        {"loss_cls", "loss_box_reg", "loss_mask", "loss_rpn_cls", "loss_rpn_loc"} <= set(losses)
+    assert {"loss_classifier", "loss_box_reg", "loss_mask"} <= set(losses) or {
+        "loss_cls",
+        "loss_box_reg",
+        "loss_mask",
+        "loss_rpn_cls",
+        "loss_rpn_loc",
+    } <= set(losses)
     total = sum(losses.values())
     assert torch.isfinite(total)
     total.backward()
@@ -97,8 +102,7 @@ def test_class_count_change_reinitialises_only_class_heads(backend, tmp_path):
     three = models.build(tiny(backend), 3)
     desc = models.family(tiny(backend)).initialise(three, str(tmp_path / "c.pt"))
     assert "class-specific heads re-initialised" in desc
-    shared = [k for k, v in one.state_dict().items() if v.shape == three.state_dict()[k].shape and
-              v.dtype.is_floating_point]
+    shared = [k for k, v in one.state_dict().items() if v.shape == three.state_dict()[k].shape and v.dtype.is_floating_point]
     assert all(torch.equal(three.state_dict()[k], one.state_dict()[k]) for k in shared)
     other = models.build(tiny(backend, fpn_channels=64), 3)
     torch.save({"model": other.state_dict(), "model_config": {}}, tmp_path / "other.pt")
@@ -115,8 +119,17 @@ def test_detectron2_selected_but_not_importable_fails_before_any_work(tmp_path):
     env_path = f"{tmp_path / 'fake'}{os.pathsep}{os.environ.get('PYTHONPATH', '')}"
     os.environ["PYTHONPATH"], saved = env_path, os.environ.get("PYTHONPATH")
     try:
-        proc = run_cli("finetune", "--train", str(tmp_path / "absent.json"), "--val", str(tmp_path / "absent.json"),
-                       "--out", str(tmp_path / "ft"), "--params", str(tmp_path / "p.yaml"))
+        proc = run_cli(
+            "finetune",
+            "--train",
+            str(tmp_path / "absent.json"),
+            "--val",
+            str(tmp_path / "absent.json"),
+            "--out",
+            str(tmp_path / "ft"),
+            "--params",
+            str(tmp_path / "p.yaml"),
+        )
     finally:
         if saved is None:
             del os.environ["PYTHONPATH"]
@@ -130,6 +143,7 @@ def test_detectron2_selected_but_not_importable_fails_before_any_work(tmp_path):
 
 
 # ---------------------------------------------------------------- detectron2 only
+
 
 @NEEDS_D2
 def test_detectron2_checkpoints_initialise_with_class_head_reinit(tmp_path):
@@ -182,9 +196,11 @@ def test_detectron2_backend_runs_the_whole_dag(tmp_path):
 
 
 def test_cellpipe_imports_without_detectron2():
-    code = ("import sys; sys.modules['detectron2'] = None\n"
-            "import cellpipe.models, cellpipe.train, cellpipe.predict, stages.cli\n"
-            "from cellpipe.models import detectron2_maskrcnn as d2; assert not d2.available()\n")
+    code = (
+        "import sys; sys.modules['detectron2'] = None\n"
+        "import cellpipe.models, cellpipe.train, cellpipe.predict, stages.cli\n"
+        "from cellpipe.models import detectron2_maskrcnn as d2; assert not d2.available()\n"
+    )
     import subprocess
 
     proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)

@@ -25,7 +25,7 @@ def one_line_error(proc, *needles: str) -> None:
     lines = [line for line in proc.stderr.splitlines() if line.strip()]
     starts = [k for k, line in enumerate(lines) if line.startswith("error:")]
     assert len(starts) == 1, proc.stderr
-    err = " ".join(" ".join(lines[starts[0]:]).split())
+    err = " ".join(" ".join(lines[starts[0] :]).split())
     for needle in needles:
         assert needle in err, (needle, proc.stderr)
 
@@ -52,17 +52,27 @@ def ann(**kw):
 
 
 def run_livecell(folder: Path, tmp_path: Path):
-    return run_cli("livecell", "--livecell-json", str(folder / "x.json"), "--livecell-images",
-                   str(folder / "images"), "--out", str(tmp_path / "out" / "lc.json"))
+    return run_cli(
+        "livecell",
+        "--livecell-json",
+        str(folder / "x.json"),
+        "--livecell-images",
+        str(folder / "images"),
+        "--out",
+        str(tmp_path / "out" / "lc.json"),
+    )
 
 
-@pytest.mark.parametrize("name, annotation, message", [
-    ("polygon_2_points", ann(segmentation=[[1, 1, 2, 2]]), "annotation 5: polygon with fewer than 3 points"),
-    ("out_of_bounds", ann(segmentation=[[1, 1, 80, 2, 3, 9]]), "annotation 5"),
-    ("unknown_category", ann(category_id=9), "category_id 9"),
-    ("unknown_image", ann(image_id=2), "image_id 2"),
-    ("zero_area", ann(segmentation=[[1, 1, 1, 1, 1, 1]]), "zero area"),
-])
+@pytest.mark.parametrize(
+    "name, annotation, message",
+    [
+        ("polygon_2_points", ann(segmentation=[[1, 1, 2, 2]]), "annotation 5: polygon with fewer than 3 points"),
+        ("out_of_bounds", ann(segmentation=[[1, 1, 80, 2, 3, 9]]), "annotation 5"),
+        ("unknown_category", ann(category_id=9), "category_id 9"),
+        ("unknown_image", ann(image_id=2), "image_id 2"),
+        ("zero_area", ann(segmentation=[[1, 1, 1, 1, 1, 1]]), "zero area"),
+    ],
+)
 def test_bad_coco_annotations_through_the_cli(tmp_path, name, annotation, message):
     folder = livecell_folder(tmp_path, [annotation])
     proc = run_livecell(folder, tmp_path)
@@ -83,12 +93,15 @@ def test_coco_image_without_file_through_the_cli(tmp_path):
     assert not (tmp_path / "out" / "lc.json").exists()
 
 
-@pytest.mark.parametrize("text, message", [
-    ("{not json", "not valid JSON"),
-    ("", "not valid JSON"),
-    ('{"images": []}', "'categories'"),
-    ('{"images": [], "categories": []}', "annotations"),
-])
+@pytest.mark.parametrize(
+    "text, message",
+    [
+        ("{not json", "not valid JSON"),
+        ("", "not valid JSON"),
+        ('{"images": []}', "'categories'"),
+        ('{"images": [], "categories": []}', "annotations"),
+    ],
+)
 def test_broken_coco_files_through_the_cli(tmp_path, text, message):
     folder = livecell_folder(tmp_path, [ann()])
     (folder / "x.json").write_text(text)
@@ -98,21 +111,34 @@ def test_broken_coco_files_through_the_cli(tmp_path, text, message):
 def test_our_coco_files_are_checked_by_the_training_stages(tmp_path):
     (tmp_path / "train.json").write_text('{"images": [], "annotations": [], "categories": []}')
     write_params(tmp_path / "p.yaml")
-    proc = run_cli("finetune", "--train", str(tmp_path / "train.json"), "--val", str(tmp_path / "train.json"),
-                   "--out", str(tmp_path / "ft"), "--params", str(tmp_path / "p.yaml"))
+    proc = run_cli(
+        "finetune",
+        "--train",
+        str(tmp_path / "train.json"),
+        "--val",
+        str(tmp_path / "train.json"),
+        "--out",
+        str(tmp_path / "ft"),
+        "--params",
+        str(tmp_path / "p.yaml"),
+    )
     one_line_error(proc, "train.json")
     assert not (tmp_path / "ft").exists() or not any((tmp_path / "ft").glob("*.pt"))
 
 
 # ---------------------------------------------------------------- checkpoints
 
-@pytest.mark.parametrize("damage, message", [
-    ("missing", "checkpoint is missing"),
-    ("truncated", "unreadable or truncated"),
-    ("not_cellpipe", "not a cellpipe checkpoint"),
-    ("other_architecture", "architecture"),
-    ("other_class_count", "architecture"),
-])
+
+@pytest.mark.parametrize(
+    "damage, message",
+    [
+        ("missing", "checkpoint is missing"),
+        ("truncated", "unreadable or truncated"),
+        ("not_cellpipe", "not a cellpipe checkpoint"),
+        ("other_architecture", "architecture"),
+        ("other_class_count", "architecture"),
+    ],
+)
 def test_bad_checkpoints_through_predict(tmp_path, damage, message):
     ckpt = tmp_path / "best.pt"
     images = tmp_path / "images"
@@ -132,8 +158,18 @@ def test_bad_checkpoints_through_predict(tmp_path, damage, message):
             state["classes"] = ["cell"]  # claims one class, weights have three
         torch.save(state, ckpt)
     (tmp_path / "p.yaml").write_text("predict: {tta: false, tta_iou: 0.5, detections_per_img: 0}\n")
-    proc = run_cli("predict", "--checkpoint", str(ckpt), "--skip-val", "--test-dir", str(images),
-                   "--test-out", str(tmp_path / "out" / "t.parquet"), "--params", str(tmp_path / "p.yaml"))
+    proc = run_cli(
+        "predict",
+        "--checkpoint",
+        str(ckpt),
+        "--skip-val",
+        "--test-dir",
+        str(images),
+        "--test-out",
+        str(tmp_path / "out" / "t.parquet"),
+        "--params",
+        str(tmp_path / "p.yaml"),
+    )
     one_line_error(proc, "best.pt", message)
     assert not (tmp_path / "out").exists()
 
@@ -141,13 +177,44 @@ def test_bad_checkpoints_through_predict(tmp_path, damage, message):
 def finetune_on(kaggle: Path, tmp_path: Path, edit, *extra: str):
     """decode → coco → ``cellpipe finetune`` on ``kaggle`` with the committed params edited by ``edit``."""
     p = write_params(tmp_path / "p.yaml", edit)
-    run_cli("decode", "--kaggle-dir", str(kaggle), "--annotations-out", str(tmp_path / "a.parquet"),
-            "--images-out", str(tmp_path / "i.parquet"), "--params", str(p), check=True)
-    run_cli("coco", "--annotations", str(tmp_path / "a.parquet"), "--images", str(tmp_path / "i.parquet"),
-            "--train-out", str(tmp_path / "train.json"), "--val-out", str(tmp_path / "val.json"),
-            "--params", str(p), check=True)
-    return run_cli("finetune", "--train", str(tmp_path / "train.json"), "--val", str(tmp_path / "val.json"),
-                   "--out", str(tmp_path / "ft"), "--params", str(p), *extra)
+    run_cli(
+        "decode",
+        "--kaggle-dir",
+        str(kaggle),
+        "--annotations-out",
+        str(tmp_path / "a.parquet"),
+        "--images-out",
+        str(tmp_path / "i.parquet"),
+        "--params",
+        str(p),
+        check=True,
+    )
+    run_cli(
+        "coco",
+        "--annotations",
+        str(tmp_path / "a.parquet"),
+        "--images",
+        str(tmp_path / "i.parquet"),
+        "--train-out",
+        str(tmp_path / "train.json"),
+        "--val-out",
+        str(tmp_path / "val.json"),
+        "--params",
+        str(p),
+        check=True,
+    )
+    return run_cli(
+        "finetune",
+        "--train",
+        str(tmp_path / "train.json"),
+        "--val",
+        str(tmp_path / "val.json"),
+        "--out",
+        str(tmp_path / "ft"),
+        "--params",
+        str(p),
+        *extra,
+    )
 
 
 def test_bad_init_checkpoint_through_finetune(tmp_path, tiny_kaggle):
@@ -160,6 +227,7 @@ def test_bad_init_checkpoint_through_finetune(tmp_path, tiny_kaggle):
 
 def test_diverging_training_stops_with_a_clear_error(tmp_path, tiny_kaggle):
     """An absurd learning rate: the loss becomes non-finite and training stops naming the cure."""
+
     def edit(p):
         p["finetune"].update(init="none", lr=1.0e12, iters=20)
 
@@ -186,11 +254,21 @@ def test_out_of_memory_names_the_knobs(monkeypatch, tmp_path):
     monkeypatch.setattr(model, "forward", oom)
     ds = CocoInstances(data, TINY_MODEL.min_size, TINY_MODEL.max_size)
     with pytest.raises(CellpipeError, match="out of memory at iteration 1 .* lower batch_size or crop_size"):
-        engine.train(models.family(TINY_MODEL), model, ds, engine.val_images(data), Train(iters=2), TINY_MODEL, tmp_path / "o",
-                     classes=["shsy5y", "astro", "cort"], init="none")
+        engine.train(
+            models.family(TINY_MODEL),
+            model,
+            ds,
+            engine.val_images(data),
+            Train(iters=2),
+            TINY_MODEL,
+            tmp_path / "o",
+            classes=["shsy5y", "astro", "cort"],
+            init="none",
+        )
 
 
 # ---------------------------------------------------------------- submissions
+
 
 def sample_submission(tmp_path: Path, ids=("a", "b"), size=(520, 704)) -> Path:
     """A Kaggle-layout sample submission with its test/ images (of ``size``)."""
@@ -202,15 +280,18 @@ def sample_submission(tmp_path: Path, ids=("a", "b"), size=(520, 704)) -> Path:
     return path
 
 
-@pytest.mark.parametrize("name, body, message", [
-    ("overlap", "a,1 4\na,3 2\nb,\n", "overlap"),
-    ("bad_rle", "a,1 x\nb,\n", "not an integer"),
-    ("odd_rle", "a,1 4 9\nb,\n", "odd number"),
-    ("past_image", "a,366080 5\nb,\n", "past the image"),
-    ("unknown_id", "a,1 4\nb,\nc,1 4\n", "not a test image"),
-    ("missing_image", "a,1 4\n", "image b has no row"),
-    ("missing_column", "a\nb\n", "predicted"),
-])
+@pytest.mark.parametrize(
+    "name, body, message",
+    [
+        ("overlap", "a,1 4\na,3 2\nb,\n", "overlap"),
+        ("bad_rle", "a,1 x\nb,\n", "not an integer"),
+        ("odd_rle", "a,1 4 9\nb,\n", "odd number"),
+        ("past_image", "a,366080 5\nb,\n", "past the image"),
+        ("unknown_id", "a,1 4\nb,\nc,1 4\n", "not a test image"),
+        ("missing_image", "a,1 4\n", "image b has no row"),
+        ("missing_column", "a\nb\n", "predicted"),
+    ],
+)
 def test_bad_submissions_through_check_submission(tmp_path, name, body, message):
     sub = tmp_path / "submission.csv"
     sub.write_text("id,predicted\n" + body if name != "missing_column" else "id\n" + body)

@@ -12,11 +12,13 @@ from tests.conftest import SAMPLE, SHARED, requires_shared
 
 
 def test_split_is_grouped_and_stratified():
-    images = pd.DataFrame({
-        "image_id": [f"i{k}" for k in range(20)],
-        "cell_type": ["cort"] * 10 + ["astro"] * 6 + ["shsy5y"] * 4,
-        "sample_id": [f"s{k // 2}" for k in range(16)] + ["", "", "", ""],
-    })
+    images = pd.DataFrame(
+        {
+            "image_id": [f"i{k}" for k in range(20)],
+            "cell_type": ["cort"] * 10 + ["astro"] * 6 + ["shsy5y"] * 4,
+            "sample_id": [f"s{k // 2}" for k in range(16)] + ["", "", "", ""],
+        }
+    )
     split = coco.split_groups(images, 0.25, seed=3)
     for _, g in images.groupby("sample_id"):
         if g["sample_id"].iloc[0]:
@@ -70,17 +72,23 @@ def test_livecell_sample_normalises_both_annotation_forms(tmp_path):
 
 
 def _lc(ann, images=None):
-    return {"images": images or [{"id": 1, "height": 10, "width": 10, "file_name": "a.tif"}],
-            "categories": [{"id": 1, "name": "cell"}], "annotations": [ann]}
+    return {
+        "images": images or [{"id": 1, "height": 10, "width": 10, "file_name": "a.tif"}],
+        "categories": [{"id": 1, "name": "cell"}],
+        "annotations": [ann],
+    }
 
 
-@pytest.mark.parametrize("ann, message", [
-    ({"id": 5, "image_id": 1, "category_id": 1, "segmentation": [[1, 1, 2, 2]]}, "fewer than 3 points"),
-    ({"id": 5, "image_id": 1, "category_id": 1, "segmentation": [[1, 1, 50, 2, 3, 9]]}, "outside"),
-    ({"id": 5, "image_id": 1, "category_id": 9, "segmentation": [[1, 1, 5, 1, 3, 5]]}, "category_id 9"),
-    ({"id": 5, "image_id": 2, "category_id": 1, "segmentation": [[1, 1, 5, 1, 3, 5]]}, "image_id 2"),
-    ({"id": 5, "image_id": 1, "category_id": 1, "segmentation": [[1, 1, 1, 1, 1, 1]]}, "zero area"),
-])
+@pytest.mark.parametrize(
+    "ann, message",
+    [
+        ({"id": 5, "image_id": 1, "category_id": 1, "segmentation": [[1, 1, 2, 2]]}, "fewer than 3 points"),
+        ({"id": 5, "image_id": 1, "category_id": 1, "segmentation": [[1, 1, 50, 2, 3, 9]]}, "outside"),
+        ({"id": 5, "image_id": 1, "category_id": 9, "segmentation": [[1, 1, 5, 1, 3, 5]]}, "category_id 9"),
+        ({"id": 5, "image_id": 2, "category_id": 1, "segmentation": [[1, 1, 5, 1, 3, 5]]}, "image_id 2"),
+        ({"id": 5, "image_id": 1, "category_id": 1, "segmentation": [[1, 1, 1, 1, 1, 1]]}, "zero area"),
+    ],
+)
 def test_bad_coco_is_named(ann, message):
     with pytest.raises(CellpipeError, match=message) as err:
         coco.normalise(_lc(ann), where="x.json", check_files=False)
@@ -89,5 +97,8 @@ def test_bad_coco_is_named(ann, message):
 
 def test_coco_missing_image_file(tmp_path):
     with pytest.raises(CellpipeError, match="missing"):
-        coco.normalise(_lc({"id": 1, "image_id": 1, "category_id": 1, "segmentation": [[1, 1, 5, 1, 3, 5]]}),
-                       where="x.json", image_root=tmp_path)
+        coco.normalise(
+            _lc({"id": 1, "image_id": 1, "category_id": 1, "segmentation": [[1, 1, 5, 1, 3, 5]]}),
+            where="x.json",
+            image_root=tmp_path,
+        )

@@ -31,22 +31,25 @@ def test_every_knob_has_help():
     assert not missing, missing
 
 
-@pytest.mark.parametrize("data, message", [
-    ({"finetune": {"lr": -1}}, "finetune.lr must be > 0 (got -1)"),
-    ({"coco": {"val_fraction": 1.5}}, "coco.val_fraction must be < 1 (got 1.5)"),
-    ({"coco": {"sede": 1}}, "unknown params key coco.sede"),
-    ({"bogus": {}}, "unknown params section 'bogus'"),
-    ({"thresholds": {"grid": [True, 0.5]}}, "thresholds.grid must be a number (got True)"),
-    ({"model": {"backbone": "vgg"}}, "model.backbone must be one of 'resnet18', 'resnet34', 'resnet50', 'resnet101'"),
-    ({"predict": {"tta": 1}}, "predict.tta must be true/false (got 1)"),
-    ({"model": {"anchor_sizes": [1, 2, 3]}}, "model.anchor_sizes must list 5 FPN levels"),
-    ({"model": {"anchor_sizes": [[4, 5], [8], [16], [32], [64]]}}, "same number of sizes per level"),
-    ({"data": {"kaggle": {"kaggle-dir": ""}}}, "data.kaggle.kaggle-dir must be a non-empty path"),
-    ({"model": {"rpn_bg_iou": 0.8}}, "model.rpn_bg_iou must be ≤ model.rpn_fg_iou"),
-    ({"synth": {"images_per_type": {"neuron": 3}}}, "synth.images_per_type"),
-    ({"synth": {"seed": 1.5}}, "synth.seed must be an integer (got 1.5)"),
-    ([1, 2], "params must be a mapping of sections"),
-])
+@pytest.mark.parametrize(
+    "data, message",
+    [
+        ({"finetune": {"lr": -1}}, "finetune.lr must be > 0 (got -1)"),
+        ({"coco": {"val_fraction": 1.5}}, "coco.val_fraction must be < 1 (got 1.5)"),
+        ({"coco": {"sede": 1}}, "unknown params key coco.sede"),
+        ({"bogus": {}}, "unknown params section 'bogus'"),
+        ({"thresholds": {"grid": [True, 0.5]}}, "thresholds.grid must be a number (got True)"),
+        ({"model": {"backbone": "vgg"}}, "model.backbone must be one of 'resnet18', 'resnet34', 'resnet50', 'resnet101'"),
+        ({"predict": {"tta": 1}}, "predict.tta must be true/false (got 1)"),
+        ({"model": {"anchor_sizes": [1, 2, 3]}}, "model.anchor_sizes must list 5 FPN levels"),
+        ({"model": {"anchor_sizes": [[4, 5], [8], [16], [32], [64]]}}, "same number of sizes per level"),
+        ({"data": {"kaggle": {"kaggle-dir": ""}}}, "data.kaggle.kaggle-dir must be a non-empty path"),
+        ({"model": {"rpn_bg_iou": 0.8}}, "model.rpn_bg_iou must be ≤ model.rpn_fg_iou"),
+        ({"synth": {"images_per_type": {"neuron": 3}}}, "synth.images_per_type"),
+        ({"synth": {"seed": 1.5}}, "synth.seed must be an integer (got 1.5)"),
+        ([1, 2], "params must be a mapping of sections"),
+    ],
+)
 def test_bad_values_are_one_line_naming_the_key(data, message):
     with pytest.raises(CellpipeError, match="^p.yaml: ") as err:
         config.validate(data, where="p.yaml")

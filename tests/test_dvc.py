@@ -15,11 +15,26 @@ import yaml
 from tests.conftest import REPO, SAMPLE, SHARED, params_text, requires_shared
 
 TINY = {
-    "synth": {"images_per_type": {"shsy5y": 2, "astro": 2, "cort": 2}, "cells_scale": 0.1, "images_per_sample": 1,
-              "test_images": 2, "livecell_images": 3, "livecell_cells_scale": 0.1},
-    "model": {"fpn_channels": 16, "box_head_dim": 32, "mask_head_channels": 16, "mask_head_layers": 1,
-              "min_size": 130, "max_size": 176, "anchor_sizes": [4, 8, 16, 32, 64], "detections_per_img": 50,
-              "rpn_pre_nms_test": 200, "rpn_post_nms_test": 100},
+    "synth": {
+        "images_per_type": {"shsy5y": 2, "astro": 2, "cort": 2},
+        "cells_scale": 0.1,
+        "images_per_sample": 1,
+        "test_images": 2,
+        "livecell_images": 3,
+        "livecell_cells_scale": 0.1,
+    },
+    "model": {
+        "fpn_channels": 16,
+        "box_head_dim": 32,
+        "mask_head_channels": 16,
+        "mask_head_layers": 1,
+        "min_size": 130,
+        "max_size": 176,
+        "anchor_sizes": [4, 8, 16, 32, 64],
+        "detections_per_img": 50,
+        "rpn_pre_nms_test": 200,
+        "rpn_post_nms_test": 100,
+    },
     "pretrain": {"iters": 2, "eval_every": 2, "val_images": 1, "warmup_iters": 1},
     "finetune": {"iters": 2, "eval_every": 2, "warmup_iters": 1},
     "thresholds": {"grid": [0.05, 0.5]},
@@ -28,8 +43,9 @@ TINY = {
 
 def tracked_copy(dst: Path, source: Path = REPO) -> None:
     """The files git tracks (or would: untracked, not ignored) of ``source``, params.yaml as committed."""
-    files = subprocess.run(["git", "ls-files", "-co", "--exclude-standard"], cwd=source, capture_output=True,
-                           text=True, check=True).stdout.split("\n")
+    files = subprocess.run(
+        ["git", "ls-files", "-co", "--exclude-standard"], cwd=source, capture_output=True, text=True, check=True
+    ).stdout.split("\n")
     for rel in filter(None, files):
         src = source / rel
         if src.is_file():
@@ -46,10 +62,15 @@ def shrink_params(path: Path, overrides: dict) -> None:
 
 
 def dvc(cwd: Path, *args: str) -> subprocess.CompletedProcess:
-    env = {**os.environ, "PATH": f"{Path(sys.executable).parent}{os.pathsep}{os.environ['PATH']}",
-           "CELLPIPE_NO_PROGRESS": "1", "DVC_NO_ANALYTICS": "1"}
-    proc = subprocess.run([str(Path(sys.executable).parent / "dvc"), *args], cwd=cwd, env=env,
-                          capture_output=True, text=True, timeout=1800)
+    env = {
+        **os.environ,
+        "PATH": f"{Path(sys.executable).parent}{os.pathsep}{os.environ['PATH']}",
+        "CELLPIPE_NO_PROGRESS": "1",
+        "DVC_NO_ANALYTICS": "1",
+    }
+    proc = subprocess.run(
+        [str(Path(sys.executable).parent / "dvc"), *args], cwd=cwd, env=env, capture_output=True, text=True, timeout=1800
+    )
     assert proc.returncode == 0, f"dvc {' '.join(args)} failed:\n{proc.stdout}\n{proc.stderr}"
     return proc
 
@@ -67,8 +88,11 @@ def make_repo(root: Path, overrides: dict | None = None, source: Path = REPO) ->
     for section, values in (overrides or {}).items():
         params.setdefault(section, {}).update(values)
     shrink_params(dst / "params.yaml", params)
-    for cmd in (["git", "init", "-q"], ["git", "add", "-A"],
-                ["git", "-c", "user.name=t", "-c", "user.email=t@t", "commit", "-qm", "copy"]):
+    for cmd in (
+        ["git", "init", "-q"],
+        ["git", "add", "-A"],
+        ["git", "-c", "user.name=t", "-c", "user.email=t@t", "commit", "-qm", "copy"],
+    ):
         subprocess.run(cmd, cwd=dst, check=True, capture_output=True)
     return dst
 
@@ -96,8 +120,11 @@ def repo_from_applied_workspace(root: Path) -> Path:
     workspace = root / "workspace"
     workspace.mkdir()
     tracked_copy(workspace)
-    for cmd in (["git", "init", "-q"], ["git", "add", "-A"],
-                ["git", "-c", "user.name=t", "-c", "user.email=t@t", "commit", "-qm", "workspace"]):
+    for cmd in (
+        ["git", "init", "-q"],
+        ["git", "add", "-A"],
+        ["git", "-c", "user.name=t", "-c", "user.email=t@t", "commit", "-qm", "workspace"],
+    ):
         subprocess.run(cmd, cwd=workspace, check=True, capture_output=True)
     applied = apply_profile(workspace, "real-sample")
     assert applied["decode.duplicates"] == "drop"
@@ -131,8 +158,20 @@ def ran_stages(output: str) -> list[str]:
 @pytest.mark.xdist_group("dag")
 def test_repro_from_clean_then_noop(dag):
     repo_copy, first = dag
-    assert set(ran_stages(first)) == {"synth", "decode", "coco", "anchors", "livecell", "pretrain", "finetune", "predict",
-                                      "thresholds", "score", "submit", "visualize"}
+    assert set(ran_stages(first)) == {
+        "synth",
+        "decode",
+        "coco",
+        "anchors",
+        "livecell",
+        "pretrain",
+        "finetune",
+        "predict",
+        "thresholds",
+        "score",
+        "submit",
+        "visualize",
+    }
     assert (repo_copy / "data/coco/train.json").is_file()
     assert (repo_copy / "data/submission/submission.csv").is_file()
     overlays = sorted(p.name for p in (repo_copy / "plots/overlays").iterdir())
@@ -213,10 +252,23 @@ def test_plots_page_renders_offline_in_a_browser(dag, tmp_path):
     page = tmp_path / "page" / "probe.html"
     head, tail = html.rsplit("</body>", 1)  # the last one: vega-embed's code holds the string too
     page.write_text(head + RECTS + "</body>" + tail)
-    flags = [chromium(), "--headless", "--no-sandbox", "--disable-gpu", "--no-first-run", "--disable-background-networking",
-             "--disable-component-update", "--disable-sync", "--disable-quic", f"--user-data-dir={tmp_path / 'profile'}",
-             "--hide-scrollbars", "--window-size=1600,12000", "--virtual-time-budget=15000",
-             "--proxy-server=http://127.0.0.1:9", "--proxy-bypass-list=<-loopback>"]  # any network request fails
+    flags = [
+        chromium(),
+        "--headless",
+        "--no-sandbox",
+        "--disable-gpu",
+        "--no-first-run",
+        "--disable-background-networking",
+        "--disable-component-update",
+        "--disable-sync",
+        "--disable-quic",
+        f"--user-data-dir={tmp_path / 'profile'}",
+        "--hide-scrollbars",
+        "--window-size=1600,12000",
+        "--virtual-time-budget=15000",
+        "--proxy-server=http://127.0.0.1:9",
+        "--proxy-bypass-list=<-loopback>",
+    ]  # any network request fails
     dom = subprocess.run([*flags, "--dump-dom", page.as_uri()], capture_output=True, text=True, timeout=300).stdout
     rects = json.loads(re.search(r'<pre id="rects">(.*?)</pre>', dom, flags=re.S).group(1).replace("&quot;", '"'))
     subprocess.run([*flags, f"--screenshot={tmp_path / 'shot.png'}", page.as_uri()], capture_output=True, timeout=300)
@@ -226,7 +278,7 @@ def test_plots_page_renders_offline_in_a_browser(dag, tmp_path):
     for r in rects:
         assert r["tag"] in ("CANVAS", "svg", "IMG") and r["loaded"] and r["w"] > 50 and r["h"] > 50, r
         y0, x0 = int(r["y"]), int(r["x"])
-        area = shot[y0: y0 + int(r["h"]), x0: x0 + int(r["w"])]
+        area = shot[y0 : y0 + int(r["h"]), x0 : x0 + int(r["w"])]
         assert area.size, ("plot outside the screenshot", r)
         inked = (area.min(axis=2) < 200).mean()
         assert inked > 0.01, (r["id"], inked)
@@ -250,15 +302,32 @@ def test_real_sample_profile_runs_the_whole_dag(repo_copy):
     weird = repo_copy.parent / "my data's; touch PWNED"
     shutil.copytree(SAMPLE, weird / "kaggle")
     shutil.copytree(SHARED / "livecell", weird / "live cell")
-    shrink_params(repo_copy / "params.yaml", {
-        "data": {"kaggle": {"kaggle-dir": str(weird / "kaggle")},
-                 "livecell": {"livecell-json": str(weird / "live cell" / "livecell_coco_val_subset5img.json"),
-                              "livecell-images": str(weird / "live cell" / "images")}},
-        "decode": {"duplicates": "drop"},
-    })
-    subprocess.run(["git", "commit", "-qam", "real data"], cwd=repo_copy, check=True, capture_output=True,
-                   env={**os.environ, "GIT_AUTHOR_NAME": "t", "GIT_AUTHOR_EMAIL": "t@t", "GIT_COMMITTER_NAME": "t",
-                        "GIT_COMMITTER_EMAIL": "t@t"})
+    shrink_params(
+        repo_copy / "params.yaml",
+        {
+            "data": {
+                "kaggle": {"kaggle-dir": str(weird / "kaggle")},
+                "livecell": {
+                    "livecell-json": str(weird / "live cell" / "livecell_coco_val_subset5img.json"),
+                    "livecell-images": str(weird / "live cell" / "images"),
+                },
+            },
+            "decode": {"duplicates": "drop"},
+        },
+    )
+    subprocess.run(
+        ["git", "commit", "-qam", "real data"],
+        cwd=repo_copy,
+        check=True,
+        capture_output=True,
+        env={
+            **os.environ,
+            "GIT_AUTHOR_NAME": "t",
+            "GIT_AUTHOR_EMAIL": "t@t",
+            "GIT_COMMITTER_NAME": "t",
+            "GIT_COMMITTER_EMAIL": "t@t",
+        },
+    )
     dvc(repo_copy, "repro")
     assert not list(repo_copy.rglob("PWNED")) and not list(repo_copy.parent.glob("PWNED"))
     decode_cmd = yaml.safe_load((repo_copy / "dvc.lock").read_text())["stages"]["decode"]["cmd"]

@@ -43,7 +43,8 @@ def module_file(name: str) -> Path | None:
 
 def _type_checking(test: ast.expr) -> bool:
     return (isinstance(test, ast.Name) and test.id == "TYPE_CHECKING") or (
-        isinstance(test, ast.Attribute) and test.attr == "TYPE_CHECKING")
+        isinstance(test, ast.Attribute) and test.attr == "TYPE_CHECKING"
+    )
 
 
 def imported_modules(tree: ast.AST) -> set[str]:
@@ -135,8 +136,10 @@ def test_model_stages_depend_on_the_resolved_library_versions():
 
 
 def test_the_closure_follows_imports_inside_functions_and_skips_type_checking(tmp_path):
-    tree = ast.parse("import typing\nif typing.TYPE_CHECKING:\n    import cellpipe.predict\n"
-                     "def f():\n    from cellpipe import submission\n    from cellpipe.models import masks\n")
+    tree = ast.parse(
+        "import typing\nif typing.TYPE_CHECKING:\n    import cellpipe.predict\n"
+        "def f():\n    from cellpipe import submission\n    from cellpipe.models import masks\n"
+    )
     mods = imported_modules(tree)
     assert {"cellpipe.submission", "cellpipe.models.masks", "cellpipe.models", "cellpipe"} <= mods
     assert "cellpipe.predict" not in mods
@@ -193,8 +196,12 @@ def test_no_stage_hard_codes_an_input_path():
                 if isinstance(first, ast.Call) and getattr(first.func, "id", None) == "Path" and first.args:
                     allowed.add(id(first.args[0]))
         for node in ast.walk(tree):
-            if isinstance(node, ast.Constant) and isinstance(node.value, str) and node.value.startswith(REPO_FOLDERS) \
-                    and id(node) not in allowed:
+            if (
+                isinstance(node, ast.Constant)
+                and isinstance(node.value, str)
+                and node.value.startswith(REPO_FOLDERS)
+                and id(node) not in allowed
+            ):
                 problems.append(f"{f.relative_to(REPO)}:{node.lineno}: {node.value!r}")
     assert not problems, problems
 

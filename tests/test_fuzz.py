@@ -36,8 +36,9 @@ def test_rle_parser(strings, n_pixels):
 
 
 header = "id,annotation,width,height,cell_type,plate_time,sample_date,sample_id,elapsed_timedelta"
-cells = st.sampled_from(["a1", "", "1 5", "3 2 1 1", "x", "704", "520", "cort", "astro", "neuron", '"', "1 1\n",
-                         "0", "-1", "1.0", "\ufeff", "\r"])
+cells = st.sampled_from(
+    ["a1", "", "1 5", "3 2 1 1", "x", "704", "520", "cort", "astro", "neuron", '"', "1 1\n", "0", "-1", "1.0", "\ufeff", "\r"]
+)
 rows = st.lists(st.lists(cells, min_size=0, max_size=11).map(",".join), max_size=6)
 
 
@@ -70,18 +71,33 @@ segmentation = st.one_of(
     st.fixed_dictionaries({"size": st.just([10, 10]), "counts": st.sampled_from(["", "0:1", "abc", [0, 5, 95]])}),
     json_values,
 )
-annotation = st.fixed_dictionaries({
-    "id": st.integers(0, 5), "image_id": st.sampled_from([1, 2, "1", None]),
-    "category_id": st.sampled_from([1, 2, None, "1"]), "segmentation": segmentation,
-})
-coco_doc = st.fixed_dictionaries({
-    "images": st.lists(st.fixed_dictionaries({"id": st.sampled_from([1, 2, "x"]), "height": st.just(10),
-                                              "width": st.sampled_from([10, "w"]), "file_name": st.just("a.tif")}),
-                       max_size=2),
-    "categories": st.just([{"id": 1, "name": "cell"}]),
-    "annotations": st.one_of(st.lists(annotation, max_size=3),
-                             st.dictionaries(st.text(max_size=3), annotation, max_size=3), json_values),
-})
+annotation = st.fixed_dictionaries(
+    {
+        "id": st.integers(0, 5),
+        "image_id": st.sampled_from([1, 2, "1", None]),
+        "category_id": st.sampled_from([1, 2, None, "1"]),
+        "segmentation": segmentation,
+    }
+)
+coco_doc = st.fixed_dictionaries(
+    {
+        "images": st.lists(
+            st.fixed_dictionaries(
+                {
+                    "id": st.sampled_from([1, 2, "x"]),
+                    "height": st.just(10),
+                    "width": st.sampled_from([10, "w"]),
+                    "file_name": st.just("a.tif"),
+                }
+            ),
+            max_size=2,
+        ),
+        "categories": st.just([{"id": 1, "name": "cell"}]),
+        "annotations": st.one_of(
+            st.lists(annotation, max_size=3), st.dictionaries(st.text(max_size=3), annotation, max_size=3), json_values
+        ),
+    }
+)
 
 
 @FUZZ

@@ -69,8 +69,11 @@ def sample_batch():
 
 def test_exact_model_uses_the_exact_loss_only_inside_its_forward(monkeypatch):
     calls = []
-    monkeypatch.setattr(masks, "mask_loss", lambda *a: calls.append(1) or masks.F.binary_cross_entropy_with_logits(
-        a[0].sum() * 0, torch.zeros(())))
+    monkeypatch.setattr(
+        masks,
+        "mask_loss",
+        lambda *a: calls.append(1) or masks.F.binary_cross_entropy_with_logits(a[0].sum() * 0, torch.zeros(())),
+    )
     original = tv_roi_heads.maskrcnn_loss
     torch.manual_seed(0)
     model = models.build(TINY_MODEL, 1).train()
@@ -142,13 +145,42 @@ def test_suggested_anchors_cover_more_cells():
 
 def test_anchors_stage_reports_current_and_suggested(tmp_path, tiny_kaggle):
     p = write_params(tmp_path / "p.yaml")
-    run_cli("decode", "--kaggle-dir", str(tiny_kaggle), "--annotations-out", str(tmp_path / "a.parquet"),
-            "--images-out", str(tmp_path / "i.parquet"), "--params", str(p), check=True)
-    run_cli("coco", "--annotations", str(tmp_path / "a.parquet"), "--images", str(tmp_path / "i.parquet"),
-            "--train-out", str(tmp_path / "train.json"), "--val-out", str(tmp_path / "val.json"),
-            "--params", str(p), check=True)
-    run_cli("anchors", "--train", str(tmp_path / "train.json"), "--out", str(tmp_path / "anchors.json"),
-            "--params", str(p), check=True)
+    run_cli(
+        "decode",
+        "--kaggle-dir",
+        str(tiny_kaggle),
+        "--annotations-out",
+        str(tmp_path / "a.parquet"),
+        "--images-out",
+        str(tmp_path / "i.parquet"),
+        "--params",
+        str(p),
+        check=True,
+    )
+    run_cli(
+        "coco",
+        "--annotations",
+        str(tmp_path / "a.parquet"),
+        "--images",
+        str(tmp_path / "i.parquet"),
+        "--train-out",
+        str(tmp_path / "train.json"),
+        "--val-out",
+        str(tmp_path / "val.json"),
+        "--params",
+        str(p),
+        check=True,
+    )
+    run_cli(
+        "anchors",
+        "--train",
+        str(tmp_path / "train.json"),
+        "--out",
+        str(tmp_path / "anchors.json"),
+        "--params",
+        str(p),
+        check=True,
+    )
     report = json.loads((tmp_path / "anchors.json").read_text())
     n = len(json.loads((tmp_path / "train.json").read_text())["annotations"])
     assert report["current"]["boxes"] == report["suggested"]["boxes"] == n

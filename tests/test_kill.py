@@ -40,8 +40,12 @@ def dag(tmp_path_factory) -> tuple[Path, dict, dict]:
 
 
 def env() -> dict[str, str]:
-    return {**os.environ, "PATH": f"{Path(sys.executable).parent}{os.pathsep}{os.environ['PATH']}",
-            "CELLPIPE_NO_PROGRESS": "1", "DVC_NO_ANALYTICS": "1"}
+    return {
+        **os.environ,
+        "PATH": f"{Path(sys.executable).parent}{os.pathsep}{os.environ['PATH']}",
+        "CELLPIPE_NO_PROGRESS": "1",
+        "DVC_NO_ANALYTICS": "1",
+    }
 
 
 def digest(path: Path) -> dict[str, str] | None:
@@ -69,8 +73,9 @@ def check_training_folder(folder: Path) -> list[str]:
 
 
 def run_killed(cmd: str, cwd: Path, delay: float) -> int:
-    proc = subprocess.Popen(cmd, shell=True, cwd=cwd, env=env(), stdout=subprocess.DEVNULL,
-                            stderr=subprocess.DEVNULL, start_new_session=True)
+    proc = subprocess.Popen(
+        cmd, shell=True, cwd=cwd, env=env(), stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True
+    )
     try:
         proc.wait(timeout=delay)
     except subprocess.TimeoutExpired:
@@ -150,8 +155,14 @@ def test_finetune_killed_then_dvc_repro_resumes_to_the_same_result(dag):
     iters = FINETUNE_ITERS
 
     subprocess.run(["rm", "-rf", str(repo / "models/finetune")], check=True)
-    proc = subprocess.Popen([str(Path(sys.executable).parent / "dvc"), "repro"], cwd=repo, env=env(),
-                            stdout=subprocess.PIPE, stderr=subprocess.STDOUT, start_new_session=True)
+    proc = subprocess.Popen(
+        [str(Path(sys.executable).parent / "dvc"), "repro"],
+        cwd=repo,
+        env=env(),
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        start_new_session=True,
+    )
     killed_at = wait_for_checkpoint(repo / "models/finetune/last.pt", 8, proc)
     os.killpg(proc.pid, signal.SIGKILL)
     proc.wait()

@@ -63,10 +63,10 @@ def test_label_image_input_and_overlapping_truths():
     assert s.tp.tolist() == [2, 2, 2, 2, 2, 1, 1, 1, 1, 1]
 
 
-@given(st.lists(st.tuples(st.integers(0, 8), st.integers(0, 8), st.integers(1, 5), st.integers(1, 5)),
-                min_size=0, max_size=6),
-       st.lists(st.tuples(st.integers(0, 8), st.integers(0, 8), st.integers(1, 5), st.integers(1, 5)),
-                min_size=0, max_size=6))
+@given(
+    st.lists(st.tuples(st.integers(0, 8), st.integers(0, 8), st.integers(1, 5), st.integers(1, 5)), min_size=0, max_size=6),
+    st.lists(st.tuples(st.integers(0, 8), st.integers(0, 8), st.integers(1, 5), st.integers(1, 5)), min_size=0, max_size=6),
+)
 @settings(max_examples=200, deadline=None)
 def test_matches_dense_reference(tb, pb):
     t = masks(*[(y, y + h, x, x + w) for y, x, h, w in tb])
@@ -80,8 +80,7 @@ def test_matches_dense_reference(tb, pb):
     scores = []
     for th in metric.THRESHOLDS:
         # one-to-one: greedy by descending IoU (pairs above 0.5 are unique unless cells duplicate)
-        pairs = sorted(((iou[i, j], i, j) for i in range(len(t)) for j in range(len(p)) if iou[i, j] > th),
-                       reverse=True)
+        pairs = sorted(((iou[i, j], i, j) for i in range(len(t)) for j in range(len(p)) if iou[i, j] > th), reverse=True)
         used_t, used_p = set(), set()
         for _, i, j in pairs:
             if i not in used_t and j not in used_p:
@@ -95,9 +94,22 @@ def test_matches_dense_reference(tb, pb):
 
 def test_report_per_class():
     t = masks((0, 3, 0, 3))
-    rep = metric.evaluate([("a", "cort", metric.as_instances(t), metric.as_instances(t)),
-                           ("b", "astro", metric.as_instances(t), metric.as_instances(t[:0]))])
+    rep = metric.evaluate(
+        [
+            ("a", "cort", metric.as_instances(t), metric.as_instances(t)),
+            ("b", "astro", metric.as_instances(t), metric.as_instances(t[:0])),
+        ]
+    )
     assert rep.score == 0.5
     assert rep.per_class() == {"astro": 0.0, "cort": 1.0}
     d = rep.to_dict()
     assert d["counts"]["fn@0.5"] == 1 and d["per_threshold"]["0.50"] == 0.5
+
+
+def test_heavily_overlapping_cells_match_greedily_by_iou():
+    """T1–P1 0.9 is matched first; T2 and P2 then have nothing left above 0.5 (a maximum matching would pair them)."""
+    iou = np.array([[0.9, 0.6], [0.6, 0.0]])
+    s = metric.score_iou(iou, np.array([0.5]))
+    assert (s.tp[0], s.fp[0], s.fn[0]) == (1, 1, 1)
+    s = metric.score_iou(iou, np.array([0.65]))  # only one pair above: no conflict
+    assert (s.tp[0], s.fp[0], s.fn[0]) == (1, 1, 1)

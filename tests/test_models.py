@@ -25,8 +25,18 @@ def tiny_train(tiny_coco, out, iters, **kw):
     val = engine.val_images({**tiny_coco, "images": tiny_coco["images"][:1]})
     cfg = Train(iters=iters, eval_every=kw.pop("eval_every", 4), warmup_iters=2, lr=0.01, **kw)
     logs = []
-    summary = engine.train(FAMILY, model, ds, val, cfg, TINY_MODEL, out, classes=["shsy5y", "astro", "cort"], init="none",
-                           on_log=lambda s, m: logs.append((s, m)))
+    summary = engine.train(
+        FAMILY,
+        model,
+        ds,
+        val,
+        cfg,
+        TINY_MODEL,
+        out,
+        classes=["shsy5y", "astro", "cort"],
+        init="none",
+        on_log=lambda s, m: logs.append((s, m)),
+    )
     return model, summary, logs
 
 
@@ -66,13 +76,24 @@ def test_resume_continues_at_the_same_iteration_with_the_same_state(tiny_coco, t
             raise Interrupt
 
     with pytest.raises(Interrupt):
-        engine.train(FAMILY, model, ds, val, cfg, TINY_MODEL, tmp_path / "part", classes=["shsy5y", "astro", "cort"],
-                     init="none", on_log=kill_at_4)
+        engine.train(
+            FAMILY,
+            model,
+            ds,
+            val,
+            cfg,
+            TINY_MODEL,
+            tmp_path / "part",
+            classes=["shsy5y", "astro", "cort"],
+            init="none",
+            on_log=kill_at_4,
+        )
     assert torch.load(tmp_path / "part" / "last.pt", weights_only=True)["iteration"] == 4
     torch.manual_seed(0)
     resumed = models.build(TINY_MODEL, 3)
-    summary = engine.train(FAMILY, resumed, ds, val, cfg, TINY_MODEL, tmp_path / "part", classes=["shsy5y", "astro", "cort"],
-                           init="none")
+    summary = engine.train(
+        FAMILY, resumed, ds, val, cfg, TINY_MODEL, tmp_path / "part", classes=["shsy5y", "astro", "cort"], init="none"
+    )
     assert summary["resumed_from"] == 4
     for (k, a), b in zip(full.state_dict().items(), resumed.state_dict().values()):
         if a.dtype.is_floating_point:
@@ -138,9 +159,22 @@ def test_apply_a_model_to_a_plain_folder_and_score_it(tiny_coco, tmp_path):
     shutil.copy(first["path"], folder / f"{first['kaggle_id']}.png")
     Image.open(first["path"]).save(folder / "other.tif")
     (tmp_path / "p.yaml").write_text("predict: {tta: false, tta_iou: 0.5, detections_per_img: 0}\n")
-    proc = run_cli("predict", "--skip-val", "--checkpoint", str(tmp_path / "model/best.pt"), "--test-dir", str(folder),
-                   "--test-out", str(tmp_path / "preds.parquet"), "--submission-out", str(tmp_path / "sub.csv"),
-                   "--thresholds", str(tmp_path / "none.json"), "--params", str(tmp_path / "p.yaml"))
+    proc = run_cli(
+        "predict",
+        "--skip-val",
+        "--checkpoint",
+        str(tmp_path / "model/best.pt"),
+        "--test-dir",
+        str(folder),
+        "--test-out",
+        str(tmp_path / "preds.parquet"),
+        "--submission-out",
+        str(tmp_path / "sub.csv"),
+        "--thresholds",
+        str(tmp_path / "none.json"),
+        "--params",
+        str(tmp_path / "p.yaml"),
+    )
     assert proc.returncode == 0, proc.stderr
     sub = pd.read_csv(tmp_path / "sub.csv", keep_default_na=False)
     assert set(sub["id"]) == {first["kaggle_id"], "other"}
@@ -149,17 +183,46 @@ def test_apply_a_model_to_a_plain_folder_and_score_it(tiny_coco, tmp_path):
     truth = pd.read_csv(kaggle_dir / "train.csv")
     truth[truth["id"] == first["kaggle_id"]].to_csv(tmp_path / "truth.csv", index=False)
     (tmp_path / "th.json").write_text(json.dumps({"score_threshold": {}, "min_size": 0}))
-    proc = run_cli("score", "--predictions", str(tmp_path / "preds.parquet"), "--truth", str(tmp_path / "truth.csv"),
-                   "--all-truth-images", "--thresholds", str(tmp_path / "th.json"), "--out", str(tmp_path / "s.json"),
-                   "--per-image-out", str(tmp_path / "pi.csv"), "--per-iou-out", str(tmp_path / "piou.csv"))
+    proc = run_cli(
+        "score",
+        "--predictions",
+        str(tmp_path / "preds.parquet"),
+        "--truth",
+        str(tmp_path / "truth.csv"),
+        "--all-truth-images",
+        "--thresholds",
+        str(tmp_path / "th.json"),
+        "--out",
+        str(tmp_path / "s.json"),
+        "--per-image-out",
+        str(tmp_path / "pi.csv"),
+        "--per-iou-out",
+        str(tmp_path / "piou.csv"),
+    )
     assert proc.returncode == 0, proc.stderr
     assert json.loads((tmp_path / "s.json").read_text())["images"] == 1
     # bad input fails clearly
     empty = tmp_path / "empty"
     empty.mkdir()
-    proc = run_cli("predict", "--skip-val", "--checkpoint", str(tmp_path / "model/best.pt"), "--test-dir", str(empty),
-                   "--params", str(tmp_path / "p.yaml"))
+    proc = run_cli(
+        "predict",
+        "--skip-val",
+        "--checkpoint",
+        str(tmp_path / "model/best.pt"),
+        "--test-dir",
+        str(empty),
+        "--params",
+        str(tmp_path / "p.yaml"),
+    )
     assert proc.returncode == 1 and "no .png/.tif images" in proc.stderr
-    proc = run_cli("predict", "--skip-val", "--checkpoint", str(tmp_path / "nope.pt"), "--test-dir", str(folder),
-                   "--params", str(tmp_path / "p.yaml"))
+    proc = run_cli(
+        "predict",
+        "--skip-val",
+        "--checkpoint",
+        str(tmp_path / "nope.pt"),
+        "--test-dir",
+        str(folder),
+        "--params",
+        str(tmp_path / "p.yaml"),
+    )
     assert proc.returncode == 1 and "checkpoint is missing" in proc.stderr

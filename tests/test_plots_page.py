@@ -57,23 +57,66 @@ def test_a_model_applies_outside_a_repository_without_params(tmp_path):
         Image.fromarray(grey).save(work / "test" / f"{name}.png")
         mask = np.zeros((104, 140), bool)
         mask[20:40, 30:60] = True
-        rows.append({"id": name, "annotation": rle.encode(mask), "width": 140, "height": 104, "cell_type": "cort",
-                     "plate_time": "", "sample_date": "", "sample_id": name, "elapsed_timedelta": ""})
+        rows.append(
+            {
+                "id": name,
+                "annotation": rle.encode(mask),
+                "width": 140,
+                "height": 104,
+                "cell_type": "cort",
+                "plate_time": "",
+                "sample_date": "",
+                "sample_id": name,
+                "elapsed_timedelta": "",
+            }
+        )
     pd.DataFrame(rows).to_csv(work / "truth.csv", index=False)
     (work / "sample_submission.csv").write_text("id,predicted\na,\nb,\n")
     cellpipe_checkpoint(tmp_path / "model.pt", TINY_MODEL, ["shsy5y", "astro", "cort"])
-    proc = run_cli("predict", "--skip-val", "--checkpoint", str(tmp_path / "model.pt"), "--test-dir", "test",
-                   "--test-out", "preds.parquet", "--submission-out", "direct.csv", cwd=work)
+    proc = run_cli(
+        "predict",
+        "--skip-val",
+        "--checkpoint",
+        str(tmp_path / "model.pt"),
+        "--test-dir",
+        "test",
+        "--test-out",
+        "preds.parquet",
+        "--submission-out",
+        "direct.csv",
+        cwd=work,
+    )
     assert proc.returncode == 0, proc.stderr
     err = " ".join(proc.stderr.split())
     assert "no params.yaml here: built-in params {'predict': {'tta': False, 'tta_iou': 0.5, 'detections_per_img': 0}}" in err
     assert "metrics/thresholds.json not found: score threshold 0.5 for every class" in err
-    proc = run_cli("score", "--predictions", "preds.parquet", "--truth", "truth.csv", "--all-truth-images",
-                   "--out", "s.json", "--per-image-out", "pi.csv", "--per-iou-out", "piou.csv", cwd=work)
+    proc = run_cli(
+        "score",
+        "--predictions",
+        "preds.parquet",
+        "--truth",
+        "truth.csv",
+        "--all-truth-images",
+        "--out",
+        "s.json",
+        "--per-image-out",
+        "pi.csv",
+        "--per-iou-out",
+        "piou.csv",
+        cwd=work,
+    )
     assert proc.returncode == 0 and "score threshold 0.5" in proc.stderr, proc.stderr
     assert json.loads((work / "s.json").read_text())["images"] == 2
-    proc = run_cli("submit", "--predictions", "preds.parquet", "--sample-submission", "sample_submission.csv",
-                   "--out", "submission.csv", cwd=work)
+    proc = run_cli(
+        "submit",
+        "--predictions",
+        "preds.parquet",
+        "--sample-submission",
+        "sample_submission.csv",
+        "--out",
+        "submission.csv",
+        cwd=work,
+    )
     assert proc.returncode == 0, proc.stderr
     proc = run_cli("check-submission", "submission.csv", "--sample-submission", "sample_submission.csv", cwd=work)
     assert proc.returncode == 0 and "is valid" in proc.stderr, proc.stderr

@@ -10,8 +10,9 @@ import pytest
 import scipy.sparse as sp
 
 from cellpipe import predictions, rle
+from cellpipe.instances import Instances
 from cellpipe.postprocess import PostProcess, final, image_class, mask_nms
-from cellpipe.predict import Instances, merge_passes
+from cellpipe.predict import merge_passes
 from tests.conftest import run_cli
 
 SHAPE = (20, 20)
@@ -76,16 +77,37 @@ def test_score_applies_the_post_processing_of_the_thresholds_file(tmp_path, tiny
     masks = sp.vstack([truth, shifted]).tocsr()
     strings = rle.to_strings(rle.from_csr(masks))
     n = truth.shape[0]
-    rows = pd.DataFrame({"image_id": image, "label": df["cell_type"].iloc[0], "score": np.float32([0.9] * n + [0.6] * n),
-                         "height": h, "width": w, "rle": strings})
+    rows = pd.DataFrame(
+        {
+            "image_id": image,
+            "label": df["cell_type"].iloc[0],
+            "score": np.float32([0.9] * n + [0.6] * n),
+            "height": h,
+            "width": w,
+            "rle": strings,
+        }
+    )
     predictions.write(predictions.Predictions(rows, {image: (h, w)}, "<test>"), tmp_path / "p.parquet")
     df.to_csv(tmp_path / "truth.csv", index=False)
     scores = {}
     for max_lost in (1.0, 0.5):
         (tmp_path / "th.json").write_text(json.dumps({"score_threshold": {}, "postprocess": {"max_lost": max_lost}}))
-        proc = run_cli("score", "--predictions", str(tmp_path / "p.parquet"), "--truth", str(tmp_path / "truth.csv"),
-                       "--all-truth-images", "--thresholds", str(tmp_path / "th.json"), "--out", str(tmp_path / "s.json"),
-                       "--per-image-out", str(tmp_path / "pi.csv"), "--per-iou-out", str(tmp_path / "piou.csv"))
+        proc = run_cli(
+            "score",
+            "--predictions",
+            str(tmp_path / "p.parquet"),
+            "--truth",
+            str(tmp_path / "truth.csv"),
+            "--all-truth-images",
+            "--thresholds",
+            str(tmp_path / "th.json"),
+            "--out",
+            str(tmp_path / "s.json"),
+            "--per-image-out",
+            str(tmp_path / "pi.csv"),
+            "--per-iou-out",
+            str(tmp_path / "piou.csv"),
+        )
         assert proc.returncode == 0, proc.stderr
         scores[max_lost] = json.loads((tmp_path / "s.json").read_text())
     assert scores[0.5]["map_iou"] == 1.0 and scores[1.0]["map_iou"] < 1.0

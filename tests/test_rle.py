@@ -31,8 +31,7 @@ def reference_encode(mask: np.ndarray) -> str:
     return " ".join(map(str, out))
 
 
-masks = st.integers(1, 12).flatmap(lambda h: st.integers(1, 12).flatmap(
-    lambda w: arrays(bool, (h, w))))
+masks = st.integers(1, 12).flatmap(lambda h: st.integers(1, 12).flatmap(lambda w: arrays(bool, (h, w))))
 
 
 @given(masks)
@@ -70,18 +69,21 @@ def test_label_image_and_empty():
     assert lab.ravel().tolist() == [1, 1, 0, 0, 2, 2, 2, 0, 0, 0, 0, 0]
 
 
-@pytest.mark.parametrize("bad, message", [
-    ("1 2 3", "odd number"),
-    ("1 x", "not an integer"),
-    ("1.5 2", "not an integer"),
-    ("0 2", "start < 1"),
-    ("-3 2", "start < 1"),
-    ("3 0", "length < 1"),
-    ("10 5", "past the image"),
-    ("5 2 1 2", "unsorted or overlap"),
-    ("1 3 2 2", "unsorted or overlap"),
-    ("", "empty RLE"),
-])
+@pytest.mark.parametrize(
+    "bad, message",
+    [
+        ("1 2 3", "odd number"),
+        ("1 x", "not an integer"),
+        ("1.5 2", "not an integer"),
+        ("0 2", "start < 1"),
+        ("-3 2", "start < 1"),
+        ("3 0", "length < 1"),
+        ("10 5", "past the image"),
+        ("5 2 1 2", "unsorted or overlap"),
+        ("1 3 2 2", "unsorted or overlap"),
+        ("", "empty RLE"),
+    ],
+)
 def test_malformed_rle_names_the_row(bad, message):
     with pytest.raises(CellpipeError, match=message) as err:
         rle.parse_many(["1 1", bad], 12, where="train.csv", row_names=["line 2", "line 3"])

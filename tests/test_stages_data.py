@@ -11,8 +11,15 @@ from tests.conftest import SAMPLE, requires_shared, run_cli
 
 
 def decode(kaggle, tmp_path):
-    return run_cli("decode", "--kaggle-dir", str(kaggle), "--annotations-out", str(tmp_path / "out/a.parquet"),
-                   "--images-out", str(tmp_path / "out/i.parquet"))
+    return run_cli(
+        "decode",
+        "--kaggle-dir",
+        str(kaggle),
+        "--annotations-out",
+        str(tmp_path / "out/a.parquet"),
+        "--images-out",
+        str(tmp_path / "out/i.parquet"),
+    )
 
 
 def test_decode_then_coco(tiny_kaggle, tmp_path):
@@ -21,8 +28,18 @@ def test_decode_then_coco(tiny_kaggle, tmp_path):
     img = pd.read_parquet(tmp_path / "out/i.parquet")
     truth = pd.read_csv(tiny_kaggle / "train.csv")
     assert len(ann) == len(truth) and len(img) == truth["id"].nunique()
-    proc = run_cli("coco", "--annotations", str(tmp_path / "out/a.parquet"), "--images", str(tmp_path / "out/i.parquet"),
-                   "--train-out", str(tmp_path / "c/train.json"), "--val-out", str(tmp_path / "c/val.json"), check=True)
+    proc = run_cli(
+        "coco",
+        "--annotations",
+        str(tmp_path / "out/a.parquet"),
+        "--images",
+        str(tmp_path / "out/i.parquet"),
+        "--train-out",
+        str(tmp_path / "c/train.json"),
+        "--val-out",
+        str(tmp_path / "c/val.json"),
+        check=True,
+    )
     assert proc.returncode == 0
     tr, va = COCO(str(tmp_path / "c/train.json")), COCO(str(tmp_path / "c/val.json"))
     assert len(tr.getAnnIds()) + len(va.getAnnIds()) == len(truth)
@@ -40,6 +57,7 @@ def set_cell(col, value, row=1):
     def edit(df):
         df.loc[row, col] = value
         return df
+
     return edit
 
 
@@ -74,14 +92,17 @@ def first_image(kaggle):
     return sorted((kaggle / "train").glob("*.png"))[0]
 
 
-@pytest.mark.parametrize("damage, message", [
-    ("empty_file", "annotation file is empty"),
-    ("missing_image", "image file is missing"),
-    ("corrupt_png", "unreadable or truncated image"),
-    ("wrong_size", "but the annotations say 704×520"),
-    ("colour_png", "expected a grey image"),
-    ("unannotated_image", "has no annotations"),
-])
+@pytest.mark.parametrize(
+    "damage, message",
+    [
+        ("empty_file", "annotation file is empty"),
+        ("missing_image", "image file is missing"),
+        ("corrupt_png", "unreadable or truncated image"),
+        ("wrong_size", "but the annotations say 704×520"),
+        ("colour_png", "expected a grey image"),
+        ("unannotated_image", "has no annotations"),
+    ],
+)
 def test_bad_files(kaggle_copy, tmp_path, damage, message):
     img = first_image(kaggle_copy)
     if damage == "empty_file":
@@ -130,17 +151,46 @@ def test_decode_real_sample(tmp_path):
 
 
 def test_synth_is_deterministic_and_in_kaggle_layout(tmp_path):
-    (tmp_path / "p.yaml").write_text(json.dumps({"synth": {
-        "seed": 3, "images_per_type": {"shsy5y": 1, "astro": 1, "cort": 1}, "images_per_sample": 2,
-        "cells_scale": 0.2, "test_images": 2, "livecell_images": 2, "livecell_cells_scale": 0.2}}))
+    (tmp_path / "p.yaml").write_text(
+        json.dumps(
+            {
+                "synth": {
+                    "seed": 3,
+                    "images_per_type": {"shsy5y": 1, "astro": 1, "cort": 1},
+                    "images_per_sample": 2,
+                    "cells_scale": 0.2,
+                    "test_images": 2,
+                    "livecell_images": 2,
+                    "livecell_cells_scale": 0.2,
+                }
+            }
+        )
+    )
     for run in ("a", "b"):
-        run_cli("synth", "--kaggle-out", str(tmp_path / run / "k"), "--livecell-out", str(tmp_path / run / "l"),
-                "--params", str(tmp_path / "p.yaml"), check=True)
+        run_cli(
+            "synth",
+            "--kaggle-out",
+            str(tmp_path / run / "k"),
+            "--livecell-out",
+            str(tmp_path / run / "l"),
+            "--params",
+            str(tmp_path / "p.yaml"),
+            check=True,
+        )
     for rel in ("k/train.csv", "k/sample_submission.csv", "l/annotations/LIVECell/livecell_coco_train.json"):
         assert (tmp_path / "a" / rel).read_bytes() == (tmp_path / "b" / rel).read_bytes()
     df = pd.read_csv(tmp_path / "a/k/train.csv")
-    assert list(df.columns) == ["id", "annotation", "width", "height", "cell_type", "plate_time", "sample_date",
-                                "sample_id", "elapsed_timedelta"]
+    assert list(df.columns) == [
+        "id",
+        "annotation",
+        "width",
+        "height",
+        "cell_type",
+        "plate_time",
+        "sample_date",
+        "sample_id",
+        "elapsed_timedelta",
+    ]
     assert set(df["cell_type"]) == {"shsy5y", "astro", "cort"}
     assert len(list((tmp_path / "a/k/test").glob("*.png"))) == 2
     im = Image.open(next((tmp_path / "a/k/train").glob("*.png")))

@@ -36,17 +36,19 @@ def test_build_orders_rows_and_keeps_empty_images(tmp_path):
         assert rle.decode(s, shape).sum() > 0
 
 
-@pytest.mark.parametrize("rows, message", [
-    ([("a", "1 4"), ("a", "3 2")], "overlap"),
-    ([("a", "1 4 2 1")], "unsorted or overlap"),
-    ([("a", "1 x")], "not an integer"),
-    ([("c", "1 4")], "not a test image"),
-    ([("a", "1 2")], "image b has no row"),
-])
+@pytest.mark.parametrize(
+    "rows, message",
+    [
+        ([("a", "1 4"), ("a", "3 2")], "overlap"),
+        ([("a", "1 4 2 1")], "unsorted or overlap"),
+        ([("a", "1 x")], "not an integer"),
+        ([("c", "1 4")], "not a test image"),
+        ([("a", "1 2")], "image b has no row"),
+    ],
+)
 def test_validator_catches_bad_submissions(tmp_path, rows, message):
     path = tmp_path / "s.csv"
-    pd.DataFrame(rows + ([("b", "")] if "no row" not in message else []), columns=["id", "predicted"]).to_csv(
-        path, index=False)
+    pd.DataFrame(rows + ([("b", "")] if "no row" not in message else []), columns=["id", "predicted"]).to_csv(path, index=False)
     with pytest.raises(CellpipeError, match=message):
         submission.validate(path, ["a", "b"], {"a": (6, 8), "b": (6, 8)})
 

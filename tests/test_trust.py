@@ -41,8 +41,9 @@ class Evil:
 
 
 def evil_checkpoint(path: Path, marker: Path) -> Path:
-    torch.save({"model": {"w": torch.zeros(1)}, "model_config": {}, "classes": ["cell"], "iteration": 1,
-                "payload": Evil(marker)}, path)
+    torch.save(
+        {"model": {"w": torch.zeros(1)}, "model_config": {}, "classes": ["cell"], "iteration": 1, "payload": Evil(marker)}, path
+    )
     return path
 
 
@@ -59,9 +60,18 @@ def test_predict_refuses_a_checkpoint_holding_code(tmp_path):
     images.mkdir()
     Image.new("L", (70, 52), 90).save(images / "a.png")
     (tmp_path / "p.yaml").write_text("predict: {tta: false, tta_iou: 0.5, detections_per_img: 0}\n")
-    proc = run_cli("predict", "--checkpoint", str(evil_checkpoint(tmp_path / "evil.pt", marker)), "--skip-val",
-                   "--test-dir", str(images), "--test-out", str(tmp_path / "out/t.parquet"),
-                   "--params", str(tmp_path / "p.yaml"))
+    proc = run_cli(
+        "predict",
+        "--checkpoint",
+        str(evil_checkpoint(tmp_path / "evil.pt", marker)),
+        "--skip-val",
+        "--test-dir",
+        str(images),
+        "--test-out",
+        str(tmp_path / "out/t.parquet"),
+        "--params",
+        str(tmp_path / "p.yaml"),
+    )
     one_line_error(proc, "evil.pt", "refusing to load it", "posix.system")
     assert not marker.exists() and not (tmp_path / "out").exists()
 
@@ -103,10 +113,18 @@ def test_model_zoo_pickles_load_numpy_only(tmp_path):
 # ---------------------------------------------------------------- exit codes
 
 
-@pytest.mark.parametrize("args", [[], ["--bogus"], ["decode", "--nope"], ["check-submission"],
-                                  ["check-submission", "a", "b"], ["score", "--duplicates", "maybe"]],
-                         ids=["bare", "unknown_option", "unknown_stage_option", "missing_argument", "extra_argument",
-                              "bad_choice"])
+@pytest.mark.parametrize(
+    "args",
+    [
+        [],
+        ["--bogus"],
+        ["decode", "--nope"],
+        ["check-submission"],
+        ["check-submission", "a", "b"],
+        ["score", "--duplicates", "maybe"],
+    ],
+    ids=["bare", "unknown_option", "unknown_stage_option", "missing_argument", "extra_argument", "bad_choice"],
+)
 def test_usage_mistakes_print_usage_only_and_exit_2(args):
     proc = run_cli(*args)
     assert proc.returncode == 2, (proc.stdout, proc.stderr)
@@ -117,8 +135,9 @@ def test_usage_mistakes_print_usage_only_and_exit_2(args):
 
 def start(args: list[str], cwd: Path) -> subprocess.Popen:
     env = {**os.environ, "CELLPIPE_NO_PROGRESS": "1", "COLUMNS": "200"}
-    return subprocess.Popen([sys.executable, "-m", "stages", *args], cwd=cwd, env=env, stdout=subprocess.PIPE,
-                            stderr=subprocess.PIPE, text=True)
+    return subprocess.Popen(
+        [sys.executable, "-m", "stages", *args], cwd=cwd, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True
+    )
 
 
 def interrupt_after(proc: subprocess.Popen, needle: str, signum: int, delay: float = 0.0) -> tuple[int, str]:
@@ -141,9 +160,21 @@ def interrupt_after(proc: subprocess.Popen, needle: str, signum: int, delay: flo
 def test_an_interrupted_data_stage_exits_non_zero_and_leaves_no_output(tmp_path, signum, code, word):
     """synth is stopped while it writes the LIVECell folder: exit 128+signal, one line, no partial folder."""
     params = tmp_path / "p.yaml"
-    params.write_text(json.dumps({"synth": {"seed": 0, "images_per_type": {"shsy5y": 1, "astro": 0, "cort": 0},
-                                            "images_per_sample": 1, "cells_scale": 0.1, "test_images": 0,
-                                            "livecell_images": 400, "livecell_cells_scale": 0.3}}))
+    params.write_text(
+        json.dumps(
+            {
+                "synth": {
+                    "seed": 0,
+                    "images_per_type": {"shsy5y": 1, "astro": 0, "cort": 0},
+                    "images_per_sample": 1,
+                    "cells_scale": 0.1,
+                    "test_images": 0,
+                    "livecell_images": 400,
+                    "livecell_cells_scale": 0.3,
+                }
+            }
+        )
+    )
     proc = start(["synth", "--kaggle-out", "k", "--livecell-out", "l", "--params", str(params)], tmp_path)
     rc, err = interrupt_after(proc, "training images", signum, delay=0.5)
     assert rc == code, err
@@ -155,9 +186,10 @@ def test_an_interrupted_data_stage_exits_non_zero_and_leaves_no_output(tmp_path,
 
 def test_interrupted_training_exits_130_without_a_summary(tmp_path, tiny_kaggle):
     p = write_params(tmp_path / "p.yaml", lambda d: d["finetune"].update(init="none", iters=5000, eval_every=5000))
-    for stage, out in (("decode", ["--annotations-out", "a.parquet", "--images-out", "i.parquet"]),
-                       ("coco", ["--annotations", "a.parquet", "--images", "i.parquet", "--train-out", "train.json",
-                                 "--val-out", "val.json"])):
+    for stage, out in (
+        ("decode", ["--annotations-out", "a.parquet", "--images-out", "i.parquet"]),
+        ("coco", ["--annotations", "a.parquet", "--images", "i.parquet", "--train-out", "train.json", "--val-out", "val.json"]),
+    ):
         extra = ["--kaggle-dir", str(tiny_kaggle)] if stage == "decode" else []
         run_cli(stage, *extra, *out, "--params", str(p), cwd=tmp_path, check=True)
     proc = start(["finetune", "--train", "train.json", "--val", "val.json", "--out", "ft", "--params", str(p)], tmp_path)
@@ -167,12 +199,16 @@ def test_interrupted_training_exits_130_without_a_summary(tmp_path, tiny_kaggle)
     assert not list((tmp_path / "ft").glob(".*.tmp"))
 
 
-@pytest.mark.parametrize("content, message", [
-    (b"", "params section 'coco' is missing (the file holds no sections)"),
-    (b"# only a comment\n", "params section 'coco' is missing"),
-    (b"\x89PNG\r\n\x1a\n\x00\x00\xff\xfe", "not UTF-8 text"),
-    (b"coco: 3\n", "coco must be a mapping"),
-], ids=["empty", "comment_only", "binary", "section_not_a_mapping"])
+@pytest.mark.parametrize(
+    "content, message",
+    [
+        (b"", "params section 'coco' is missing (the file holds no sections)"),
+        (b"# only a comment\n", "params section 'coco' is missing"),
+        (b"\x89PNG\r\n\x1a\n\x00\x00\xff\xfe", "not UTF-8 text"),
+        (b"coco: 3\n", "coco must be a mapping"),
+    ],
+    ids=["empty", "comment_only", "binary", "section_not_a_mapping"],
+)
 def test_params_files_that_say_nothing_useful(tmp_path, content, message):
     (tmp_path / "p.yaml").write_bytes(content)
     one_line_error(run_cli("coco", "--params", str(tmp_path / "p.yaml")), "p.yaml", message)
@@ -186,22 +222,45 @@ def test_threshold_grid_rejects_booleans(tmp_path):
 # ---------------------------------------------------------------- no silent wrong answers
 
 
-def truth_predictions(train_csv: Path, ids: list[str], extra: dict[str, tuple[int, int]] | None = None
-                      ) -> predictions.Predictions:
+def truth_predictions(
+    train_csv: Path, ids: list[str], extra: dict[str, tuple[int, int]] | None = None
+) -> predictions.Predictions:
     """Perfect predictions (the true masks, score 0.9) of ``ids``, plus empty images ``extra``."""
     df = tables.read_train_csv(train_csv)
     df = df[df["id"].isin(ids)]
-    rows = pd.DataFrame({"image_id": df["id"], "label": df["cell_type"], "score": np.float32(0.9),
-                         "height": df["height"], "width": df["width"], "rle": df["annotation"]})
+    rows = pd.DataFrame(
+        {
+            "image_id": df["id"],
+            "label": df["cell_type"],
+            "score": np.float32(0.9),
+            "height": df["height"],
+            "width": df["width"],
+            "rle": df["annotation"],
+        }
+    )
     sizes = {i: (int(g["height"].iloc[0]), int(g["width"].iloc[0])) for i, g in df.groupby("id", sort=False)}
     return predictions.Predictions(rows.reset_index(drop=True), {**sizes, **(extra or {})}, "<test>")
 
 
 def score(tmp_path: Path, preds: Path, truth: Path, *extra: str):
     (tmp_path / "th.json").write_text(json.dumps({"score_threshold": {}, "min_size": 0}))
-    return run_cli("score", "--predictions", str(preds), "--truth", str(truth), "--all-truth-images",
-                   "--thresholds", str(tmp_path / "th.json"), "--out", str(tmp_path / "s.json"),
-                   "--per-image-out", str(tmp_path / "pi.csv"), "--per-iou-out", str(tmp_path / "piou.csv"), *extra)
+    return run_cli(
+        "score",
+        "--predictions",
+        str(preds),
+        "--truth",
+        str(truth),
+        "--all-truth-images",
+        "--thresholds",
+        str(tmp_path / "th.json"),
+        "--out",
+        str(tmp_path / "s.json"),
+        "--per-image-out",
+        str(tmp_path / "pi.csv"),
+        "--per-iou-out",
+        str(tmp_path / "piou.csv"),
+        *extra,
+    )
 
 
 def test_score_with_no_image_in_common_is_an_error(tmp_path, tiny_kaggle):
@@ -243,16 +302,50 @@ def test_score_accepts_the_duplicates_policy(tmp_path, tiny_kaggle):
 
 
 def test_thresholds_with_no_image_in_common_is_an_error(tmp_path, tiny_kaggle):
-    run_cli("decode", "--kaggle-dir", str(tiny_kaggle), "--annotations-out", str(tmp_path / "a.parquet"),
-            "--images-out", str(tmp_path / "i.parquet"), "--params", str(write_params(tmp_path / "p.yaml")), check=True)
-    run_cli("coco", "--annotations", str(tmp_path / "a.parquet"), "--images", str(tmp_path / "i.parquet"),
-            "--train-out", str(tmp_path / "train.json"), "--val-out", str(tmp_path / "val.json"),
-            "--params", str(tmp_path / "p.yaml"), check=True)
+    run_cli(
+        "decode",
+        "--kaggle-dir",
+        str(tiny_kaggle),
+        "--annotations-out",
+        str(tmp_path / "a.parquet"),
+        "--images-out",
+        str(tmp_path / "i.parquet"),
+        "--params",
+        str(write_params(tmp_path / "p.yaml")),
+        check=True,
+    )
+    run_cli(
+        "coco",
+        "--annotations",
+        str(tmp_path / "a.parquet"),
+        "--images",
+        str(tmp_path / "i.parquet"),
+        "--train-out",
+        str(tmp_path / "train.json"),
+        "--val-out",
+        str(tmp_path / "val.json"),
+        "--params",
+        str(tmp_path / "p.yaml"),
+        check=True,
+    )
     predictions.write(truth_predictions(tiny_kaggle / "train.csv", [], {"0123456789ab": (520, 704)}), tmp_path / "v.parquet")
-    proc = run_cli("thresholds", "--predictions", str(tmp_path / "v.parquet"), "--val", str(tmp_path / "val.json"),
-                   "--truth", str(tmp_path / "a.parquet"), "--out", str(tmp_path / "th.json"),
-                   "--sweep-out", str(tmp_path / "s.csv"), "--counts-out", str(tmp_path / "c.csv"),
-                   "--params", str(tmp_path / "p.yaml"))
+    proc = run_cli(
+        "thresholds",
+        "--predictions",
+        str(tmp_path / "v.parquet"),
+        "--val",
+        str(tmp_path / "val.json"),
+        "--truth",
+        str(tmp_path / "a.parquet"),
+        "--out",
+        str(tmp_path / "th.json"),
+        "--sweep-out",
+        str(tmp_path / "s.csv"),
+        "--counts-out",
+        str(tmp_path / "c.csv"),
+        "--params",
+        str(tmp_path / "p.yaml"),
+    )
     one_line_error(proc, "v.parquet", "no image of the truth")
     assert not (tmp_path / "th.json").exists()
 
@@ -260,16 +353,31 @@ def test_thresholds_with_no_image_in_common_is_an_error(tmp_path, tiny_kaggle):
 def submit(tmp_path: Path, sample_ids: list[str] | None, *extra: str):
     sample = tmp_path / "sample_submission.csv"
     sample.write_text("id,predicted\n" + "".join(f"{i},\n" for i in sample_ids or []))
-    return run_cli("submit", "--predictions", str(tmp_path / "t.parquet"), "--sample-submission", str(sample),
-                   "--thresholds", str(tmp_path / "none.json"), "--out", str(tmp_path / "sub.csv"), *extra)
+    return run_cli(
+        "submit",
+        "--predictions",
+        str(tmp_path / "t.parquet"),
+        "--sample-submission",
+        str(sample),
+        "--thresholds",
+        str(tmp_path / "none.json"),
+        "--out",
+        str(tmp_path / "sub.csv"),
+        *extra,
+    )
 
 
 def test_submit_refuses_sample_ids_that_were_not_predicted(tmp_path, tiny_kaggle):
     ids = list(dict.fromkeys(pd.read_csv(tiny_kaggle / "train.csv")["id"]))[:2]
     predictions.write(truth_predictions(tiny_kaggle / "train.csv", ids), tmp_path / "t.parquet")
     (tmp_path / "none.json").write_text(json.dumps({"score_threshold": {}, "min_size": 0}))
-    one_line_error(submit(tmp_path, [*ids, "0123456789ab"]), "sample_submission.csv", "1 of its 3 image(s) were not "
-                   "predicted", "0123456789ab", "--allow-missing")
+    one_line_error(
+        submit(tmp_path, [*ids, "0123456789ab"]),
+        "sample_submission.csv",
+        "1 of its 3 image(s) were not predicted",
+        "0123456789ab",
+        "--allow-missing",
+    )
     assert not (tmp_path / "sub.csv").exists()
     proc = submit(tmp_path, [*ids, "0123456789ab"], "--allow-missing")
     assert proc.returncode == 0 and "1 image(s) were not predicted and get an empty row" in proc.stderr, proc.stderr
@@ -291,8 +399,18 @@ def test_two_files_of_one_id_in_the_test_folder_are_an_error(tmp_path):
     Image.new("L", (70, 52)).save(folder / "a.tif")
     cellpipe_checkpoint(tmp_path / "m.pt", TINY_MODEL, ["shsy5y", "astro", "cort"])
     (tmp_path / "p.yaml").write_text("predict: {tta: false, tta_iou: 0.5, detections_per_img: 0}\n")
-    proc = run_cli("predict", "--checkpoint", str(tmp_path / "m.pt"), "--skip-val", "--test-dir", str(folder),
-                   "--test-out", str(tmp_path / "t.parquet"), "--params", str(tmp_path / "p.yaml"))
+    proc = run_cli(
+        "predict",
+        "--checkpoint",
+        str(tmp_path / "m.pt"),
+        "--skip-val",
+        "--test-dir",
+        str(folder),
+        "--test-out",
+        str(tmp_path / "t.parquet"),
+        "--params",
+        str(tmp_path / "p.yaml"),
+    )
     one_line_error(proc, "test", "two files for image a: a.png and a.tif")
 
 
@@ -322,11 +440,20 @@ def test_predict_sees_the_same_pixels_in_every_grey_encoding(tmp_path):
     """Through the CLI: a random model's detections depend on every pixel, and are the same for all four files."""
     grey = (np.random.default_rng(1).normal(128, 30, (104, 140)).clip(0, 255)).astype(np.uint8)
     grey_variants(tmp_path / "f", grey)
-    cellpipe_checkpoint(tmp_path / "m.pt", tiny_model(box_score_thresh=0.0),
-                        ["shsy5y", "astro", "cort"])
+    cellpipe_checkpoint(tmp_path / "m.pt", tiny_model(box_score_thresh=0.0), ["shsy5y", "astro", "cort"])
     (tmp_path / "p.yaml").write_text("predict: {tta: false, tta_iou: 0.5, detections_per_img: 0}\n")
-    proc = run_cli("predict", "--checkpoint", str(tmp_path / "m.pt"), "--skip-val", "--test-dir", str(tmp_path / "f"),
-                   "--test-out", str(tmp_path / "t.parquet"), "--params", str(tmp_path / "p.yaml"))
+    proc = run_cli(
+        "predict",
+        "--checkpoint",
+        str(tmp_path / "m.pt"),
+        "--skip-val",
+        "--test-dir",
+        str(tmp_path / "f"),
+        "--test-out",
+        str(tmp_path / "t.parquet"),
+        "--params",
+        str(tmp_path / "p.yaml"),
+    )
     assert proc.returncode == 0, proc.stderr
     pred = predictions.read(tmp_path / "t.parquet")
     assert sorted(pred.sizes) == ["alpha", "palette", "plain", "upper"]
@@ -334,8 +461,9 @@ def test_predict_sees_the_same_pixels_in_every_grey_encoding(tmp_path):
     plain = det[det["image_id"] == "plain"].drop(columns="image_id").reset_index(drop=True)
     assert len(plain) > 0
     for other in ("palette", "alpha", "upper"):
-        pd.testing.assert_frame_equal(det[det["image_id"] == other].drop(columns="image_id").reset_index(drop=True),
-                                      plain, obj=other)
+        pd.testing.assert_frame_equal(
+            det[det["image_id"] == other].drop(columns="image_id").reset_index(drop=True), plain, obj=other
+        )
 
 
 def test_decode_ignores_hidden_files_and_reads_upper_case_suffixes(kaggle_copy, tmp_path):
@@ -343,8 +471,17 @@ def test_decode_ignores_hidden_files_and_reads_upper_case_suffixes(kaggle_copy, 
     first.rename(first.with_suffix(".PNG"))
     (kaggle_copy / "train" / f"._{first.name}").write_bytes(b"\x00\x05\x16\x07")
     (kaggle_copy / "train" / ".DS_Store").write_bytes(b"junk")
-    proc = run_cli("decode", "--kaggle-dir", str(kaggle_copy), "--annotations-out", str(tmp_path / "a.parquet"),
-                   "--images-out", str(tmp_path / "i.parquet"), "--params", str(write_params(tmp_path / "p.yaml")))
+    proc = run_cli(
+        "decode",
+        "--kaggle-dir",
+        str(kaggle_copy),
+        "--annotations-out",
+        str(tmp_path / "a.parquet"),
+        "--images-out",
+        str(tmp_path / "i.parquet"),
+        "--params",
+        str(write_params(tmp_path / "p.yaml")),
+    )
     assert proc.returncode == 0, proc.stderr
     images = pd.read_parquet(tmp_path / "i.parquet")
     assert first.stem in set(images["image_id"]) and f"{first.stem}.PNG" in set(images["file_name"])
@@ -358,8 +495,17 @@ def test_image_ids_that_would_leave_their_folder_are_rejected(kaggle_copy, tmp_p
     df = pd.read_csv(kaggle_copy / "train.csv", dtype=str, keep_default_na=False)
     df.loc[df["id"] == df["id"].iloc[-1], "id"] = bad_id
     df.to_csv(kaggle_copy / "train.csv", index=False)
-    proc = run_cli("decode", "--kaggle-dir", str(kaggle_copy), "--annotations-out", str(tmp_path / "o/a.parquet"),
-                   "--images-out", str(tmp_path / "o/i.parquet"), "--params", str(write_params(tmp_path / "p.yaml")))
+    proc = run_cli(
+        "decode",
+        "--kaggle-dir",
+        str(kaggle_copy),
+        "--annotations-out",
+        str(tmp_path / "o/a.parquet"),
+        "--images-out",
+        str(tmp_path / "o/i.parquet"),
+        "--params",
+        str(write_params(tmp_path / "p.yaml")),
+    )
     line = int(np.flatnonzero(df["id"].to_numpy() == bad_id)[0]) + 2
     one_line_error(proc, "train.csv", f"line {line}: image id", "not a plain name")
     assert not (tmp_path / "o").exists()
@@ -380,19 +526,56 @@ def test_stages_run_from_another_working_directory(tmp_path, tiny_kaggle):
     work = tmp_path / "work"
     work.mkdir()
     p = write_params(work / "p.yaml")
-    run_cli("decode", "--kaggle-dir", os.path.relpath(tiny_kaggle, work), "--annotations-out", "i/a.parquet",
-            "--images-out", "i/i.parquet", "--params", "p.yaml", cwd=work, check=True)
-    run_cli("coco", "--annotations", "i/a.parquet", "--images", "i/i.parquet", "--train-out", "c/train.json",
-            "--val-out", "c/val.json", "--params", "p.yaml", cwd=work, check=True)
+    run_cli(
+        "decode",
+        "--kaggle-dir",
+        os.path.relpath(tiny_kaggle, work),
+        "--annotations-out",
+        "i/a.parquet",
+        "--images-out",
+        "i/i.parquet",
+        "--params",
+        "p.yaml",
+        cwd=work,
+        check=True,
+    )
+    run_cli(
+        "coco",
+        "--annotations",
+        "i/a.parquet",
+        "--images",
+        "i/i.parquet",
+        "--train-out",
+        "c/train.json",
+        "--val-out",
+        "c/val.json",
+        "--params",
+        "p.yaml",
+        cwd=work,
+        check=True,
+    )
     stored = {im["path"] for im in json.loads((work / "c/val.json").read_text())["images"]}
     assert all(not Path(s).is_absolute() and s.startswith("../") for s in stored), stored
     elsewhere = tmp_path / "elsewhere" / "deeper"
     elsewhere.mkdir(parents=True)
     cellpipe_checkpoint(tmp_path / "m.pt", TINY_MODEL, ["shsy5y", "astro", "cort"])
     (elsewhere / "p.yaml").write_text("predict: {tta: false, tta_iou: 0.5, detections_per_img: 0}\n")
-    proc = run_cli("predict", "--checkpoint", "../../m.pt", "--val", "../../work/c/val.json",
-                   "--kaggle-dir", os.path.relpath(tiny_kaggle, elsewhere), "--val-out", "v.parquet",
-                   "--test-out", "t.parquet", "--params", "p.yaml", cwd=elsewhere)
+    proc = run_cli(
+        "predict",
+        "--checkpoint",
+        "../../m.pt",
+        "--val",
+        "../../work/c/val.json",
+        "--kaggle-dir",
+        os.path.relpath(tiny_kaggle, elsewhere),
+        "--val-out",
+        "v.parquet",
+        "--test-out",
+        "t.parquet",
+        "--params",
+        "p.yaml",
+        cwd=elsewhere,
+    )
     assert proc.returncode == 0, proc.stderr
     val_ids = {im["kaggle_id"] for im in json.loads((work / "c/val.json").read_text())["images"]}
     assert set(predictions.read(elsewhere / "v.parquet").sizes) == val_ids
@@ -412,23 +595,45 @@ def test_predict_score_and_check_submission_on_images_of_other_sizes(tmp_path):
     for name, (h, w) in sizes.items():
         grey = rng.normal(120, 10, (h, w))
         mask = np.zeros((h, w), bool)
-        mask[h - 60: h - 20, w - 70: w - 20] = True  # a cell near the far corner: past 520×704 for "tall"
+        mask[h - 60 : h - 20, w - 70 : w - 20] = True  # a cell near the far corner: past 520×704 for "tall"
         grey[mask] += 60
         Image.fromarray(grey.clip(0, 255).astype(np.uint8)).save(folder / f"{name}.png")
-        rows.append({"id": name, "annotation": rle.encode(mask), "width": w, "height": h, "cell_type": "cort",
-                     "plate_time": "", "sample_date": "", "sample_id": name, "elapsed_timedelta": ""})
+        rows.append(
+            {
+                "id": name,
+                "annotation": rle.encode(mask),
+                "width": w,
+                "height": h,
+                "cell_type": "cort",
+                "plate_time": "",
+                "sample_date": "",
+                "sample_id": name,
+                "elapsed_timedelta": "",
+            }
+        )
     pd.DataFrame(rows).to_csv(tmp_path / "truth.csv", index=False)
     (tmp_path / "sample_submission.csv").write_text("id,predicted\ntall,\nsmall,\n")
-    cellpipe_checkpoint(tmp_path / "m.pt", tiny_model(box_score_thresh=0.0),
-                        ["shsy5y", "astro", "cort"])
+    cellpipe_checkpoint(tmp_path / "m.pt", tiny_model(box_score_thresh=0.0), ["shsy5y", "astro", "cort"])
     (tmp_path / "p.yaml").write_text("predict: {tta: false, tta_iou: 0.5, detections_per_img: 0}\n")
-    proc = run_cli("predict", "--checkpoint", str(tmp_path / "m.pt"), "--skip-val", "--test-dir", str(folder),
-                   "--test-out", str(tmp_path / "t.parquet"), "--submission-out", str(tmp_path / "sub.csv"),
-                   "--thresholds", str(tmp_path / "none.json"), "--params", str(tmp_path / "p.yaml"))
+    proc = run_cli(
+        "predict",
+        "--checkpoint",
+        str(tmp_path / "m.pt"),
+        "--skip-val",
+        "--test-dir",
+        str(folder),
+        "--test-out",
+        str(tmp_path / "t.parquet"),
+        "--submission-out",
+        str(tmp_path / "sub.csv"),
+        "--thresholds",
+        str(tmp_path / "none.json"),
+        "--params",
+        str(tmp_path / "p.yaml"),
+    )
     assert proc.returncode == 0, proc.stderr
     assert predictions.read(tmp_path / "t.parquet").sizes == sizes
-    proc = run_cli("check-submission", str(tmp_path / "sub.csv"), "--sample-submission",
-                   str(tmp_path / "sample_submission.csv"))
+    proc = run_cli("check-submission", str(tmp_path / "sub.csv"), "--sample-submission", str(tmp_path / "sample_submission.csv"))
     assert proc.returncode == 0 and "is valid" in proc.stderr, proc.stderr
     # the truth scored against itself at these sizes: exactly 1 (a fixed shape would fail or misplace it)
     predictions.write(truth_predictions(tmp_path / "truth.csv", list(sizes)), tmp_path / "perfect.parquet")

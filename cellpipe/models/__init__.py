@@ -31,7 +31,7 @@ if TYPE_CHECKING:  # predict imports torch-heavy helpers; only the annotations n
     import numpy as np
     import torch
 
-    from cellpipe.predict import Instances
+    from cellpipe.instances import Instances
 
 
 class Family:
@@ -58,8 +58,9 @@ class Family:
         """The losses of one batch (the model in training mode)."""
         return model(images, targets)
 
-    def predict(self, model: nn.Module, grey: np.ndarray, *, device: Any, mask_threshold: float, tta: bool = False,
-                tta_iou: float = 0.5) -> Instances:
+    def predict(
+        self, model: nn.Module, grey: np.ndarray, *, device: Any, mask_threshold: float, tta: bool = False, tta_iou: float = 0.5
+    ) -> Instances:
         from cellpipe.predict import predict_image
 
         return predict_image(model, grey, device=device, mask_threshold=mask_threshold, tta=tta, tta_iou=tta_iou)
@@ -93,8 +94,10 @@ def family(cfg: Model) -> Family:
     """The family of ``cfg``."""
     key = (cfg.arch, cfg.backend)
     if key not in FAMILIES:
-        raise CellpipeError(f"no model family for model.arch {cfg.arch!r} with model.backend {cfg.backend!r}; "
-                            f"known: {', '.join('/'.join(k) for k in FAMILIES)}")
+        raise CellpipeError(
+            f"no model family for model.arch {cfg.arch!r} with model.backend {cfg.backend!r}; "
+            f"known: {', '.join('/'.join(k) for k in FAMILIES)}"
+        )
     return FAMILIES[key]()
 
 
@@ -119,14 +122,18 @@ def load_weights(model: nn.Module, state: dict[str, Any], class_specific: tuple[
     skipped = []
     for key, value in own.items():
         if key not in state:
-            raise CellpipeError(f"checkpoint lacks {key}: it was trained with another architecture "
-                                f"(compare the model params)", where=where)
+            raise CellpipeError(
+                f"checkpoint lacks {key}: it was trained with another architecture (compare the model params)", where=where
+            )
         if state[key].shape != value.shape:
             if key.startswith(class_specific):
                 skipped.append(key)
                 continue
-            raise CellpipeError(f"{key} has shape {tuple(state[key].shape)} in the checkpoint but "
-                                f"{tuple(value.shape)} in the model: another architecture", where=where)
+            raise CellpipeError(
+                f"{key} has shape {tuple(state[key].shape)} in the checkpoint but "
+                f"{tuple(value.shape)} in the model: another architecture",
+                where=where,
+            )
     model.load_state_dict({k: v for k, v in state.items() if k in own and k not in skipped}, strict=False)
     if skipped:
         return f"{where} (class-specific heads re-initialised: {len(skipped)} tensors)"
@@ -149,6 +156,7 @@ def from_checkpoint(path: str | Path, device: Any = "cpu") -> tuple[Family, nn.M
     try:
         model.load_state_dict(ckpt["model"])
     except RuntimeError as exc:
-        raise CellpipeError(f"weights do not fit the architecture they claim ({str(exc).splitlines()[0]})",
-                            where=str(path)) from None
+        raise CellpipeError(
+            f"weights do not fit the architecture they claim ({str(exc).splitlines()[0]})", where=str(path)
+        ) from None
     return fam, model.to(device).eval(), cfg, list(ckpt["classes"])

@@ -35,8 +35,7 @@ from cellpipe.models import Family, load_checkpoint
 if TYPE_CHECKING:
     from cellpipe.config import Model
 
-INSTALL_HINT = ("pip install --no-build-isolation 'git+https://github.com/facebookresearch/detectron2.git' "
-                "'setuptools<81'")
+INSTALL_HINT = "pip install --no-build-isolation 'git+https://github.com/facebookresearch/detectron2.git' 'setuptools<81'"
 BASE_CONFIG = "Base-RCNN-FPN.yaml"
 NORMS = {"group": "GN", "batch": "BN", "frozen": "FrozenBN"}
 
@@ -70,8 +69,10 @@ def require() -> None:
     try:
         _import()
     except Exception as exc:  # noqa: BLE001
-        raise CellpipeError(f"model.backend is detectron2 but detectron2 cannot be imported "
-                            f"({exc.__class__.__name__}: {exc}); install it with: {INSTALL_HINT}") from None
+        raise CellpipeError(
+            f"model.backend is detectron2 but detectron2 cannot be imported "
+            f"({exc.__class__.__name__}: {exc}); install it with: {INSTALL_HINT}"
+        ) from None
 
 
 def _config_file(name: str) -> str:
@@ -82,8 +83,10 @@ def _config_file(name: str) -> str:
     try:
         return model_zoo.get_config_file(name)
     except RuntimeError:
-        raise CellpipeError(f"model.d2_config {name!r} is neither a YAML file nor a detectron2 model-zoo "
-                            f"config (e.g. COCO-InstanceSegmentation/mask_rcnn_R_50_FPN_3x.yaml)") from None
+        raise CellpipeError(
+            f"model.d2_config {name!r} is neither a YAML file nor a detectron2 model-zoo "
+            f"config (e.g. COCO-InstanceSegmentation/mask_rcnn_R_50_FPN_3x.yaml)"
+        ) from None
 
 
 def make_config(mc: Model, num_classes: int):
@@ -111,8 +114,10 @@ def make_config(mc: Model, num_classes: int):
         if head_norm:  # detectron2's GroupNorm has 32 groups
             for key in ("fpn_channels", "mask_head_channels"):
                 if getattr(mc, key) % 32:
-                    raise CellpipeError(f"model.{key} must be a multiple of 32 for detectron2's GroupNorm "
-                                        f"(head_norm: group), got {getattr(mc, key)}")
+                    raise CellpipeError(
+                        f"model.{key} must be a multiple of 32 for detectron2's GroupNorm "
+                        f"(head_norm: group), got {getattr(mc, key)}"
+                    )
         m.FPN.OUT_CHANNELS = mc.fpn_channels
         m.FPN.NORM = head_norm
         if mc.box_head_convs or head_norm:
@@ -201,14 +206,23 @@ class Detectron2MaskRCNN(nn.Module):
         for image in images:
             h, w = image.shape[-2:]
             size = input_size(h, w, self.min_size, self.max_size)
-            x = image if size == (h, w) else F.interpolate(image[None], size=size, mode="bilinear",
-                                                           align_corners=False, antialias=True)[0]
+            x = (
+                image
+                if size == (h, w)
+                else F.interpolate(image[None], size=size, mode="bilinear", align_corners=False, antialias=True)[0]
+            )
             inputs.append({"image": x, "height": h, "width": w})  # outputs come back at h×w
         outs = []
         for r in self.net.inference(inputs):
             inst = r["instances"]
-            outs.append({"boxes": inst.pred_boxes.tensor, "scores": inst.scores, "labels": inst.pred_classes + 1,
-                         "masks": inst.pred_masks[:, None].float()})
+            outs.append(
+                {
+                    "boxes": inst.pred_boxes.tensor,
+                    "scores": inst.scores,
+                    "labels": inst.pred_classes + 1,
+                    "masks": inst.pred_masks[:, None].float(),
+                }
+            )
         return outs
 
 
@@ -280,13 +294,16 @@ def load_detectron2_checkpoint(model: Detectron2MaskRCNN, path: str | Path) -> s
     except Exception as exc:  # noqa: BLE001 - truncated zip, pickle errors, ...
         raise CellpipeError(f"checkpoint is unreadable or truncated ({exc.__class__.__name__})", where=str(path)) from None
     incompatible = checkpointer.incompatible
-    heads = tuple(p[len("net."):] for p in model.class_specific)
+    heads = tuple(p[len("net.") :] for p in model.class_specific)
     wrong = [k for k, *_ in incompatible.incorrect_shapes if not k.startswith(heads)]
     missing = [k for k in incompatible.missing_keys if not k.startswith(heads)]
     if wrong or missing:
         key = (wrong or missing)[0]
-        raise CellpipeError(f"{key} {'has another shape' if wrong else 'is missing'} in the checkpoint: it was "
-                            f"trained with another architecture (set model.d2_config to its config)", where=str(path))
+        raise CellpipeError(
+            f"{key} {'has another shape' if wrong else 'is missing'} in the checkpoint: it was "
+            f"trained with another architecture (set model.d2_config to its config)",
+            where=str(path),
+        )
     reinit = [k for k, *_ in incompatible.incorrect_shapes]
     if reinit:
         return f"{path} (detectron2; class-specific heads re-initialised: {len(reinit)} tensors)"
@@ -305,8 +322,10 @@ class Detectron2Family(Family):
 
     def initialise(self, model: nn.Module, init: str) -> str:
         if init in ("imagenet", "coco"):
-            raise CellpipeError(f"init {init!r} downloads torchvision weights; with model.backend detectron2 give a "
-                                f"detectron2 checkpoint path (.pth/.pkl) instead")
+            raise CellpipeError(
+                f"init {init!r} downloads torchvision weights; with model.backend detectron2 give a "
+                f"detectron2 checkpoint path (.pth/.pkl) instead"
+            )
         if str(init).endswith(".pkl"):  # model-zoo / LIVECell pickles
             return load_detectron2_checkpoint(model, init)
         if init not in ("none", "") and "model_config" not in load_checkpoint(init):  # a detectron2 .pth

@@ -29,13 +29,17 @@ from cellpipe.images import input_size
 def mask_targets(gt_masks: torch.Tensor, boxes: torch.Tensor, matched: torch.Tensor, size: int) -> torch.Tensor:
     """Binary ``size×size`` targets of the true masks ``gt_masks[matched]`` inside ``boxes`` (``(K, 4)``)."""
     rois = torch.cat([matched.to(boxes)[:, None], boxes], dim=1)
-    soft = roi_align(gt_masks[:, None].to(boxes), rois, (size, size), spatial_scale=1.0, sampling_ratio=0,
-                     aligned=True)[:, 0]
+    soft = roi_align(gt_masks[:, None].to(boxes), rois, (size, size), spatial_scale=1.0, sampling_ratio=0, aligned=True)[:, 0]
     return (soft >= 0.5).to(boxes)
 
 
-def mask_loss(mask_logits: torch.Tensor, proposals: list[torch.Tensor], gt_masks: list[torch.Tensor],
-              gt_labels: list[torch.Tensor], matched: list[torch.Tensor]) -> torch.Tensor:
+def mask_loss(
+    mask_logits: torch.Tensor,
+    proposals: list[torch.Tensor],
+    gt_masks: list[torch.Tensor],
+    gt_labels: list[torch.Tensor],
+    matched: list[torch.Tensor],
+) -> torch.Tensor:
     """torchvision's ``maskrcnn_loss`` (same signature) with :func:`mask_targets` as targets."""
     size = mask_logits.shape[-1]
     labels = torch.cat([lab[idx] for lab, idx in zip(gt_labels, matched)], dim=0)
@@ -68,8 +72,9 @@ def paste_masks(masks: torch.Tensor, boxes: torch.Tensor, shape: tuple[int, int]
         xs = (torch.arange(ix0, ix1, device=masks.device, dtype=masks.dtype) + 0.5 - x0) / (x1 - x0) * 2 - 1
         ys = (torch.arange(iy0, iy1, device=masks.device, dtype=masks.dtype) + 0.5 - y0) / (y1 - y0) * 2 - 1
         grid = torch.stack(torch.meshgrid(xs, ys, indexing="xy"), dim=-1)[None]  # (1, h, w, 2) as (x, y)
-        out[k, :, iy0:iy1, ix0:ix1] = F.grid_sample(masks[k: k + 1], grid, mode="bilinear", padding_mode="zeros",
-                                                    align_corners=False)[0]
+        out[k, :, iy0:iy1, ix0:ix1] = F.grid_sample(
+            masks[k : k + 1], grid, mode="bilinear", padding_mode="zeros", align_corners=False
+        )[0]
     return out
 
 
@@ -96,8 +101,9 @@ class ExactTransform(GeneralizedRCNNTransform):
                 target["masks"] = F.interpolate(target["masks"][:, None].float(), size=size)[:, 0].byte()
         return image, target
 
-    def postprocess(self, result: list[dict], image_shapes: list[tuple[int, int]],
-                    original_image_sizes: list[tuple[int, int]]) -> list[dict]:
+    def postprocess(
+        self, result: list[dict], image_shapes: list[tuple[int, int]], original_image_sizes: list[tuple[int, int]]
+    ) -> list[dict]:
         if self.training:
             return result
         for pred, shape, original in zip(result, image_shapes, original_image_sizes):
@@ -131,8 +137,9 @@ def exact_geometry(model: MaskRCNN) -> None:
     the random structure of a Kaiming-initialised layer.
     """
     t = model.transform
-    model.transform = ExactTransform(t.min_size, t.max_size, t.image_mean, t.image_std,
-                                     size_divisible=t.size_divisible, fixed_size=t.fixed_size)
+    model.transform = ExactTransform(
+        t.min_size, t.max_size, t.image_mean, t.image_std, size_divisible=t.size_divisible, fixed_size=t.fixed_size
+    )
     model.roi_heads.__class__ = ExactRoIHeads  # adds no state: only the loss differs
     logits = model.roi_heads.mask_predictor.mask_fcn_logits
     torch.nn.init.normal_(logits.weight, std=0.001)

@@ -59,8 +59,14 @@ def build(cfg: Model, num_classes: int) -> MaskRCNN:
     expansion = 4 if cfg.backbone in ("resnet50", "resnet101") else 1
     in_channels = [64 * expansion, 128 * expansion, 256 * expansion, 512 * expansion]
     head_norm = _norm_layer("group") if cfg.head_norm == "group" else None
-    backbone = BackboneWithFPN(body, {"layer1": "0", "layer2": "1", "layer3": "2", "layer4": "3"},
-                               in_channels, cfg.fpn_channels, extra_blocks=LastLevelMaxPool(), norm_layer=head_norm)
+    backbone = BackboneWithFPN(
+        body,
+        {"layer1": "0", "layer2": "1", "layer3": "2", "layer4": "3"},
+        in_channels,
+        cfg.fpn_channels,
+        extra_blocks=LastLevelMaxPool(),
+        norm_layer=head_norm,
+    )
     anchors = AnchorGenerator(cfg.level_sizes(), (tuple(cfg.aspect_ratios),) * 5)
     c = cfg.fpn_channels
     mask_layers = [cfg.mask_head_channels] * cfg.mask_head_layers
@@ -79,8 +85,11 @@ def build(cfg: Model, num_classes: int) -> MaskRCNN:
         rpn_batch_size_per_image=cfg.rpn_batch_per_image,
         rpn_fg_iou_thresh=cfg.rpn_fg_iou,
         rpn_bg_iou_thresh=cfg.rpn_bg_iou,
-        box_head=(FastRCNNConvFCHead((c, 7, 7), [c] * cfg.box_head_convs, [cfg.box_head_dim], norm_layer=head_norm)
-                  if cfg.box_head_convs or head_norm else TwoMLPHead(c * 7 * 7, cfg.box_head_dim)),
+        box_head=(
+            FastRCNNConvFCHead((c, 7, 7), [c] * cfg.box_head_convs, [cfg.box_head_dim], norm_layer=head_norm)
+            if cfg.box_head_convs or head_norm
+            else TwoMLPHead(c * 7 * 7, cfg.box_head_dim)
+        ),
         box_predictor=FastRCNNPredictor(cfg.box_head_dim, num_classes + 1),
         box_score_thresh=cfg.box_score_thresh,
         box_nms_thresh=cfg.box_nms_thresh,
@@ -108,11 +117,13 @@ def _torchvision_weights(model: MaskRCNN, which: str) -> str:
             n3 = len(blocks.layer3)
             expansion_4 = hasattr(blocks.layer1[0], "conv3")
             arch = {(False, 2): "resnet18", (False, 6): "resnet34", (True, 6): "resnet50", (True, 23): "resnet101"}[
-                (expansion_4, n3)]
+                (expansion_4, n3)
+            ]
             weights = get_model_weights(arch).DEFAULT
             state = weights.get_state_dict(progress=False)
             missing = model.backbone.body.load_state_dict(
-                {k: v for k, v in state.items() if not k.startswith("fc.")}, strict=False)
+                {k: v for k, v in state.items() if not k.startswith("fc.")}, strict=False
+            )
             return f"torchvision ImageNet {arch} backbone ({len(missing.missing_keys)} keys left random)"
         weights = get_model_weights("maskrcnn_resnet50_fpn").DEFAULT
         state = weights.get_state_dict(progress=False)
@@ -121,11 +132,14 @@ def _torchvision_weights(model: MaskRCNN, which: str) -> str:
     except Exception as exc:  # URLError, HTTPError, OSError when offline
         raise CellpipeError(
             f"could not download torchvision {which} weights ({exc.__class__.__name__}); this machine seems "
-            f"offline: use init 'none' or a checkpoint path") from None
+            f"offline: use init 'none' or a checkpoint path"
+        ) from None
     own = model.state_dict()
     usable = {k: v for k, v in state.items() if k in own and own[k].shape == v.shape}
     if len(usable) < len(own) // 2:
-        raise CellpipeError("torchvision COCO weights need model.backbone resnet50 with fpn_channels 256, "
-                            "box_head_dim 1024, mask_head_channels 256, mask_head_layers 4")
+        raise CellpipeError(
+            "torchvision COCO weights need model.backbone resnet50 with fpn_channels 256, "
+            "box_head_dim 1024, mask_head_channels 256, mask_head_layers 4"
+        )
     model.load_state_dict(usable, strict=False)
     return f"torchvision COCO Mask R-CNN ({len(usable)}/{len(own)} tensors)"

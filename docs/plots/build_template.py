@@ -19,8 +19,11 @@ import tarfile
 from pathlib import Path
 
 HERE = Path(__file__).parent
-BUILDS = {"vega": "package/build/vega.min.js", "vega-lite": "package/build/vega-lite.min.js",
-          "vega-embed": "package/build/vega-embed.min.js"}
+BUILDS = {
+    "vega": "package/build/vega.min.js",
+    "vega-lite": "package/build/vega-lite.min.js",
+    "vega-embed": "package/build/vega-embed.min.js",
+}
 
 PAGE = """<!DOCTYPE html>
 <html>
