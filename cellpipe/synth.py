@@ -24,6 +24,7 @@ from pycocotools import mask as mask_util
 from scipy import ndimage as ndi
 
 from cellpipe import rle
+from cellpipe.tables import COLUMNS
 
 HEIGHT, WIDTH = 520, 704
 CELL_TYPES = ("shsy5y", "astro", "cort")
@@ -403,20 +404,7 @@ def write_kaggle(
         pixels, _, _ = kaggle_image(rng, cell_type, cells_scale)
         Image.fromarray(pixels).save(out / "test" / f"{image_id}.png")
         test_ids.append(image_id)
-    df = pd.DataFrame(
-        rows,
-        columns=[
-            "id",
-            "annotation",
-            "width",
-            "height",
-            "cell_type",
-            "plate_time",
-            "sample_date",
-            "sample_id",
-            "elapsed_timedelta",
-        ],
-    )
+    df = pd.DataFrame(rows, columns=list(COLUMNS))
     df.to_csv(out / "train.csv", index=False)
     pd.DataFrame({"id": test_ids, "predicted": ""}).to_csv(out / "sample_submission.csv", index=False)
     return df

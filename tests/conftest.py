@@ -131,3 +131,23 @@ def tiny_coco(tmp_path_factory) -> dict:
 
 def requires_shared():
     return pytest.mark.skipif(not SAMPLE.is_dir(), reason="../shared/data is not beside the repo")
+
+
+def decode_and_split(kaggle: Path, tmp_path: Path, params: Path) -> None:
+    """``cellpipe decode`` then ``cellpipe coco`` into ``tmp_path`` (a/i.parquet, train/val.json)."""
+    run_cli("decode", "--kaggle-dir", str(kaggle), "--annotations-out", str(tmp_path / "a.parquet"),
+            "--images-out", str(tmp_path / "i.parquet"), "--params", str(params), check=True)  # fmt: skip
+    run_cli("coco", "--annotations", str(tmp_path / "a.parquet"), "--images", str(tmp_path / "i.parquet"),
+            "--train-out", str(tmp_path / "train.json"), "--val-out", str(tmp_path / "val.json"),
+            "--params", str(params), check=True)  # fmt: skip
+
+
+def score_cli(tmp_path: Path, predictions: Path, truth: Path, *extra: str, thresholds: dict | None = None):
+    """``cellpipe score`` of ``predictions`` against every image of ``truth``; metrics in ``tmp_path/s.json``."""
+    import json
+
+    (tmp_path / "th.json").write_text(json.dumps(thresholds or {"score_threshold": {}}))
+    return run_cli("score", "--predictions", str(predictions), "--truth", str(truth), "--all-truth-images",
+                   "--thresholds", str(tmp_path / "th.json"), "--out", str(tmp_path / "s.json"),
+                   "--per-image-out", str(tmp_path / "pi.csv"), "--per-iou-out", str(tmp_path / "piou.csv"),
+                   *extra)  # fmt: skip

@@ -15,7 +15,7 @@ import torch
 from PIL import Image
 
 from cellpipe import models
-from tests.conftest import TINY_MODEL, cellpipe_checkpoint, run_cli, write_params
+from tests.conftest import TINY_MODEL, cellpipe_checkpoint, decode_and_split, run_cli, write_params
 
 
 def one_line_error(proc, *needles: str) -> None:
@@ -177,32 +177,7 @@ def test_bad_checkpoints_through_predict(tmp_path, damage, message):
 def finetune_on(kaggle: Path, tmp_path: Path, edit, *extra: str):
     """decode → coco → ``cellpipe finetune`` on ``kaggle`` with the committed params edited by ``edit``."""
     p = write_params(tmp_path / "p.yaml", edit)
-    run_cli(
-        "decode",
-        "--kaggle-dir",
-        str(kaggle),
-        "--annotations-out",
-        str(tmp_path / "a.parquet"),
-        "--images-out",
-        str(tmp_path / "i.parquet"),
-        "--params",
-        str(p),
-        check=True,
-    )
-    run_cli(
-        "coco",
-        "--annotations",
-        str(tmp_path / "a.parquet"),
-        "--images",
-        str(tmp_path / "i.parquet"),
-        "--train-out",
-        str(tmp_path / "train.json"),
-        "--val-out",
-        str(tmp_path / "val.json"),
-        "--params",
-        str(p),
-        check=True,
-    )
+    decode_and_split(kaggle, tmp_path, p)
     return run_cli(
         "finetune",
         "--train",

@@ -15,7 +15,7 @@ from torchvision.transforms.v2 import functional as TF
 from cellpipe import anchors, models
 from cellpipe.data import _boxes, input_size
 from cellpipe.models import masks
-from tests.conftest import TINY_MODEL, run_cli, tiny_model, write_params
+from tests.conftest import TINY_MODEL, decode_and_split, run_cli, tiny_model, write_params
 
 
 def ellipses(n: int, seed: int = 0, shape=(160, 200)) -> torch.Tensor:
@@ -145,32 +145,7 @@ def test_suggested_anchors_cover_more_cells():
 
 def test_anchors_stage_reports_current_and_suggested(tmp_path, tiny_kaggle):
     p = write_params(tmp_path / "p.yaml")
-    run_cli(
-        "decode",
-        "--kaggle-dir",
-        str(tiny_kaggle),
-        "--annotations-out",
-        str(tmp_path / "a.parquet"),
-        "--images-out",
-        str(tmp_path / "i.parquet"),
-        "--params",
-        str(p),
-        check=True,
-    )
-    run_cli(
-        "coco",
-        "--annotations",
-        str(tmp_path / "a.parquet"),
-        "--images",
-        str(tmp_path / "i.parquet"),
-        "--train-out",
-        str(tmp_path / "train.json"),
-        "--val-out",
-        str(tmp_path / "val.json"),
-        "--params",
-        str(p),
-        check=True,
-    )
+    decode_and_split(tiny_kaggle, tmp_path, p)
     run_cli(
         "anchors",
         "--train",

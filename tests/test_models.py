@@ -13,7 +13,7 @@ from cellpipe.config import Train
 from cellpipe.data import CocoInstances
 from cellpipe.errors import CellpipeError
 from cellpipe.predict import predict_image
-from tests.conftest import TINY_MODEL, tiny_model
+from tests.conftest import TINY_MODEL, score_cli, tiny_model
 
 FAMILY = models.family(TINY_MODEL)
 
@@ -182,22 +182,8 @@ def test_apply_a_model_to_a_plain_folder_and_score_it(tiny_coco, tmp_path):
     kaggle_dir = Path(first["path"]).parent.parent
     truth = pd.read_csv(kaggle_dir / "train.csv")
     truth[truth["id"] == first["kaggle_id"]].to_csv(tmp_path / "truth.csv", index=False)
-    (tmp_path / "th.json").write_text(json.dumps({"score_threshold": {}, "min_size": 0}))
-    proc = run_cli(
-        "score",
-        "--predictions",
-        str(tmp_path / "preds.parquet"),
-        "--truth",
-        str(tmp_path / "truth.csv"),
-        "--all-truth-images",
-        "--thresholds",
-        str(tmp_path / "th.json"),
-        "--out",
-        str(tmp_path / "s.json"),
-        "--per-image-out",
-        str(tmp_path / "pi.csv"),
-        "--per-iou-out",
-        str(tmp_path / "piou.csv"),
+    proc = score_cli(
+        tmp_path, str(tmp_path / "preds.parquet"), str(tmp_path / "truth.csv"), thresholds={"score_threshold": {}, "min_size": 0}
     )
     assert proc.returncode == 0, proc.stderr
     assert json.loads((tmp_path / "s.json").read_text())["images"] == 1

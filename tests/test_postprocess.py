@@ -10,10 +10,11 @@ import pytest
 import scipy.sparse as sp
 
 from cellpipe import predictions, rle
+from cellpipe.config import PostProcess
 from cellpipe.instances import Instances
-from cellpipe.postprocess import PostProcess, final, image_class, mask_nms
+from cellpipe.postprocess import final, image_class, mask_nms
 from cellpipe.predict import merge_passes
-from tests.conftest import run_cli
+from tests.conftest import score_cli
 
 SHAPE = (20, 20)
 
@@ -91,22 +92,11 @@ def test_score_applies_the_post_processing_of_the_thresholds_file(tmp_path, tiny
     df.to_csv(tmp_path / "truth.csv", index=False)
     scores = {}
     for max_lost in (1.0, 0.5):
-        (tmp_path / "th.json").write_text(json.dumps({"score_threshold": {}, "postprocess": {"max_lost": max_lost}}))
-        proc = run_cli(
-            "score",
-            "--predictions",
+        proc = score_cli(
+            tmp_path,
             str(tmp_path / "p.parquet"),
-            "--truth",
             str(tmp_path / "truth.csv"),
-            "--all-truth-images",
-            "--thresholds",
-            str(tmp_path / "th.json"),
-            "--out",
-            str(tmp_path / "s.json"),
-            "--per-image-out",
-            str(tmp_path / "pi.csv"),
-            "--per-iou-out",
-            str(tmp_path / "piou.csv"),
+            thresholds={"score_threshold": {}, "postprocess": {"max_lost": max_lost}},
         )
         assert proc.returncode == 0, proc.stderr
         scores[max_lost] = json.loads((tmp_path / "s.json").read_text())

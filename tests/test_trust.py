@@ -24,7 +24,7 @@ from PIL import Image
 from cellpipe import checkpoints, predictions, rle, tables
 from cellpipe.errors import CellpipeError
 from cellpipe.images import list_images, read_grey
-from tests.conftest import TINY_MODEL, cellpipe_checkpoint, run_cli, tiny_model, write_params
+from tests.conftest import TINY_MODEL, cellpipe_checkpoint, decode_and_split, run_cli, score_cli, tiny_model, write_params
 from tests.test_cli_errors import finetune_on, one_line_error
 
 # ---------------------------------------------------------------- checkpoints are data, never code
@@ -222,6 +222,13 @@ def test_threshold_grid_rejects_booleans(tmp_path):
 # ---------------------------------------------------------------- no silent wrong answers
 
 
+def predict_folder(tmp_path: Path, folder: Path, *extra: str):
+    """``cellpipe predict --skip-val`` of ``tmp_path/m.pt`` on ``folder`` → ``tmp_path/t.parquet``."""
+    (tmp_path / "p.yaml").write_text("predict: {tta: false, tta_iou: 0.5, detections_per_img: 0}\n")
+    return run_cli("predict", "--checkpoint", str(tmp_path / "m.pt"), "--skip-val", "--test-dir", str(folder),
+                   "--test-out", str(tmp_path / "t.parquet"), "--params", str(tmp_path / "p.yaml"), *extra)  # fmt: skip
+
+
 def truth_predictions(
     train_csv: Path, ids: list[str], extra: dict[str, tuple[int, int]] | None = None
 ) -> predictions.Predictions:
@@ -243,24 +250,7 @@ def truth_predictions(
 
 
 def score(tmp_path: Path, preds: Path, truth: Path, *extra: str):
-    (tmp_path / "th.json").write_text(json.dumps({"score_threshold": {}, "min_size": 0}))
-    return run_cli(
-        "score",
-        "--predictions",
-        str(preds),
-        "--truth",
-        str(truth),
-        "--all-truth-images",
-        "--thresholds",
-        str(tmp_path / "th.json"),
-        "--out",
-        str(tmp_path / "s.json"),
-        "--per-image-out",
-        str(tmp_path / "pi.csv"),
-        "--per-iou-out",
-        str(tmp_path / "piou.csv"),
-        *extra,
-    )
+    return score_cli(tmp_path, preds, truth, *extra)
 
 
 def test_score_with_no_image_in_common_is_an_error(tmp_path, tiny_kaggle):
@@ -302,32 +292,7 @@ def test_score_accepts_the_duplicates_policy(tmp_path, tiny_kaggle):
 
 
 def test_thresholds_with_no_image_in_common_is_an_error(tmp_path, tiny_kaggle):
-    run_cli(
-        "decode",
-        "--kaggle-dir",
-        str(tiny_kaggle),
-        "--annotations-out",
-        str(tmp_path / "a.parquet"),
-        "--images-out",
-        str(tmp_path / "i.parquet"),
-        "--params",
-        str(write_params(tmp_path / "p.yaml")),
-        check=True,
-    )
-    run_cli(
-        "coco",
-        "--annotations",
-        str(tmp_path / "a.parquet"),
-        "--images",
-        str(tmp_path / "i.parquet"),
-        "--train-out",
-        str(tmp_path / "train.json"),
-        "--val-out",
-        str(tmp_path / "val.json"),
-        "--params",
-        str(tmp_path / "p.yaml"),
-        check=True,
-    )
+    decode_and_split(tiny_kaggle, tmp_path, write_params(tmp_path / "p.yaml"))
     predictions.write(truth_predictions(tiny_kaggle / "train.csv", [], {"0123456789ab": (520, 704)}), tmp_path / "v.parquet")
     proc = run_cli(
         "thresholds",
@@ -398,19 +363,7 @@ def test_two_files_of_one_id_in_the_test_folder_are_an_error(tmp_path):
     Image.new("L", (70, 52)).save(folder / "a.png")
     Image.new("L", (70, 52)).save(folder / "a.tif")
     cellpipe_checkpoint(tmp_path / "m.pt", TINY_MODEL, ["shsy5y", "astro", "cort"])
-    (tmp_path / "p.yaml").write_text("predict: {tta: false, tta_iou: 0.5, detections_per_img: 0}\n")
-    proc = run_cli(
-        "predict",
-        "--checkpoint",
-        str(tmp_path / "m.pt"),
-        "--skip-val",
-        "--test-dir",
-        str(folder),
-        "--test-out",
-        str(tmp_path / "t.parquet"),
-        "--params",
-        str(tmp_path / "p.yaml"),
-    )
+    proc = predict_folder(tmp_path, folder)
     one_line_error(proc, "test", "two files for image a: a.png and a.tif")
 
 
@@ -441,19 +394,7 @@ def test_predict_sees_the_same_pixels_in_every_grey_encoding(tmp_path):
     grey = (np.random.default_rng(1).normal(128, 30, (104, 140)).clip(0, 255)).astype(np.uint8)
     grey_variants(tmp_path / "f", grey)
     cellpipe_checkpoint(tmp_path / "m.pt", tiny_model(box_score_thresh=0.0), ["shsy5y", "astro", "cort"])
-    (tmp_path / "p.yaml").write_text("predict: {tta: false, tta_iou: 0.5, detections_per_img: 0}\n")
-    proc = run_cli(
-        "predict",
-        "--checkpoint",
-        str(tmp_path / "m.pt"),
-        "--skip-val",
-        "--test-dir",
-        str(tmp_path / "f"),
-        "--test-out",
-        str(tmp_path / "t.parquet"),
-        "--params",
-        str(tmp_path / "p.yaml"),
-    )
+    proc = predict_folder(tmp_path, tmp_path / "f")
     assert proc.returncode == 0, proc.stderr
     pred = predictions.read(tmp_path / "t.parquet")
     assert sorted(pred.sizes) == ["alpha", "palette", "plain", "upper"]
@@ -614,23 +555,8 @@ def test_predict_score_and_check_submission_on_images_of_other_sizes(tmp_path):
     pd.DataFrame(rows).to_csv(tmp_path / "truth.csv", index=False)
     (tmp_path / "sample_submission.csv").write_text("id,predicted\ntall,\nsmall,\n")
     cellpipe_checkpoint(tmp_path / "m.pt", tiny_model(box_score_thresh=0.0), ["shsy5y", "astro", "cort"])
-    (tmp_path / "p.yaml").write_text("predict: {tta: false, tta_iou: 0.5, detections_per_img: 0}\n")
-    proc = run_cli(
-        "predict",
-        "--checkpoint",
-        str(tmp_path / "m.pt"),
-        "--skip-val",
-        "--test-dir",
-        str(folder),
-        "--test-out",
-        str(tmp_path / "t.parquet"),
-        "--submission-out",
-        str(tmp_path / "sub.csv"),
-        "--thresholds",
-        str(tmp_path / "none.json"),
-        "--params",
-        str(tmp_path / "p.yaml"),
-    )
+    sub, none = str(tmp_path / "sub.csv"), str(tmp_path / "none.json")
+    proc = predict_folder(tmp_path, folder, "--submission-out", sub, "--thresholds", none)
     assert proc.returncode == 0, proc.stderr
     assert predictions.read(tmp_path / "t.parquet").sizes == sizes
     proc = run_cli("check-submission", str(tmp_path / "sub.csv"), "--sample-submission", str(tmp_path / "sample_submission.csv"))
