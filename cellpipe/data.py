@@ -58,13 +58,11 @@ class CocoInstances(Dataset):
         *,
         hflip: bool = False,
         vflip: bool = False,
-        class_agnostic: bool = False,
         image_ids: list[int] | None = None,
         crop_size: int = 0,
     ) -> None:
         self.coco = coco
         self.min_size, self.max_size = min_size, max_size
-        self.class_agnostic = class_agnostic
         self.crop_size = crop_size
         wanted = None if image_ids is None else set(image_ids)
         self.images = [im for im in coco["images"] if wanted is None or im["id"] in wanted]
@@ -110,7 +108,7 @@ class CocoInstances(Dataset):
                 m = full.astype(bool)
             corners.append((y, x))
             crops.append(np.ascontiguousarray(m[y : y + bh, x : x + bw]))
-            labels.append(1 if self.class_agnostic else int(a["category_id"]))
+            labels.append(int(a["category_id"]))
         sample = Sample(image, np.asarray(corners, dtype=np.int64).reshape(-1, 2), crops, np.asarray(labels, dtype=np.int64))
         self._cache[index] = sample
         return sample

@@ -348,7 +348,7 @@ def _iterations(
         yield it, (list(images), list(targets))
 
 
-def val_images(data: dict, *, class_agnostic_names: bool = False) -> list[ValImage]:
+def val_images(data: dict) -> list[ValImage]:
     """Val images of a normalised COCO dict with their true instances as sparse matrices."""
     by_image: dict[int, list[dict]] = {}
     for a in data["annotations"]:
@@ -360,7 +360,7 @@ def val_images(data: dict, *, class_agnostic_names: bool = False) -> list[ValIma
         out.append(
             ValImage(
                 coco.image_id(im),
-                "cell" if class_agnostic_names else str(im.get("cell_type", "cell")),
+                str(im.get("cell_type", "cell")),
                 read_grey(im["path"], (h, w)),
                 truth,
             )
