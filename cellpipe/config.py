@@ -307,15 +307,31 @@ _MESSAGES = {
 }
 
 
+# keys of earlier versions, and what to write instead
+RENAMED = {
+    "data.kaggle_dir": "data.kaggle.kaggle-dir",
+    "data.livecell_json": "data.livecell.livecell-json",
+    "data.livecell_images": "data.livecell.livecell-images",
+    "thresholds.min_size": "postprocess.min_size",
+    "pretrain.eval_min_size": "postprocess.min_size",
+    "finetune.eval_min_size": "postprocess.min_size",
+}
+OLD_VALUES = {("finetune.init", "livecell"): "finetune.init: checkpoint (finetune.init_checkpoint names the file)"}
+
+
 def _message(err: dict[str, Any]) -> str:
     loc = [str(x) for x in err["loc"] if not isinstance(x, int) and x not in ("int", "list[int]")]
     key = ".".join(loc)
     kind, ctx = err["type"], err.get("ctx", {})
     got = err.get("input")
     if kind == "extra_forbidden":
+        if key in RENAMED:
+            return f"params key {key} was renamed: write {RENAMED[key]} instead"
         return f"unknown params key {key}" if len(loc) > 1 else f"unknown params section {key!r}; known: {', '.join(SECTIONS)}"
     if kind == "missing":
         return f"params key {key} is missing"
+    if kind == "literal_error" and (key, got) in OLD_VALUES:
+        return f"{key}: {got!r} was renamed: write {OLD_VALUES[key, got]}"
     if kind == "literal_error":
         return f"{key} must be one of {ctx.get('expected', '').replace(' or ', ', ')} (got {got!r})"
     if kind in _MESSAGES:

@@ -48,6 +48,9 @@ def test_every_knob_has_help():
         ({"synth": {"images_per_type": {"neuron": 3}}}, "synth.images_per_type"),
         ({"synth": {"seed": 1.5}}, "synth.seed must be an integer (got 1.5)"),
         ([1, 2], "params must be a mapping of sections"),
+        ({"data": {"kaggle_dir": "x"}}, "params key data.kaggle_dir was renamed: write data.kaggle.kaggle-dir instead"),
+        ({"thresholds": {"min_size": 3}}, "params key thresholds.min_size was renamed: write postprocess.min_size instead"),
+        ({"finetune": {"init": "livecell"}}, "finetune.init: 'livecell' was renamed: write finetune.init: checkpoint"),
     ],
 )
 def test_bad_values_are_one_line_naming_the_key(data, message):
