@@ -103,11 +103,27 @@ class Coco(Section):
 # --------------------------------------------------------------------------- model
 
 
+class CellposeParams(Section):
+    """The flow U-Net (model.arch: cellpose)."""
+
+    nbase: list[int] = Field(default_factory=lambda: [32, 64, 128, 256], min_length=2,
+                             description="U-Net widths, coarsest last (cellpose's own: 32 64 128 256)")  # fmt: skip
+    diameter: float = Field(30.0, gt=0, description="cells are rescaled to this diameter (px)")
+    scale: Literal["per_class", "fixed"] = Field("per_class", description="per_class: each class's cells to "
+                                                 "the diameter (measured on the training data); fixed: one scale")  # fmt: skip
+    fixed_scale: float = Field(1.0, gt=0, description="the one scale of scale: fixed")
+    cellprob_threshold: float = Field(0.0, description="cell-probability logit above which a pixel is in a cell")
+    flow_threshold: float = Field(0.4, ge=0, description="drop masks whose flows disagree more than this")
+    niter: int = Field(200, gt=0, description="flow-following steps")
+    min_size: int = Field(15, ge=0, description="drop masks smaller than this (px) and fill holes")
+
+
 class Model(Section):
     """The network. CPU default: a narrow ResNet-18 FPN Mask R-CNN with light heads; the GPU recipe
     (profiles/gpu.yaml) is resnet50 / fpn_channels 256 / box_head_dim 1024 / mask head 256 × 4."""
 
-    arch: Literal["maskrcnn"] = Field("maskrcnn", description="model family")
+    arch: Literal["maskrcnn", "cellpose"] = Field("maskrcnn", description="model family: maskrcnn | cellpose "
+                                                  "(a flow U-Net, knobs under model.cellpose)")  # fmt: skip
     backend: Literal["torchvision", "detectron2"] = Field(
         "torchvision", description="torchvision | detectron2 (optional install: README)"
     )
@@ -144,6 +160,7 @@ class Model(Section):
     box_nms_thresh: float = Field(0.5, ge=0, le=1, description="per-class box NMS IoU")
     box_score_thresh: float = Field(0.05, ge=0, le=1, description="lowest score kept by predict (thresholds tunes above it)")
     mask_threshold: float = Field(0.5, gt=0, lt=1, description="mask probability → pixel")
+    cellpose: CellposeParams = Field(CellposeParams(), description="model.arch: cellpose only")
 
     @field_validator("anchor_sizes")
     @classmethod

@@ -35,7 +35,7 @@ from torch.utils.data import DataLoader, Dataset
 from cellpipe import checkpoints, coco, metric, postprocess
 from cellpipe.atomic import remove_stale
 from cellpipe.config import Model, PostProcess, Train
-from cellpipe.data import CocoInstances, collate
+from cellpipe.data import collate
 from cellpipe.errors import CellpipeError
 from cellpipe.images import read_grey
 from cellpipe.models import Family
@@ -75,7 +75,7 @@ class Batches(Dataset):
     whichever process builds the batch.
     """
 
-    def __init__(self, dataset: CocoInstances, cfg: Train, start: int) -> None:
+    def __init__(self, dataset: Dataset, cfg: Train, start: int) -> None:
         self.dataset, self.cfg, self.start = dataset, cfg, start
 
     def __len__(self) -> int:
@@ -90,7 +90,7 @@ class Batches(Dataset):
         return it, collate([self.dataset[int(j)] for j in idx])
 
 
-def loader(dataset: CocoInstances, cfg: Train, start: int, device: torch.device) -> DataLoader:
+def loader(dataset: Dataset, cfg: Train, start: int, device: torch.device) -> DataLoader:
     """The batches of iterations ``start..iters-1`` in order, built by ``cfg.workers`` worker processes."""
     return DataLoader(
         Batches(dataset, cfg, start),
@@ -248,7 +248,7 @@ def resume(path: Path, model: torch.nn.Module, opt: Optimisation, fingerprint: s
 def train(
     family: Family,
     model: torch.nn.Module,
-    dataset: CocoInstances,
+    dataset: Dataset,
     val: list[ValImage],
     cfg: Train,
     model_cfg: Model,
@@ -333,7 +333,7 @@ def train(
 
 
 def _iterations(
-    dataset: CocoInstances, cfg: Train, start: int, device: torch.device
+    dataset: Dataset, cfg: Train, start: int, device: torch.device
 ) -> Iterator[tuple[int, tuple[list[torch.Tensor], list[dict]]]]:
     """(iteration, batch on ``device``) from the loader.
 

@@ -17,7 +17,6 @@ from cellpipe import coco, models
 from cellpipe import train as engine
 from cellpipe.config import Model, PostProcess, Train
 from cellpipe.console import console, log, progress
-from cellpipe.data import CocoInstances
 from cellpipe.errors import CellpipeError
 from cellpipe.io import write_json
 
@@ -91,19 +90,12 @@ def run_training(
     if not train_coco["categories"]:
         raise CellpipeError("COCO file has no categories", where=str(train_json))
     class_names = [c["name"] for c in sorted(train_coco["categories"], key=lambda c: c["id"])]
-    dataset = CocoInstances(
-        train_coco,
-        model_cfg.min_size,
-        model_cfg.max_size,
-        hflip=train_cfg.hflip,
-        vflip=train_cfg.vflip,
-        image_ids=train_ids,
-        crop_size=train_cfg.crop_size,
-    )
+    dataset = family.dataset(train_coco, model_cfg, train_cfg, train_ids)
     val = engine.val_images(val_coco)
     torch.manual_seed(train_cfg.seed)
     model = family.build(model_cfg, len(class_names))
     desc = family.initialise(model, init)
+    family.fit_data(model, dataset)
     # resuming is safe only with the same inputs and the same training code (the family's included)
     import cellpipe.data
     import cellpipe.train

@@ -69,6 +69,16 @@ class Family:
         """The object whose ``score_thresh`` and ``detections_per_img`` bound inference."""
         raise NotImplementedError
 
+    def dataset(self, data: dict, cfg: Model, train_cfg: Any, image_ids: list[int] | None = None) -> Any:
+        """Training samples of a normalised COCO dict (images and targets as ``train_step`` takes them)."""
+        from cellpipe.data import CocoInstances
+
+        return CocoInstances(data, cfg.min_size, cfg.max_size, hflip=train_cfg.hflip, vflip=train_cfg.vflip,
+                             image_ids=image_ids, crop_size=train_cfg.crop_size)  # fmt: skip
+
+    def fit_data(self, model: nn.Module, dataset: Any) -> None:
+        """Set what the model learns from the training data before training (cellpose: cell sizes)."""
+
 
 def _torchvision_maskrcnn() -> Family:
     from cellpipe.models.torchvision_maskrcnn import TorchvisionMaskRCNN
@@ -82,17 +92,24 @@ def _detectron2_maskrcnn() -> Family:
     return Detectron2Family()
 
 
+def _cellpose_flow() -> Family:
+    from cellpipe.models.cellpose_flow import CellposeFlow
+
+    return CellposeFlow()
+
+
 # (model.arch, model.backend) → the family; each imported on first use (detectron2 only when asked
 # for). Plain imports inside functions, not importlib strings: dvc.yaml's deps are computed from them.
 FAMILIES: dict[tuple[str, str], Callable[[], Family]] = {
     ("maskrcnn", "torchvision"): _torchvision_maskrcnn,
     ("maskrcnn", "detectron2"): _detectron2_maskrcnn,
+    ("cellpose", "*"): _cellpose_flow,  # model.backend does not apply
 }
 
 
 def family(cfg: Model) -> Family:
     """The family of ``cfg``."""
-    key = (cfg.arch, cfg.backend)
+    key = (cfg.arch, cfg.backend) if (cfg.arch, cfg.backend) in FAMILIES else (cfg.arch, "*")
     if key not in FAMILIES:
         raise CellpipeError(
             f"no model family for model.arch {cfg.arch!r} with model.backend {cfg.backend!r}; "

@@ -1,0 +1,287 @@
+"""A cellpose-style flow U-Net, trained from scratch in cellpipe's engine (``model.arch: cellpose``).
+
+The network predicts, per pixel, a flow toward the centre of the cell it belongs to
+and a cell probability; masks are recovered by following the flows (cellpose's
+``dynamics``), so there is no detection cap and touching cells separate cleanly. The
+cellpose library (``cellpose>=3.1,<4``) provides what it does well: the flow targets
+(``dynamics.masks_to_flows``), mask recovery (``dynamics.resize_and_compute_masks``)
+and the U-Net (``resnet_torch.CPnet``); nothing is downloaded. On top of it:
+
+- **cell type**: a linear head on the U-Net's style vector predicts the image's cell
+  type (every cell of a competition image has one), trained with cross-entropy; it
+  labels the image's cells and so picks the per-class thresholds downstream;
+- **cell size**: images are rescaled so cells have ``model.cellpose.diameter`` pixels;
+  each class's median diameter is measured on the training data and kept in the model
+  (``per_class``: predict once at the mean scale, classify, predict again at the
+  predicted class's scale when it differs; ``fixed``: one scale for all);
+- **scores**: each cell scores the mean cell probability inside its mask, so the
+  thresholds stage tunes cuts exactly as for Mask R-CNN.
+
+Flow targets are computed once per image (they cost ≈ 0.5 s each on a CPU) and kept for
+the run.
+"""
+
+from __future__ import annotations
+
+import math
+import warnings
+from typing import Any
+
+import numpy as np
+import scipy.sparse as sp
+import torch
+import torch.nn.functional as F
+from torch import nn
+from torch.utils.data import Dataset
+
+from cellpipe import coco
+from cellpipe.config import Model
+from cellpipe.errors import CellpipeError
+from cellpipe.images import read_grey
+from cellpipe.instances import Instances
+from cellpipe.models import Family
+
+INSTALL_HINT = "pip install 'cellpose>=3.1,<4'"
+
+
+def _cellpose():
+    try:
+        from cellpose import dynamics, resnet_torch
+    except Exception as exc:  # noqa: BLE001 - any import failure means "not usable"
+        raise CellpipeError(f"model.arch is cellpose but the cellpose library cannot be imported "
+                            f"({exc.__class__.__name__}: {exc}); install it with: {INSTALL_HINT}") from None  # fmt: skip
+    return dynamics, resnet_torch
+
+
+def normalise(grey: np.ndarray) -> torch.Tensor:
+    """uint8 (H, W) → float (1, H, W), zero mean and unit std per image (as the Mask R-CNN input)."""
+    x = torch.from_numpy(grey.astype(np.float32))
+    return ((x - x.mean()) / x.std().clamp_min(1.0))[None]
+
+
+def equivalent_diameter(area: float) -> float:
+    return 2.0 * math.sqrt(max(area, 1.0) / math.pi)
+
+
+class FlowNet(nn.Module):
+    """CPnet (1 input channel; outputs dy, dx, cell-probability logit) and a cell-type head on its style."""
+
+    def __init__(self, cfg: Model, num_classes: int) -> None:
+        super().__init__()
+        _, resnet_torch = _cellpose()
+        c = cfg.cellpose
+        self.unet = resnet_torch.CPnet([1, *c.nbase], nout=3, sz=3, diam_mean=c.diameter)
+        self.classify = nn.Linear(c.nbase[-1], num_classes)
+        self.register_buffer("diameters", torch.full((num_classes,), float(c.diameter)))
+        self.cfg = c
+        self.score_thresh = cfg.box_score_thresh  # the inference limits every family exposes
+        self.detections_per_img = cfg.detections_per_img
+
+    def forward(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """(B, 1, H, W) with H, W multiples of 16 → (B, 3, H, W) maps and (B, classes) type logits."""
+        maps, style, _ = self.unet(x)
+        return maps, self.classify(style)
+
+    def scale_of(self, cls: int) -> float:
+        """Resize factor that brings class ``cls``'s cells to the nominal diameter."""
+        if self.cfg.scale == "fixed":
+            return float(self.cfg.fixed_scale)
+        return float(self.cfg.diameter / float(self.diameters[cls]))
+
+
+def label_image(anns: list[dict], height: int, width: int) -> np.ndarray:
+    """int32 (H, W) labels 1..n of an image's annotations (a later cell wins a shared pixel)."""
+    masks = coco.instances(anns, height, width)
+    labels = np.zeros(height * width, np.int32)
+    for k in range(masks.shape[0]):
+        labels[masks.indices[masks.indptr[k] : masks.indptr[k + 1]]] = k + 1
+    return labels.reshape(height, width)
+
+
+class FlowSamples(Dataset):
+    """Training crops: image, flow targets (cell probability, dy, dx) and the image's class index.
+
+    Each image is rescaled so its cells have the nominal diameter (its class's median
+    diameter on the training data), its flows computed once, and every step draws a
+    random ``crop_size`` window and flips from torch's RNG (seeded per iteration by the
+    engine).
+    """
+
+    def __init__(self, data: dict, cfg: Model, *, crop_size: int, hflip: bool, vflip: bool,
+                 image_ids: list[int] | None = None, diameters: np.ndarray | None = None) -> None:  # fmt: skip
+        self.cfg = cfg.cellpose
+        self.crop = crop_size or 256
+        self.hflip, self.vflip = hflip, vflip
+        wanted = None if image_ids is None else set(image_ids)
+        self.images = [im for im in data["images"] if wanted is None or im["id"] in wanted]
+        self.by_image: dict[int, list[dict]] = {}
+        for a in data["annotations"]:
+            self.by_image.setdefault(a["image_id"], []).append(a)
+        self.diameters = diameters if diameters is not None else class_diameters(data)
+        self._cache: dict[int, tuple[torch.Tensor, torch.Tensor, int]] = {}
+        self.dropped = 0
+
+    def __len__(self) -> int:
+        return len(self.images)
+
+    def image_class(self, im: dict) -> int:
+        anns = self.by_image.get(im["id"], [])
+        if not anns:
+            return 0
+        return int(np.bincount([a["category_id"] - 1 for a in anns]).argmax())
+
+    def load(self, index: int) -> tuple[torch.Tensor, torch.Tensor, int]:
+        if index in self._cache:
+            return self._cache[index]
+        dynamics, _ = _cellpose()
+        im = self.images[index]
+        h, w = int(im["height"]), int(im["width"])
+        cls = self.image_class(im)
+        scale = self.cfg.fixed_scale if self.cfg.scale == "fixed" else self.cfg.diameter / float(self.diameters[cls])
+        size = (max(1, round(h * scale)), max(1, round(w * scale)))
+        image = F.interpolate(normalise(read_grey(im["path"], (h, w)))[None], size=size, mode="bilinear",
+                              align_corners=False, antialias=scale < 1)[0]  # fmt: skip
+        labels = label_image(self.by_image.get(im["id"], []), h, w)
+        labels = F.interpolate(torch.from_numpy(labels)[None, None].float(), size=size, mode="nearest")[0, 0]
+        labels = labels.numpy().astype(np.int32)
+        if labels.max() > 0:
+            flows = dynamics.masks_to_flows(labels, device=torch.device("cpu"))  # (2, h, w): dy, dx
+        else:
+            flows = np.zeros((2, *size), np.float32)
+        target = torch.from_numpy(np.concatenate([(labels > 0)[None], flows]).astype(np.float32))
+        self._cache[index] = (image, target, cls)
+        return self._cache[index]
+
+    def __getitem__(self, index: int) -> tuple[torch.Tensor, dict]:
+        image, target, cls = self.load(index)
+        h, w = image.shape[-2:]
+        c = self.crop
+        if h < c or w < c:  # pad small images to one crop (zero image, no cells, no flow)
+            pad = (0, max(0, c - w), 0, max(0, c - h))
+            image, target = F.pad(image, pad), F.pad(target, pad)
+            h, w = image.shape[-2:]
+        top = int(torch.randint(0, h - c + 1, ()).item())
+        left = int(torch.randint(0, w - c + 1, ()).item())
+        image = image[:, top : top + c, left : left + c]
+        target = target[:, top : top + c, left : left + c].clone()
+        if self.hflip and torch.rand(()) < 0.5:
+            image, target = flip(image, target, -1)
+        if self.vflip and torch.rand(()) < 0.5:
+            image, target = flip(image, target, -2)
+        return image.contiguous(), {"flows": target.contiguous(), "label": torch.tensor(cls)}
+
+
+def flip(image: torch.Tensor, target: torch.Tensor, dim: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """Mirror an image and its (cell probability, dy, dx) targets along ``dim`` (-1: x, -2: y).
+
+    The flow component along the mirrored axis changes sign, so flows still point at the
+    cells' centres.
+    """
+    image, target = image.flip(dim), target.flip(dim).clone()
+    component = 2 if dim == -1 else 1
+    target[component] = -target[component]
+    return image, target
+
+
+def class_diameters(data: dict) -> np.ndarray:
+    """Median equivalent diameter of each category's cells (by category id order)."""
+    cats = sorted(c["id"] for c in data["categories"])
+    out = []
+    for cid in cats:
+        areas = [a["area"] for a in data["annotations"] if a["category_id"] == cid]
+        out.append(float(np.median([equivalent_diameter(x) for x in areas])) if areas else 30.0)
+    return np.asarray(out, np.float32)
+
+
+def _pad16(x: torch.Tensor) -> tuple[torch.Tensor, int, int]:
+    h, w = x.shape[-2:]
+    ph, pw = (-h) % 16, (-w) % 16
+    return (F.pad(x, (0, pw, 0, ph), mode="reflect") if ph or pw else x), h, w
+
+
+class CellposeFlow(Family):
+    name = "cellpose flow U-Net"
+    class_specific = ("classify.", "diameters")
+
+    def require(self) -> None:
+        _cellpose()
+
+    def build(self, cfg: Model, num_classes: int) -> nn.Module:
+        return FlowNet(cfg, num_classes)
+
+    def dataset(self, data: dict, cfg: Model, train_cfg: Any, image_ids: list[int] | None = None) -> FlowSamples:
+        return FlowSamples(data, cfg, crop_size=train_cfg.crop_size, hflip=train_cfg.hflip, vflip=train_cfg.vflip,
+                           image_ids=image_ids)  # fmt: skip
+
+    def fit_data(self, model: nn.Module, dataset: FlowSamples) -> None:
+        model.diameters.copy_(torch.from_numpy(dataset.diameters))
+
+    def train_step(self, model: nn.Module, images: list[torch.Tensor], targets: list[dict]) -> dict[str, torch.Tensor]:
+        x = torch.stack(images)
+        t = torch.stack([tg["flows"] for tg in targets])
+        labels = torch.stack([tg["label"] for tg in targets])
+        maps, logits = model(x)
+        return {
+            "loss_flow": F.mse_loss(maps[:, :2], 5.0 * t[:, 1:]) / 2.0,  # cellpose's weighting
+            "loss_cellprob": F.binary_cross_entropy_with_logits(maps[:, 2], t[:, 0]),
+            "loss_type": F.cross_entropy(logits, labels),
+        }
+
+    def limits(self, model: nn.Module) -> FlowNet:
+        return model
+
+    @torch.no_grad()
+    def run(self, model: FlowNet, x: torch.Tensor, scale: float, device: Any, tta: bool = False
+            ) -> tuple[np.ndarray, np.ndarray, int]:  # fmt: skip
+        """Flows (2, h, w) and cell-probability logits (h, w) at ``scale``, and the predicted class.
+
+        With ``tta`` the maps of the image and of its horizontal and vertical flips are
+        averaged (each flipped back, its flow component negated), as are the type logits.
+        """
+        h, w = x.shape[-2:]
+        size = (max(16, round(h * scale)), max(16, round(w * scale)))
+        xs = F.interpolate(x[None], size=size, mode="bilinear", align_corners=False, antialias=scale < 1)
+        xs, sh, sw = _pad16(xs.to(device))
+        maps, logits = model(xs)
+        if tta:
+            for dim, component in ((-1, 1), (-2, 0)):
+                m, lg = model(xs.flip(dim))
+                m = m.flip(dim)
+                m[:, component] = -m[:, component]
+                maps, logits = maps + m, logits + lg
+            maps, logits = maps / 3, logits / 3
+        maps = maps[..., :sh, :sw].float().cpu()
+        return maps[0, :2].numpy(), maps[0, 2].numpy(), int(logits.argmax(1).item())
+
+    @torch.no_grad()
+    def predict(self, model: nn.Module, grey: np.ndarray, *, device: Any, mask_threshold: float = 0.5, tta: bool = False,
+                tta_iou: float = 0.5) -> Instances:  # fmt: skip
+        dynamics, _ = _cellpose()
+        model.eval()
+        c = model.cfg
+        x = normalise(grey)
+        if c.scale == "fixed":
+            flows, cellprob, cls = self.run(model, x, c.fixed_scale, device, tta)
+        else:  # classify at the mean scale, then predict at the predicted class's scale
+            mean_scale = float(np.mean([model.scale_of(k) for k in range(len(model.diameters))]))
+            flows, cellprob, cls = self.run(model, x, mean_scale, device, tta)
+            scale = model.scale_of(cls)
+            if abs(scale / mean_scale - 1) > 0.05:
+                flows, cellprob, _ = self.run(model, x, scale, device, tta)
+        h, w = grey.shape
+        with warnings.catch_warnings():  # torch's notice about sparse invariant checks, from cellpose's code
+            warnings.filterwarnings("ignore", message="Sparse invariant checks")
+            labels = dynamics.resize_and_compute_masks(
+            flows, cellprob, niter=c.niter, cellprob_threshold=c.cellprob_threshold, flow_threshold=c.flow_threshold,
+                min_size=c.min_size, resize=(h, w), device=torch.device("cpu"))  # fmt: skip
+        prob = F.interpolate(torch.sigmoid(torch.from_numpy(cellprob))[None, None], size=(h, w), mode="bilinear",
+                             align_corners=False)[0, 0].numpy().ravel()  # fmt: skip
+        flat = labels.ravel().astype(np.int64)
+        pix = np.flatnonzero(flat)
+        ids, rows = np.unique(flat[pix], return_inverse=True)
+        masks = sp.csr_matrix((np.ones(len(pix), np.float32), (rows, pix)), shape=(len(ids), h * w))
+        scores = (np.bincount(rows, weights=prob[pix], minlength=len(ids)) /
+                  np.maximum(np.bincount(rows, minlength=len(ids)), 1)).astype(np.float32)  # fmt: skip
+        keep = np.flatnonzero(scores >= model.score_thresh)
+        keep = keep[np.argsort(-scores[keep], kind="stable")][: model.detections_per_img]
+        return Instances(masks[keep], scores[keep], np.full(len(keep), cls + 1, np.int64), (h, w))

@@ -1,0 +1,124 @@
+"""The cellpose-style flow family: flow targets, a training step, checkpoints, the whole DAG."""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pandas as pd
+import pytest
+import torch
+
+pytest.importorskip("cellpose", reason="the cellpose library is not installed")
+
+from cellpipe import metric, models, rle, tables  # noqa: E402
+from cellpipe import train as engine  # noqa: E402
+from cellpipe.config import Train  # noqa: E402
+from tests.conftest import CLASSES, SAMPLE, requires_shared, tiny_model  # noqa: E402
+
+TINY_CP = tiny_model(arch="cellpose", cellpose={"nbase": [8, 16, 32, 64], "niter": 100})
+FAMILY = models.family(TINY_CP)
+
+
+@requires_shared()
+def test_flow_targets_recover_the_cells():
+    """Labels → cellpose flows → masks (perfect cell probability): ≥ 0.95 of the cells back at IoU 0.5."""
+    from cellpose import dynamics
+
+    df = tables.read_train_csv(SAMPLE / "train.csv", duplicates="drop")
+    found = total = 0
+    for _, g in df.groupby("id"):
+        h, w = int(g["height"].iloc[0]), int(g["width"].iloc[0])
+        truth = rle.to_csr(rle.parse_many(g["annotation"].tolist(), h * w), h * w)
+        labels = np.zeros(h * w, np.int32)
+        for k in range(truth.shape[0]):
+            labels[truth.indices[truth.indptr[k] : truth.indptr[k + 1]]] = k + 1
+        labels = labels.reshape(h, w)
+        flows = dynamics.masks_to_flows(labels, device=torch.device("cpu"))
+        prob = np.where(labels > 0, 10.0, -10.0).astype(np.float32)
+        masks = dynamics.compute_masks((5 * flows).astype(np.float32), prob, niter=200, device=torch.device("cpu"))
+        iou = metric.iou_matrix(truth, metric.as_instances(masks))
+        found += int((iou > 0.5).any(axis=1).sum())
+        total += truth.shape[0]
+    assert found / total >= 0.95, (found, total)
+
+
+def test_a_few_steps_lower_the_loss(tiny_coco, tmp_path):
+    torch.manual_seed(0)
+    model = FAMILY.build(TINY_CP, 3)
+    cfg = Train(iters=30, lr=0.05, warmup_iters=2, crop_size=96, batch_size=2, eval_every=30, eval_score_threshold=0.0)
+    ds = FAMILY.dataset(tiny_coco, TINY_CP, cfg)
+    FAMILY.fit_data(model, ds)
+    logs = []
+    engine.train(FAMILY, model, ds, engine.val_images({**tiny_coco, "images": tiny_coco["images"][:1]}), cfg, TINY_CP,
+                 tmp_path, classes=CLASSES, init="none", on_log=lambda s, m: logs.append(m))  # fmt: skip
+    losses = [m["train/loss"] for m in logs if "train/loss" in m]
+    assert np.mean(losses[-5:]) < np.mean(losses[:5])
+    assert {"train/loss_flow", "train/loss_cellprob", "train/loss_type"} <= set(logs[0])
+    assert sorted(model.diameters.tolist()) == sorted(ds.diameters.tolist())
+
+
+def test_checkpoints_reload_to_identical_predictions(tiny_coco, tmp_path):
+    torch.manual_seed(0)
+    model = FAMILY.build(TINY_CP.model_copy(update={"box_score_thresh": 0.0}), 3)
+    cfg = Train(iters=4, eval_every=2, warmup_iters=1, crop_size=96, eval_score_threshold=0.0)
+    ds = FAMILY.dataset(tiny_coco, TINY_CP, cfg)
+    val = engine.val_images({**tiny_coco, "images": tiny_coco["images"][:1]})
+    engine.train(FAMILY, model, ds, val, cfg, TINY_CP, tmp_path, classes=CLASSES, init="none")
+    fam, loaded, mcfg, classes = models.from_checkpoint(tmp_path / "last.pt")
+    assert mcfg.arch == "cellpose" and classes == CLASSES and type(fam) is type(FAMILY)
+    model.load_state_dict(torch.load(tmp_path / "last.pt", weights_only=True)["model"])
+    a = FAMILY.predict(model.eval(), val[0].grey, device="cpu")
+    b = fam.predict(loaded, val[0].grey, device="cpu")
+    assert np.array_equal(a.scores, b.scores) and (a.masks != b.masks).nnz == 0 and np.array_equal(a.labels, b.labels)
+
+
+@pytest.mark.parametrize("dim", [-1, -2])
+def test_flipped_targets_are_the_targets_of_the_flipped_cells(dim):
+    """Mirroring flows (with the sign change) gives the flows cellpose computes for the mirrored cells."""
+    from cellpose import dynamics
+
+    from cellpipe.models.cellpose_flow import flip
+
+    yy, xx = np.mgrid[:60, :80]
+    labels = np.zeros((60, 80), np.int32)
+    labels[((yy - 20) / 9) ** 2 + ((xx - 25) / 15) ** 2 <= 1] = 1  # an ellipse, off-centre
+    labels[(yy > 35) & (yy < 55) & (xx > 40) & (xx < 48 + (yy - 35))] = 2  # a slanted blob
+
+    def targets(lab):
+        flows = dynamics.masks_to_flows(lab, device=torch.device("cpu"))
+        return torch.from_numpy(np.concatenate([(lab > 0)[None], flows]).astype(np.float32))
+
+    _, mirrored = flip(torch.zeros(1, 60, 80), targets(labels), dim)
+    direct = targets(np.flip(labels, axis=dim).copy())
+    assert torch.equal(mirrored[0], direct[0])
+    inside = direct[0] > 0
+    close = ((mirrored[1:] - direct[1:]).abs() < 0.15).all(0)[inside]
+    assert close.float().mean() > 0.9
+
+
+@pytest.mark.slow
+@requires_shared()
+def test_cellpose_runs_the_whole_dag_on_the_real_fixture(tmp_path):
+    """``model.arch: cellpose`` through ``dvc repro`` on the 6 real fixture images: every stage, unchanged."""
+    from tests.conftest import SHARED
+    from tests.test_dvc import dvc, make_repo, ran_stages
+
+    livecell = SHARED / "livecell"
+    repo = make_repo(tmp_path, {
+        "data": {"kaggle": {"kaggle-dir": str(SAMPLE)},
+                 "livecell": {"livecell-json": str(livecell / "livecell_coco_val_subset5img.json"),
+                              "livecell-images": str(livecell / "images")}},
+        "decode": {"duplicates": "drop"},
+        "model": {"arch": "cellpose", "cellpose": {"nbase": [8, 16, 32, 64], "niter": 100}},
+        "pretrain": {"iters": 4, "eval_every": 4, "crop_size": 128},
+        "finetune": {"iters": 4, "eval_every": 4, "crop_size": 128},
+    })  # fmt: skip
+    out = dvc(repo, "repro")
+    assert {"pretrain", "finetune", "predict", "thresholds", "score", "submit", "visualize"} <= set(ran_stages(out.stdout))
+    metrics = json.loads((repo / "metrics/val.json").read_text())
+    assert 0.0 <= metrics["map_iou"] <= 1.0 and "cell_type_vote_accuracy" in metrics
+    ckpt = torch.load(repo / "models/finetune/best.pt", weights_only=True)
+    assert ckpt["model_config"]["arch"] == "cellpose" and "classify.weight" in ckpt["model"]
+    sub = pd.read_csv(repo / "data/submission/submission.csv", keep_default_na=False)
+    assert set(sub["id"]) == {p.stem for p in (SAMPLE / "test").glob("*.png")}
