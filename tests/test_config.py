@@ -2,12 +2,14 @@
 
 from __future__ import annotations
 
+import shutil
+
 import pytest
 import yaml
 
 from cellpipe import config
 from cellpipe.errors import CellpipeError
-from tests.conftest import params_text, run_cli
+from tests.conftest import REPO, params_text, run_cli
 
 
 def test_params_yaml_is_the_rendered_defaults():
@@ -75,3 +77,23 @@ def test_params_command_shows_the_effective_values(tmp_path):
     shown = yaml.safe_load(proc.stdout)
     assert shown["coco"] == {"val_fraction": 0.2, "seed": 3} and shown["model"]["backbone"] == "resnet18"
     assert run_cli("params", "--defaults").stdout == config.render()
+
+
+@pytest.mark.parametrize("profile", sorted(p.stem for p in (REPO / "profiles").glob("*.yaml")))
+def test_every_profile_is_valid_on_the_committed_params(profile, tmp_path):
+    """A profile is `-S key=value` lines: each key must exist and each value pass validation,
+    or `./run.sh profile NAME` fails only after minutes of earlier stages."""
+    from tests.test_dvc import apply_profile
+
+    (tmp_path / "profiles").mkdir()
+    shutil.copy(REPO / "profiles" / f"{profile}.yaml", tmp_path / "profiles")
+    shutil.copy(REPO / "params.yaml", tmp_path / "params.yaml")
+    applied = apply_profile(tmp_path, profile)
+    assert applied, f"profiles/{profile}.yaml sets nothing"
+    params = config.validate(yaml.safe_load((tmp_path / "params.yaml").read_text()), where="params.yaml")
+    effective = params.model_dump(by_alias=True)
+    for key, value in applied.items():
+        node = effective
+        for part in key.split("."):
+            node = node[part]
+        assert node == value, f"{key}: {node!r} != {value!r}"

@@ -109,7 +109,8 @@ def apply_profile(workspace: Path, name: str) -> dict:
         node = params
         for p in parents:
             node = node.setdefault(p, {})
-        node[leaf] = applied[key.strip()] = yaml.safe_load(value)
+        # as run.sh does: surrounding quotes go, then DVC reads the value as YAML
+        node[leaf] = applied[key.strip()] = yaml.safe_load(value.strip().strip('"'))
     (workspace / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
     return applied
 
