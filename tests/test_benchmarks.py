@@ -31,3 +31,24 @@ def test_metric_and_submission_identical(df):
     preds = cases.perturbed_predictions(df)
     assert cases.metric_case(df, preds, list(df["id"].unique())).identical
     assert cases.submission_case(preds).identical
+
+
+def test_families_benchmark_runs_on_the_current_api(tiny_kaggle, tmp_path):
+    """The family benchmark builds each profile's model and trains it with the engine's step
+    (a benchmark nothing runs goes stale when the library moves on)."""
+    import json
+    import subprocess
+    import sys
+
+    from tests.conftest import REPO
+
+    out = tmp_path / "families.json"
+    proc = subprocess.run(
+        [sys.executable, "-m", "benchmarks.families", "--kaggle-dir", str(tiny_kaggle), "--steps", "1", "--warmup", "0",
+         "--out", str(out)],
+        cwd=REPO, capture_output=True, text=True, timeout=600,
+    )  # fmt: skip
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    (run,) = json.loads(out.read_text())
+    assert {"maskrcnn-torchvision", "cellpose"} <= set(run["train"])
+    assert all(r["median_s_per_step"] > 0 for r in run["train"].values())
