@@ -142,8 +142,7 @@ class FlowSamples(Dataset):
         image = F.interpolate(normalise(read_grey(im["path"], (h, w)))[None], size=size, mode="bilinear",
                               align_corners=False, antialias=scale < 1)[0]  # fmt: skip
         labels = label_image(self.by_image.get(im["id"], []), h, w)
-        labels = F.interpolate(torch.from_numpy(labels)[None, None].float(), size=size, mode="nearest")[0, 0]
-        labels = labels.numpy().astype(np.int32)
+        labels = resize_labels(labels, size)
         if labels.max() > 0:
             flows = dynamics.masks_to_flows(labels, device=torch.device("cpu"))  # (2, h, w): dy, dx
         else:
@@ -191,6 +190,45 @@ def class_diameters(data: dict) -> np.ndarray:
         areas = [a["area"] for a in data["annotations"] if a["category_id"] == cid]
         out.append(float(np.median([equivalent_diameter(x) for x in areas])) if areas else 30.0)
     return np.asarray(out, np.float32)
+
+
+def resize_labels(labels: np.ndarray, size: tuple[int, int]) -> np.ndarray:
+    """A label image at ``size``, sampled at pixel centres like the image's bilinear resize.
+
+    ``mode="nearest"`` samples at ``floor(i / scale)``: up to a pixel off the image's
+    ``align_corners=False`` grid, which on 17-px cells costs ≈ 0.1 IoU (measured in
+    ``tests/test_cellpose.py``).
+    """
+    if tuple(labels.shape) == tuple(size):
+        return labels.astype(np.int32)
+    out = F.interpolate(torch.from_numpy(labels.astype(np.float32))[None, None], size=size, mode="nearest-exact")
+    return out[0, 0].numpy().astype(np.int32)
+
+
+def maps_at(flows: np.ndarray, cellprob: np.ndarray, size: tuple[int, int]) -> tuple[np.ndarray, np.ndarray]:
+    """Flows (2, h, w) and cell-probability logits (h, w) resampled (bilinear, pixel centres) to ``size``.
+
+    Masks are then recovered at the image's own size — cellpose's ``resample=True``.
+    Recovering them at the network's scale and resizing the label image instead (cellpose's
+    ``resize_and_compute_masks``, nearest-neighbour on OpenCV's grid) caps the mean IoU of
+    perfect flows near 0.8 on the real cells.
+    """
+    if tuple(cellprob.shape) == tuple(size):
+        return flows, cellprob
+    maps = torch.from_numpy(np.concatenate([flows, cellprob[None]]).astype(np.float32))[None]
+    maps = F.interpolate(maps, size=size, mode="bilinear", align_corners=False)[0].numpy()
+    return maps[:2], maps[2]
+
+
+def masks_from_maps(flows: np.ndarray, cellprob: np.ndarray, c: Any) -> np.ndarray:
+    """Label image from flows (as the network outputs them: 5 × unit flows) and cell-probability logits."""
+    dynamics, _ = _cellpose()
+    with warnings.catch_warnings():  # torch's notice about sparse invariant checks, from cellpose's code
+        warnings.filterwarnings("ignore", message="Sparse invariant checks")
+        return dynamics.compute_masks(
+            flows, cellprob, niter=c.niter, cellprob_threshold=c.cellprob_threshold,
+            flow_threshold=c.flow_threshold, min_size=c.min_size, device=torch.device("cpu"),
+        )  # fmt: skip
 
 
 def _pad16(x: torch.Tensor) -> tuple[torch.Tensor, int, int]:
@@ -256,7 +294,6 @@ class CellposeFlow(Family):
     @torch.no_grad()
     def predict(self, model: nn.Module, grey: np.ndarray, *, device: Any, mask_threshold: float = 0.5, tta: bool = False,
                 tta_iou: float = 0.5) -> Instances:  # fmt: skip
-        dynamics, _ = _cellpose()
         model.eval()
         c = model.cfg
         x = normalise(grey)
@@ -269,13 +306,9 @@ class CellposeFlow(Family):
             if abs(scale / mean_scale - 1) > 0.05:
                 flows, cellprob, _ = self.run(model, x, scale, device, tta)
         h, w = grey.shape
-        with warnings.catch_warnings():  # torch's notice about sparse invariant checks, from cellpose's code
-            warnings.filterwarnings("ignore", message="Sparse invariant checks")
-            labels = dynamics.resize_and_compute_masks(
-            flows, cellprob, niter=c.niter, cellprob_threshold=c.cellprob_threshold, flow_threshold=c.flow_threshold,
-                min_size=c.min_size, resize=(h, w), device=torch.device("cpu"))  # fmt: skip
-        prob = F.interpolate(torch.sigmoid(torch.from_numpy(cellprob))[None, None], size=(h, w), mode="bilinear",
-                             align_corners=False)[0, 0].numpy().ravel()  # fmt: skip
+        flows, cellprob = maps_at(flows, cellprob, (h, w))
+        labels = masks_from_maps(flows, cellprob, c)
+        prob = (1.0 / (1.0 + np.exp(-cellprob))).ravel()
         flat = labels.ravel().astype(np.int64)
         pix = np.flatnonzero(flat)
         ids, rows = np.unique(flat[pix], return_inverse=True)
