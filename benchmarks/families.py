@@ -24,7 +24,7 @@ from pathlib import Path
 import torch
 import yaml
 
-from cellpipe import coco, config, models, tables
+from cellpipe import coco, config, models, profiles, tables
 from cellpipe.images import read_grey
 from cellpipe.train import optimisation, train_step
 
@@ -36,15 +36,7 @@ SAMPLE = REPO.parent / "shared" / "data" / "sartorius-sample"
 def profile_params(name: str) -> config.Params:
     """The committed params with ``profiles/NAME.yaml`` applied (as ``./run.sh profile NAME``)."""
     params = yaml.safe_load((REPO / "params.yaml").read_text())
-    for line in (REPO / "profiles" / f"{name}.yaml").read_text().splitlines():
-        if not line.strip() or line.startswith("#"):
-            continue
-        key, value = line.split(":", 1)
-        *parents, leaf = key.strip().split(".")
-        node = params
-        for p in parents:
-            node = node.setdefault(p, {})
-        node[leaf] = yaml.safe_load(value.strip().strip('"'))
+    profiles.apply(params, (REPO / "profiles" / f"{name}.yaml").read_text())
     return config.validate(params, where=f"profiles/{name}.yaml")
 
 

@@ -21,29 +21,6 @@ TINY_CP = tiny_model(arch="cellpose", cellpose={"nbase": [8, 16, 32, 64], "niter
 FAMILY = models.family(TINY_CP)
 
 
-@requires_shared()
-def test_flow_targets_recover_the_cells():
-    """Labels → cellpose flows → masks (perfect cell probability): ≥ 0.95 of the cells back at IoU 0.5."""
-    from cellpose import dynamics
-
-    df = tables.read_train_csv(SAMPLE / "train.csv", duplicates="drop")
-    found = total = 0
-    for _, g in df.groupby("id"):
-        h, w = int(g["height"].iloc[0]), int(g["width"].iloc[0])
-        truth = rle.to_csr(rle.parse_many(g["annotation"].tolist(), h * w), h * w)
-        labels = np.zeros(h * w, np.int32)
-        for k in range(truth.shape[0]):
-            labels[truth.indices[truth.indptr[k] : truth.indptr[k + 1]]] = k + 1
-        labels = labels.reshape(h, w)
-        flows = dynamics.masks_to_flows(labels, device=torch.device("cpu"))
-        prob = np.where(labels > 0, 10.0, -10.0).astype(np.float32)
-        masks = dynamics.compute_masks((5 * flows).astype(np.float32), prob, niter=200, device=torch.device("cpu"))
-        iou = metric.iou_matrix(truth, metric.as_instances(masks))
-        found += int((iou > 0.5).any(axis=1).sum())
-        total += truth.shape[0]
-    assert found / total >= 0.95, (found, total)
-
-
 def _sample_cells() -> list[tuple[str, sp.csr_matrix, np.ndarray]]:
     """(cell type, true instances, label image) of each image of the real fixture."""
     df = tables.read_train_csv(SAMPLE / "train.csv", duplicates="drop")
@@ -56,6 +33,22 @@ def _sample_cells() -> list[tuple[str, sp.csr_matrix, np.ndarray]]:
             labels[truth.indices[truth.indptr[k] : truth.indptr[k + 1]]] = k + 1
         out.append((g["cell_type"].iloc[0], truth, labels.reshape(h, w)))
     return out
+
+
+@requires_shared()
+def test_flow_targets_recover_the_cells():
+    """Labels → cellpose flows → masks (perfect cell probability): ≥ 0.95 of the cells back at IoU 0.5."""
+    from cellpose import dynamics
+
+    found = total = 0
+    for _, truth, labels in _sample_cells():
+        flows = dynamics.masks_to_flows(labels, device=torch.device("cpu"))
+        prob = np.where(labels > 0, 10.0, -10.0).astype(np.float32)
+        masks = dynamics.compute_masks((5 * flows).astype(np.float32), prob, niter=200, device=torch.device("cpu"))
+        iou = metric.iou_matrix(truth, metric.as_instances(masks))
+        found += int((iou > 0.5).any(axis=1).sum())
+        total += truth.shape[0]
+    assert found / total >= 0.95, (found, total)
 
 
 @requires_shared()

@@ -99,18 +99,10 @@ def make_repo(root: Path, overrides: dict | None = None, source: Path = REPO) ->
 
 def apply_profile(workspace: Path, name: str) -> dict:
     """Set ``profiles/NAME.yaml``'s values in ``workspace``'s params.yaml, as ``dvc exp run -S`` leaves it."""
+    from cellpipe import profiles
+
     params = yaml.safe_load((workspace / "params.yaml").read_text())
-    applied = {}
-    for line in (workspace / "profiles" / f"{name}.yaml").read_text().splitlines():
-        if not line.strip() or line.startswith("#"):
-            continue
-        key, value = line.split(":", 1)
-        *parents, leaf = key.strip().split(".")
-        node = params
-        for p in parents:
-            node = node.setdefault(p, {})
-        # as run.sh does: surrounding quotes go, then DVC reads the value as YAML
-        node[leaf] = applied[key.strip()] = yaml.safe_load(value.strip().strip('"'))
+    applied = profiles.apply(params, (workspace / "profiles" / f"{name}.yaml").read_text())
     (workspace / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
     return applied
 
