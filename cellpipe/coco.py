@@ -1,9 +1,6 @@
-"""COCO instance-segmentation JSON: building it from the tables, splitting without
-leakage, and reading/normalising LIVECell.
+"""COCO instance-segmentation JSON: building it from the tables, and reading/normalising LIVECell.
 
-Images of one ``sample_id`` are frames of the same well over time: putting some in
-train and some in val leaks. The split therefore assigns whole samples, stratified by
-cell type; an image without ``sample_id`` is a sample of its own.
+How images are split into folds and a lockbox without leakage: :mod:`cellpipe.folds`.
 """
 
 from __future__ import annotations
@@ -24,39 +21,6 @@ CATEGORIES: list[dict] = [{"id": i + 1, "name": name, "supercategory": "cell"} f
 CATEGORY_ID: dict[str, int] = {c["name"]: c["id"] for c in CATEGORIES}
 
 
-def split_groups(images: pd.DataFrame, val_fraction: float, seed: int) -> pd.Series:
-    """'train'/'val' per image: whole ``sample_id`` groups, stratified by cell type.
-
-    For each cell type, groups are shuffled (seeded) and moved to val until val holds
-    at least ``val_fraction`` of that type's images; a type with a single group stays
-    in train.
-    """
-    if not 0.0 < val_fraction < 1.0:
-        raise CellpipeError(f"coco.val_fraction must be in (0, 1), got {val_fraction}")
-    sample = images["sample_id"].fillna("").astype(str).str.strip()
-    group = np.where(sample == "", "image:" + images["image_id"].astype(str), "sample:" + sample)
-    rng = np.random.default_rng(seed)
-    split = pd.Series("train", index=images.index)
-    g = pd.DataFrame({"group": group, "cell_type": images["cell_type"].to_numpy()}, index=images.index)
-    # a group's stratum is its majority cell type
-    stratum = g.groupby("group")["cell_type"].agg(lambda s: s.value_counts().index[0])
-    sizes = g.groupby("group").size()
-    for cell_type in sorted(stratum.unique()):
-        groups = np.array(sorted(stratum.index[stratum == cell_type]))
-        if len(groups) < 2:
-            continue
-        rng.shuffle(groups)
-        target = val_fraction * sizes[groups].sum()
-        chosen, n = [], 0
-        for grp in groups[:-1]:  # always leave at least one group in train
-            if n >= target:
-                break
-            chosen.append(grp)
-            n += sizes[grp]
-        split[g["group"].isin(chosen)] = "val"
-    return split
-
-
 def build(
     images: pd.DataFrame, annotations: pd.DataFrame, *, images_file: str | Path | None = None, out: str | Path | None = None
 ) -> dict:
@@ -64,7 +28,8 @@ def build(
 
     Image paths are stored in ``images_file`` (the images table) relative to it; in
     the COCO dict they are stored relative to ``out`` (where it will be written).
-    Without both, paths are copied as they are.
+    Without both, paths are copied as they are. A ``fold`` column (:mod:`cellpipe.folds`)
+    is stored on each image.
     """
     img_ids = {iid: k + 1 for k, iid in enumerate(images["image_id"])}
 
@@ -81,6 +46,7 @@ def build(
             "kaggle_id": r.image_id,
             "cell_type": r.cell_type,
             "sample_id": r.sample_id,
+            **({"fold": int(r.fold)} if "fold" in images else {}),
         }
         for r in images.itertuples(index=False)
     ]

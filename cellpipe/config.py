@@ -68,7 +68,7 @@ class Synth(Section):
 
     seed: int = Field(0, ge=0, description="random seed")
     images_per_type: dict[CellType, int] = Field(
-        default_factory=lambda: {"shsy5y": 6, "astro": 6, "cort": 6}, description="training images per cell type"
+        default_factory=lambda: {"shsy5y": 8, "astro": 8, "cort": 8}, description="training images per cell type"
     )
     images_per_sample: int = Field(2, gt=0, description="frames per sample_id (a well over time)")
     cells_scale: float = Field(0.35, gt=0, description="× the real mean cells per image (shsy5y 337, astro 80, cort 34)")
@@ -93,11 +93,25 @@ class Decode(Section):
     )
 
 
-class Coco(Section):
-    """The leak-free train/val split (whole sample_id groups, stratified by cell type)."""
+class CV(Section):
+    """Cross-validation: K folds and a lockbox, whole sample_id groups, stratified by cell type.
+    K = the length of `folds` (DVC's matrix stages iterate over this list): -S 'cv.folds=[0,1,2]'."""
 
-    val_fraction: float = Field(0.2, gt=0, lt=1, description="share of each cell type's images in val")
-    seed: int = Field(0, ge=0, description="random seed of the split")
+    folds: list[int] = Field(
+        default_factory=lambda: [0], min_length=1, description="fold numbers 0..K-1 (K=1: one train/val split)"
+    )
+    lockbox_fraction: float = Field(
+        0.15, ge=0, lt=1, description="share of each cell type's images no model, early stop or threshold ever sees"
+    )
+    val_fraction: float = Field(0.2, gt=0, lt=1, description="K=1 only: share of each cell type's other images in val")
+    seed: int = Field(0, ge=0, description="random seed of the assignment")
+
+    @field_validator("folds")
+    @classmethod
+    def _range(cls, v: list[int]) -> list[int]:
+        if v != list(range(len(v))):
+            raise ValueError(f"must be 0..K-1 in order, e.g. {list(range(len(v)))} (got {v})")
+        return v
 
 
 # --------------------------------------------------------------------------- model
@@ -233,7 +247,7 @@ class InitCheckpoint(Section):
 
 
 class Finetune(Train):
-    """On data/coco/train.json, evaluated on val.json."""
+    """Model k of each fold in cv.folds: trains on the other folds of data/coco/folds.json, early-stops on fold k."""
 
     init: Literal["checkpoint", "none", "imagenet", "coco"] = Field(
         "checkpoint", description="checkpoint (the file below) | none | imagenet | coco"
@@ -254,6 +268,15 @@ class Predict(Section):
     detections_per_img: int = Field(0, ge=0, description="cap at predict time; 0 = the checkpoint's model.detections_per_img")
 
 
+class Ensemble(Section):
+    """The K fold models' detections on lockbox and test images → one set (instances matched
+    across folds by mask IoU; mask = pixel majority, score = mean over all K folds, a fold that
+    missed the cell counting 0)."""
+
+    iou: float = Field(0.5, gt=0, lt=1, description="mask IoU matching detections of different folds")
+    min_agreement: float = Field(0.0, ge=0, le=1, description="keep a cell only when at least this share of the folds found it")
+
+
 class PostProcess(Section):
     """Raw detections → final cells; the same steps select the best checkpoint in training, tune the
     thresholds and make the score and the submission."""
@@ -269,12 +292,12 @@ class PostProcess(Section):
 
 
 class Thresholds(Section):
-    """Per-class score thresholds tuned on val."""
+    """Per-class score thresholds, chosen on out-of-fold predictions (for fold k's images: on the other folds')."""
 
     grid: list[float] = Field(
         default_factory=lambda: [round(0.05 * k, 2) for k in range(1, 20)], min_length=1, description="score thresholds tried"
     )
-    fallback: float = Field(0.5, ge=0, le=1, description="threshold for a class without val images")
+    fallback: float = Field(0.5, ge=0, le=1, description="threshold for a class without out-of-fold images")
 
     @field_validator("grid")
     @classmethod
@@ -288,11 +311,12 @@ class Params(Section):
     data: Data = Data()
     synth: Synth = Synth()
     decode: Decode = Decode()
-    coco: Coco = Coco()
+    cv: CV = CV()
     model: Model = Model()
     pretrain: Pretrain = Pretrain()
     finetune: Finetune = Finetune()
     predict: Predict = Predict()
+    ensemble: Ensemble = Ensemble()
     postprocess: PostProcess = PostProcess()
     thresholds: Thresholds = Thresholds()
 

@@ -11,6 +11,7 @@ from cellpipe import coco, predictions, rle, tables
 from cellpipe.config import PostProcess
 from cellpipe.console import log
 from cellpipe.errors import CellpipeError
+from cellpipe.folds import TRAIN_ONLY
 from cellpipe.instances import Instances
 from cellpipe.io import read_json, read_parquet
 
@@ -20,7 +21,11 @@ BUILTIN_THRESHOLD = 0.5  # every class, when a model is applied outside a reposi
 
 
 def val_image_list(val: Path) -> pd.DataFrame:
-    """image_id / cell_type / height / width of the images of a COCO JSON."""
+    """image_id / cell_type / height / width / fold of the images a COCO JSON holds out.
+
+    A folds file (coco stage) lists its images with their fold; those only ever trained on
+    (K = 1: ``fold`` −1) are left out. A plain COCO file is one held-out set: fold 0.
+    """
     data = coco.load_json(val)
     return pd.DataFrame(
         [
@@ -29,10 +34,12 @@ def val_image_list(val: Path) -> pd.DataFrame:
                 "cell_type": im.get("cell_type", "cell"),
                 "height": im["height"],
                 "width": im["width"],
+                "fold": int(im.get("fold", 0)),
             }
             for im in data["images"]
+            if im.get("fold", 0) != TRAIN_ONLY
         ],
-        columns=["image_id", "cell_type", "height", "width"],
+        columns=["image_id", "cell_type", "height", "width", "fold"],
     )
 
 
@@ -113,3 +120,22 @@ def read_thresholds(path: Path, default: float | None = None) -> tuple[dict[str,
     except ValueError as exc:
         raise CellpipeError(f"its postprocess is not valid ({str(exc).splitlines()[0]})", where=str(path)) from None
     return data["score_threshold"], post
+
+
+def read_fold_thresholds(path: Path) -> tuple[dict[int, dict[str, float]], bool]:
+    """The thresholds file's per-fold thresholds (for fold k's images) and whether they are cross-fitted."""
+    data = read_json(path, "thresholds file")
+    per_fold = data.get("per_fold") if isinstance(data, dict) else None
+    if not isinstance(per_fold, dict):
+        raise CellpipeError(
+            "no 'per_fold' thresholds (written by the thresholds stage from out-of-fold predictions)", where=str(path)
+        )
+    return {int(k): v for k, v in per_fold.items()}, bool(data.get("cross_fitted"))
+
+
+def thresholds_images(path: Path) -> set[str]:
+    """The images whose predictions the thresholds file's thresholds were chosen on (empty: unknown)."""
+    if not path.is_file():
+        return set()
+    data = read_json(path, "thresholds file")
+    return set(data.get("chosen_on_images", [])) if isinstance(data, dict) else set()

@@ -15,8 +15,8 @@ import scipy.sparse as sp
 import torch
 
 from cellpipe.data import normalise_image
+from cellpipe.ensemble import merge
 from cellpipe.instances import Instances
-from cellpipe.metric import iou_matrix
 
 
 def _to_instances(out: dict, shape: tuple[int, int], mask_threshold: float, flip: str | None = None) -> Instances:
@@ -56,54 +56,7 @@ def predict_image(
         with torch.autocast(device_type="cuda", enabled=str(device).startswith("cuda")):
             o = model([x.flip(dim)])[0]
         parts.append(_to_instances(o, shape, mask_threshold, flip))
-    return merge_passes(parts, tta_iou)
-
-
-def merge_passes(parts: list[Instances], iou_threshold: float) -> Instances:
-    """Combine the detections of several passes (flips) of one image.
-
-    Detections of different passes whose masks overlap above ``iou_threshold`` are one
-    cell (greedy, by descending score, at most one detection per pass). A cell's score
-    is the mean over *all* passes, a pass that missed it counting 0 — a detection seen
-    in one pass of three keeps a third of its score — and its mask holds the pixels of
-    at least half of its detections (the majority of its masks).
-    """
-    n_passes = len(parts)
-    masks = sp.vstack([p.masks for p in parts]).tocsr()
-    scores = np.concatenate([p.scores for p in parts])
-    labels = np.concatenate([p.labels for p in parts])
-    source = np.concatenate([np.full(len(p.scores), k) for k, p in enumerate(parts)])
-    order = np.argsort(-scores, kind="stable")
-    masks, scores, labels, source = masks[order], scores[order], labels[order], source[order]
-    iou = iou_matrix(masks, masks)
-    used = np.zeros(len(scores), bool)
-    rows, out_scores, out_labels = [], [], []
-    for i in range(len(scores)):
-        if used[i]:
-            continue
-        members = [i]
-        used[i] = True
-        for k in range(n_passes):
-            if k == source[i]:
-                continue
-            cand = np.flatnonzero(~used & (source == k) & (iou[i] > iou_threshold))
-            if len(cand):
-                j = cand[np.argmax(iou[i, cand])]
-                members.append(j)
-                used[j] = True
-        votes = np.asarray(masks[members].sum(axis=0)).ravel()
-        rows.append(sp.csr_matrix((votes * 2 >= len(members)).astype(np.float32)))
-        out_scores.append(scores[members].sum() / n_passes)
-        out_labels.append(labels[i])
-    shape = parts[0].shape
-    if not rows:
-        return Instances(
-            sp.csr_matrix((0, shape[0] * shape[1]), dtype=np.float32), np.zeros(0, np.float32), np.zeros(0, np.int64), shape
-        )
-    merged = sp.vstack(rows).tocsr()
-    merged.eliminate_zeros()
-    keep = np.asarray(merged.sum(axis=1)).ravel() > 0
-    return Instances(merged[keep], np.asarray(out_scores, np.float32)[keep], np.asarray(out_labels)[keep], shape)
+    return merge(parts, tta_iou)
 
 
 def predict_images(

@@ -60,8 +60,12 @@ class Predictions:
         return out
 
 
-def to_frame(items: Iterable[tuple[str, Instances]], class_names: list[str]) -> Predictions:
-    """Detections of ``(image id, instances)`` pairs, every image listed with its size."""
+def to_frame(items: Iterable[tuple[str, Instances]], class_names: list[str] | None = None) -> Predictions:
+    """Detections of ``(image id, instances)`` pairs, every image listed with its size.
+
+    Labels are class ids (1-based into ``class_names``) from a model, or names already
+    (``class_names`` None: instances read back from a predictions file).
+    """
     frames, sizes = [], {}
     for image_id, inst in items:
         sizes[image_id] = (int(inst.shape[0]), int(inst.shape[1]))
@@ -70,7 +74,9 @@ def to_frame(items: Iterable[tuple[str, Instances]], class_names: list[str]) -> 
             pd.DataFrame(
                 {
                     "image_id": image_id,
-                    "label": [class_names[int(k) - 1] for k in inst.labels],
+                    "label": [str(k) for k in inst.labels]
+                    if class_names is None
+                    else [class_names[int(k) - 1] for k in inst.labels],
                     "score": inst.scores.astype(np.float32),
                     "height": np.int64(inst.shape[0]),
                     "width": np.int64(inst.shape[1]),

@@ -13,7 +13,7 @@ from pathlib import Path
 
 import torch
 
-from cellpipe import coco, models
+from cellpipe import coco, folds, models
 from cellpipe import train as engine
 from cellpipe.config import Model, PostProcess, Train
 from cellpipe.console import console, log, progress
@@ -66,12 +66,23 @@ def run_training(
     post: PostProcess,
     single_class: bool,
     val_images: int | None = None,
+    fold: int | None = None,
 ) -> dict:
-    """Train ``stage``'s model from ``init`` ('none', 'imagenet', 'coco' or a checkpoint file)."""
+    """Train ``stage``'s model from ``init`` ('none', 'imagenet', 'coco' or a checkpoint file).
+
+    Validation images: the last ``val_images`` of ``train_json`` (LIVECell), fold ``fold``
+    of a folds file (``train_json`` from the coco stage; the other folds train), or ``val_source``.
+    """
     family = models.family(model_cfg)
     family.require()  # fail before any work when an optional backend is not installed
-    train_coco = coco.normalise(coco.load_json(train_json), where=str(train_json), single_class=single_class)
-    if val_images is not None:  # hold out the last images (LIVECell)
+    raw = coco.load_json(train_json)
+    if fold is not None:
+        raw, held = folds.select(raw, fold, where=str(train_json))
+    train_coco = coco.normalise(raw, where=str(train_json), single_class=single_class)
+    if fold is not None:
+        val_source = train_json
+        val_coco = coco.normalise(held, where=str(train_json), single_class=single_class)
+    elif val_images is not None:  # hold out the last images (LIVECell)
         ids = [im["id"] for im in train_coco["images"]]
         if len(ids) <= val_images:
             raise CellpipeError(f"{stage}.val_images ({val_images}) leaves no training images of {len(ids)}")
@@ -81,8 +92,9 @@ def run_training(
             "images": [im for im in train_coco["images"] if im["id"] in val_ids],
             "annotations": [a for a in train_coco["annotations"] if a["image_id"] in val_ids],
         }
-    else:
+    if val_images is None:
         train_ids = None
+    if val_images is None and fold is None:
         val_coco = coco.normalise(coco.load_json(val_source), where=str(val_source), single_class=single_class)
     for data, source in ((train_coco, train_json), (val_coco, val_source)):
         if not data["images"]:
@@ -102,6 +114,8 @@ def run_training(
 
     code = [Path(m.__file__) for m in (cellpipe.train, cellpipe.data)] + [Path(inspect.getfile(type(family)))]
     data_fp = file_digest([train_json, val_source, *code] + ([Path(init)] if Path(init).is_file() else []))
+    if fold is not None:
+        data_fp += f"-fold{fold}"
     device = engine.default_device()
     log(
         f"{stage}: {len(dataset)} train / {len(val)} val images, {len(class_names)} classes, init: {desc}, "

@@ -35,7 +35,9 @@ def model_scale_boxes(data: dict, mcfg: Model) -> tuple[np.ndarray, np.ndarray]:
 
 
 def run(
-    train: Path = typer.Option(Path("data/coco/train.json"), help="COCO JSON of the training cells"),
+    train: Path = typer.Option(
+        Path("data/coco/folds.json"), help="COCO JSON of the training cells (every fold: not the lockbox)"
+    ),
     out: Path = typer.Option(Path("metrics/anchors.json"), help="the report (DVC metrics)"),
     per_level: int = typer.Option(2, help="anchor sizes per FPN level in the suggestion"),
     params: Path = typer.Option(Path("params.yaml"), help=PARAMS_HELP),

@@ -20,6 +20,7 @@ from stages import (
     check_submission,
     coco,
     decode,
+    ensemble,
     finetune,
     livecell,
     params,
@@ -61,14 +62,17 @@ def _main(
 # DAG order
 app.command("synth", help="Generate the embedded synthetic data (Kaggle + LIVECell layouts).")(synth.run)
 app.command("decode", help="Validate train.csv and decode its RLE masks into Parquet tables.")(decode.run)
-app.command("coco", help="Split images without leakage and write COCO JSON (train/val).")(coco.run)
+app.command("coco", help="Split images into folds and a lockbox without leakage and write COCO JSON.")(coco.run)
 app.command("anchors", help="Report how well the model's anchors fit the training cells.")(anchors.run)
 app.command("livecell", help="Validate and normalise the LIVECell COCO JSON for pretraining.")(livecell.run)
 app.command("pretrain", help="Train Mask R-CNN on the LIVECell COCO (one class).")(pretrain.run)
-app.command("finetune", help="Fine-tune from the LIVECell checkpoint on the competition train split.")(finetune.run)
-app.command("predict", help="Run the best checkpoint on val and test images → detections (Parquet).")(predict.run)
-app.command("thresholds", help="Tune per-class score thresholds on val.")(thresholds.run)
-app.command("score", help="Score val detections with the competition metric → metrics/val.json.")(score.run)
+app.command("finetune", help="Fine-tune from the LIVECell checkpoint on the competition data (one fold's model).")(finetune.run)
+app.command("predict", help="Run the best checkpoint on out-of-fold, lockbox and test images → detections (Parquet).")(
+    predict.run
+)
+app.command("ensemble", help="Fold models' detections → out-of-fold, lockbox and test predictions.")(ensemble.run)
+app.command("thresholds", help="Choose per-class score thresholds on out-of-fold predictions (cross-fitted).")(thresholds.run)
+app.command("score", help="Score detections with the competition metric → metrics JSON.")(score.run)
 app.command("submit", help="Test detections → non-overlapping masks → submission.csv (validated).")(submit.run)
 app.command("visualize", help="Draw predictions over val/test images (overlays for dvc plots).")(visualize.run)
 app.command("check-submission", help="Validate a submission.csv against the test image ids.")(check_submission.check)

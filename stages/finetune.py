@@ -1,4 +1,8 @@
-"""Stage ``finetune``: from the LIVECell checkpoint (or as params say) on the competition data."""
+"""Stage ``finetune``: from the LIVECell checkpoint (or as params say) on the competition data.
+
+Under DVC one stage per fold (a ``matrix`` over ``cv.folds``): model k trains on the
+other folds of ``data/coco/folds.json`` and early-stops on fold k.
+"""
 
 from __future__ import annotations
 
@@ -7,29 +11,36 @@ from pathlib import Path
 import typer
 
 from cellpipe.config import PARAMS_HELP, load
+from cellpipe.errors import CellpipeError
 
 
 def run(
-    train: Path = typer.Option(Path("data/coco/train.json"), help="COCO JSON of the train split"),
-    val: Path = typer.Option(Path("data/coco/val.json"), help="COCO JSON of the val split"),
+    train: Path = typer.Option(
+        Path("data/coco/folds.json"), help="COCO JSON to train on (with --fold: the folds file, fold K held out)"
+    ),
+    fold: int | None = typer.Option(None, help="the fold this model holds out and early-stops on (a folds file's 'fold')"),
+    val: Path | None = typer.Option(None, help="without --fold: a separate COCO JSON to early-stop on"),
     init_checkpoint: Path = typer.Option(
         Path("models/livecell/best.pt"), help="the checkpoint finetune.init 'checkpoint' starts from"
     ),
-    out: Path = typer.Option(Path("models/finetune"), help="checkpoints (best.pt, last.pt) and dvclive logs"),
+    out: Path = typer.Option(Path("models/finetune/fold0"), help="checkpoints (best.pt, last.pt) and dvclive logs"),
     params: Path = typer.Option(Path("params.yaml"), help=PARAMS_HELP),
 ) -> None:
+    if (fold is None) == (val is None):
+        raise CellpipeError("give either --fold (validate on that fold of --train) or --val (a separate COCO file)")
     from cellpipe.training import run_training  # imports torch: only when training
 
     p = load(params, "model", "finetune", "postprocess")
     init = str(init_checkpoint) if p.finetune.init == "checkpoint" else p.finetune.init
     run_training(
-        stage="finetune",
+        stage="finetune" if fold is None else f"finetune fold {fold}",
         train_json=train,
-        val_source=val,
+        val_source=val if val is not None else train,
         out=out,
         model_cfg=p.model,
         train_cfg=p.finetune,
         init=init,
         post=p.postprocess,
         single_class=False,
+        fold=fold,
     )

@@ -10,16 +10,29 @@ from pathlib import Path
 
 import typer
 
-from cellpipe import coco
+from cellpipe import coco, folds
 from cellpipe.config import PARAMS_HELP, load
 from cellpipe.console import log, progress
 from cellpipe.errors import CellpipeError
 from cellpipe.images import list_images
 
 
+def fold_images(path: Path, fold: int | None) -> dict:
+    """The COCO dict of ``path``, or only its images of fold ``fold`` (out of fold for that model)."""
+    data = coco.load_json(path)
+    if fold is None:
+        return data
+    return folds.held_out(data, fold, where=str(path))
+
+
 def run(
     checkpoint: Path = typer.Option(Path("models/finetune/best.pt"), help="trained checkpoint"),
-    val: Path = typer.Option(Path("data/coco/val.json"), help="COCO JSON whose images to predict (val split)"),
+    val: Path = typer.Option(
+        Path("data/coco/folds.json"), help="COCO JSON whose images to predict (with --fold: that fold's images only)"
+    ),
+    fold: int | None = typer.Option(None, help="predict the images of this fold of --val (out of fold for its model)"),
+    lockbox: Path | None = typer.Option(None, help="COCO JSON of the lockbox images, predicted into --lockbox-out"),
+    lockbox_out: Path = typer.Option(Path("data/predictions/lockbox.parquet"), help="lockbox detections"),
     kaggle_dir: Path = typer.Option(Path("data/raw/kaggle"), help="Kaggle-layout folder whose test/ images to predict"),
     test_dir: Path | None = typer.Option(
         None, help="folder of images to predict instead (any folder of PNG/TIFF) [default: KAGGLE_DIR/test]"
@@ -42,7 +55,8 @@ def run(
     test_paths = list_images(folder)
     if not test_paths:
         raise CellpipeError("no .png/.tif images in the folder", where=str(folder))
-    val_paths = {} if skip_val else coco.image_paths(coco.load_json(val), val)
+    val_paths = {} if skip_val else coco.image_paths(fold_images(val, fold), val)
+    lockbox_paths = coco.image_paths(coco.load_json(lockbox), lockbox) if lockbox is not None and not skip_val else None
     device = default_device()
     family, model, mcfg, classes = models.from_checkpoint(checkpoint, device)
     if p.detections_per_img:
@@ -50,6 +64,8 @@ def run(
         family.limits(model).detections_per_img = p.detections_per_img
         log(f"detections per image capped at {p.detections_per_img} (checkpoint: {mcfg.detections_per_img})")
     outputs = ([] if skip_val else [("val", val_paths, val_out)]) + [("test", test_paths, test_out)]
+    if lockbox_paths is not None:
+        outputs.insert(1, ("lockbox", lockbox_paths, lockbox_out))
     for label, paths, out in outputs:
         with progress(f"predict {label}", total=len(paths)) as bar:
             pred = predict_images(

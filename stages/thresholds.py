@@ -1,4 +1,11 @@
-"""Stage ``thresholds``: per-class score thresholds that maximise val MAP-IoU."""
+"""Stage ``thresholds``: per-class score thresholds chosen on out-of-fold predictions.
+
+Writes the thresholds for lockbox and test images (chosen on all out-of-fold
+predictions) and, per fold k, the ones chosen on the other folds only: those are what
+``score --cross-fitted`` applies to fold k's images, so that the out-of-fold score never
+uses thresholds chosen on the images it scores. With K = 1 there is no other fold: the
+fold's thresholds are its own (``cross_fitted: false``) and the lockbox is the honest score.
+"""
 
 from __future__ import annotations
 
@@ -14,23 +21,43 @@ from cellpipe.io import write_csv, write_json
 
 
 def run(
-    predictions: Path = typer.Option(Path("data/predictions/val.parquet"), help="val detections (predict stage)"),
-    val: Path = typer.Option(Path("data/coco/val.json"), help="COCO JSON of the val split (its images)"),
+    predictions: Path = typer.Option(Path("data/predictions/oof.parquet"), help="out-of-fold detections (ensemble stage)"),
+    val: Path = typer.Option(Path("data/coco/folds.json"), help="COCO JSON of the predicted images, each with its 'fold'"),
     truth: Path = typer.Option(Path("data/interim/annotations.parquet"), help="truth: annotations.parquet or a train.csv"),
-    out: Path = typer.Option(Path("metrics/thresholds.json"), help="chosen thresholds"),
-    sweep_out: Path = typer.Option(Path("metrics/threshold_sweep.csv"), help="val score per threshold, a column per class"),
+    out: Path = typer.Option(Path("metrics/thresholds.json"), help="chosen thresholds (final and per fold)"),
+    sweep_out: Path = typer.Option(
+        Path("metrics/threshold_sweep.csv"), help="out-of-fold score per threshold, a column per class"
+    ),
     counts_out: Path = typer.Option(Path("metrics/threshold_counts.csv"), help="TP/FP/FN at IoU 0.5 per threshold"),
     params: Path = typer.Option(Path("params.yaml"), help=PARAMS_HELP),
 ) -> None:
     params_ = load(params, "thresholds", "postprocess")
     p, post = params_.thresholds, params_.postprocess
-    pairs, _ = scored_pairs(truth, val_image_list(val)["image_id"].tolist(), predictions, truth_where=val)
+    images = val_image_list(val)
+    pairs, _ = scored_pairs(truth, images["image_id"].tolist(), predictions, truth_where=val)
     preds = [pred for pred, _, _ in pairs]
     truths = {pred.image_id: t for pred, t, _ in pairs}
-    table = thresholds.sweep(preds, truths, p.grid, post, default_class=CELL_TYPES[0])
+    rows = thresholds.per_image(preds, truths, p.grid, post, default_class=CELL_TYPES[0])
+    table = thresholds.aggregate(rows)
     chosen = thresholds.choose(table, list(CELL_TYPES), p.fallback)
+    fold_of = dict(zip(images["image_id"], images["fold"]))
+    folds = sorted({fold_of[i] for i in truths})
+    cross_fitted = len(folds) > 1
+    per_fold = thresholds.cross_fit(rows, fold_of, folds, list(CELL_TYPES), p.fallback) if cross_fitted else {folds[0]: chosen}
     wide = table.pivot(index="threshold", columns="cell_type", values="score").reset_index()
     write_csv(wide.reindex(columns=["threshold", *CELL_TYPES]), sweep_out)
     write_csv(table.groupby("threshold", as_index=False)[["tp", "fp", "fn"]].sum(), counts_out)
-    write_json({"score_threshold": chosen, "postprocess": post.model_dump()}, out)
+    write_json(
+        {
+            "score_threshold": chosen,
+            "chosen_on": f"out-of-fold predictions of {len(preds)} images ({len(folds)} fold(s))",
+            "chosen_on_images": sorted(truths),  # so that a score on these images is labelled in-sample
+            "per_fold": {str(k): v for k, v in per_fold.items()},
+            "cross_fitted": cross_fitted,
+            "postprocess": post.model_dump(),
+        },
+        out,
+    )
     log(f"thresholds {chosen} → {out}")
+    for k, v in per_fold.items():
+        log(f"fold {k}: {v} ({'chosen on the other folds' if cross_fitted else 'K=1: chosen on the fold itself'})")

@@ -19,9 +19,9 @@ from cellpipe.images import list_images, read_grey
 
 
 def run(
-    val_predictions: Path = typer.Option(Path("data/predictions/val.parquet"), help="val detections"),
+    val_predictions: Path = typer.Option(Path("data/predictions/oof.parquet"), help="out-of-fold (val) detections"),
     test_predictions: Path = typer.Option(Path("data/predictions/test.parquet"), help="test detections"),
-    val: Path = typer.Option(Path("data/coco/val.json"), help="COCO JSON of the val split"),
+    val: Path = typer.Option(Path("data/coco/folds.json"), help="COCO JSON of the predicted images (the folds)"),
     truth: Path = typer.Option(Path("data/interim/annotations.parquet"), help="truth: annotations.parquet or a train.csv"),
     kaggle_dir: Path = typer.Option(Path("data/raw/kaggle"), help="Kaggle-layout folder whose test/ images to draw"),
     test_dir: Path | None = typer.Option(None, help="folder of test images instead [default: KAGGLE_DIR/test]"),

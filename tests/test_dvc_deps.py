@@ -102,10 +102,15 @@ def dvc_stages() -> dict[str, dict]:
     return yaml.safe_load((REPO / "dvc.yaml").read_text())["stages"]
 
 
-def subcommand(cmd: str) -> str:
-    words = cmd.split()
-    assert words[0] == "cellpipe", f"stage command does not start with cellpipe: {cmd}"
-    return words[1]
+def subcommand(cmd: str | list[str]) -> str:
+    """The one ``cellpipe`` subcommand a stage runs (a list of commands: all the same subcommand)."""
+    names = set()
+    for one in [cmd] if isinstance(cmd, str) else cmd:
+        words = one.split()
+        assert words[0] == "cellpipe", f"stage command does not start with cellpipe: {one}"
+        names.add(words[1])
+    assert len(names) == 1, f"a stage's commands run different subcommands: {sorted(names)}"
+    return names.pop()
 
 
 def test_every_stage_depends_on_exactly_the_code_it_imports():
@@ -160,7 +165,8 @@ def resolved_stages() -> dict[str, tuple[list[str], set[str], set[str]]]:
                 continue
             rel = lambda o: Path(o.def_path).as_posix()  # noqa: E731
             deps = {rel(d) for d in stage.deps if not isinstance(d, ParamsDependency)}  # params: read via --params
-            out[stage.name] = (shlex.split(stage.cmd), deps, {rel(o) for o in stage.outs})
+            cmds = [stage.cmd] if isinstance(stage.cmd, str) else stage.cmd
+            out[stage.name] = ([w for c in cmds for w in shlex.split(c)], deps, {rel(o) for o in stage.outs})
     return out
 
 

@@ -11,9 +11,9 @@ import scipy.sparse as sp
 
 from cellpipe import predictions, rle
 from cellpipe.config import PostProcess
+from cellpipe.ensemble import merge as merge_passes
 from cellpipe.instances import Instances
 from cellpipe.postprocess import final, image_class, mask_nms
-from cellpipe.predict import merge_passes
 from tests.conftest import score_cli
 
 SHAPE = (20, 20)

@@ -1,0 +1,39 @@
+"""Stage ``ensemble``: the fold models' predictions → out-of-fold, lockbox and test predictions.
+
+Out of fold: each image of the folds file, predicted by the one model that never trained
+on it. Lockbox and test: the K models' detections combined (:mod:`cellpipe.ensemble`);
+with K = 1 the one model's, unchanged.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import typer
+
+from cellpipe import ensemble, predictions
+from cellpipe.config import PARAMS_HELP, load
+from cellpipe.console import log
+
+
+def run(
+    folds_dir: Path = typer.Option(
+        Path("data/predictions/folds"), help="folder of the predict stages' fold<K>/{val,lockbox,test}.parquet"
+    ),
+    oof_out: Path = typer.Option(Path("data/predictions/oof.parquet"), help="out-of-fold detections of every fold"),
+    lockbox_out: Path = typer.Option(Path("data/predictions/lockbox.parquet"), help="the ensemble's lockbox detections"),
+    test_out: Path = typer.Option(Path("data/predictions/test.parquet"), help="the ensemble's test detections"),
+    params: Path = typer.Option(Path("params.yaml"), help=PARAMS_HELP),
+) -> None:
+    p = load(params, "cv", "ensemble")
+    k = len(p.cv.folds)
+    fold_dirs = [folds_dir / f"fold{f}" for f in p.cv.folds]
+    oof = ensemble.concat([predictions.read(d / "val.parquet") for d in fold_dirs])
+    predictions.write(oof, oof_out)
+    log(f"out of fold: {len(oof.sizes)} images from {k} fold model(s) → {oof_out}")
+    for name, out in (("lockbox", lockbox_out), ("test", test_out)):
+        combined = ensemble.combine(
+            [predictions.read(d / f"{name}.parquet") for d in fold_dirs], p.ensemble.iou, p.ensemble.min_agreement
+        )
+        predictions.write(combined, out)
+        log(f"{name}: {len(combined.detections)} detections on {len(combined.sizes)} images, {k} model(s) → {out}")
