@@ -356,6 +356,7 @@ RENAMED = {
     "thresholds.min_size": "postprocess.min_size",
     "pretrain.eval_min_size": "postprocess.min_size",
     "finetune.eval_min_size": "postprocess.min_size",
+    "coco": "cv (cv.val_fraction, cv.seed; with cv.folds and cv.lockbox_fraction)",
 }
 OLD_VALUES = {("finetune.init", "livecell"): "finetune.init: checkpoint (finetune.init_checkpoint names the file)"}
 

@@ -12,7 +12,8 @@ it trained on. Each image gets one fold number:
   that are never validated on.
 
 Within each cell type the groups are shuffled (seeded); the lockbox takes groups until it
-holds ``lockbox_fraction`` of the type's images (leaving at least one group to train on);
+holds ``lockbox_fraction`` of the type's images, leaving enough groups to train and
+validate on (K = 1: two; K ≥ 2: one, which lands in one fold while the other models train on it);
 the rest are dealt to the folds, largest group first, each to the fold holding the fewest
 images of that type (ties: fewest images overall). With K = 1, val takes groups up to
 ``val_fraction`` of the rest, one group at least staying in training.
@@ -54,7 +55,7 @@ def assign(images: pd.DataFrame, k: int, lockbox_fraction: float, val_fraction: 
         rng.shuffle(order)
         remaining = list(order)
         target, held = lockbox_fraction * sizes[order].sum(), 0
-        while held < target and len(remaining) > 1:
+        while held < target and len(remaining) > (2 if k == 1 else 1):
             grp = remaining.pop(0)
             fold_of[grp] = LOCKBOX
             held += sizes[grp]

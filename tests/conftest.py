@@ -134,12 +134,20 @@ def requires_shared():
 
 
 def decode_and_split(kaggle: Path, tmp_path: Path, params: Path) -> None:
-    """``cellpipe decode`` then ``cellpipe coco`` into ``tmp_path`` (a/i.parquet, train/val.json)."""
+    """``cellpipe decode`` then ``cellpipe coco`` into ``tmp_path`` (a/i.parquet, folds/lockbox.json),
+    and fold 0's split of folds.json as two plain COCO files (train/val.json)."""
+    import json
+
+    from cellpipe import folds
+
     run_cli("decode", "--kaggle-dir", str(kaggle), "--annotations-out", str(tmp_path / "a.parquet"),
             "--images-out", str(tmp_path / "i.parquet"), "--params", str(params), check=True)  # fmt: skip
     run_cli("coco", "--annotations", str(tmp_path / "a.parquet"), "--images", str(tmp_path / "i.parquet"),
-            "--train-out", str(tmp_path / "train.json"), "--val-out", str(tmp_path / "val.json"),
+            "--folds-out", str(tmp_path / "folds.json"), "--lockbox-out", str(tmp_path / "lockbox.json"),
             "--params", str(params), check=True)  # fmt: skip
+    train, val = folds.select(json.loads((tmp_path / "folds.json").read_text()), 0, where="folds.json")
+    (tmp_path / "train.json").write_text(json.dumps(train))
+    (tmp_path / "val.json").write_text(json.dumps(val))
 
 
 def score_cli(tmp_path: Path, predictions: Path, truth: Path, *extra: str, thresholds: dict | None = None):

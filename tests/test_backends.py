@@ -186,12 +186,12 @@ def test_detectron2_backend_runs_the_whole_dag(tmp_path):
 
     repo = make_repo(tmp_path, {"model": {"backend": "detectron2", "fpn_channels": 32, "mask_head_channels": 32}})
     out = dvc(repo, "repro")
-    assert {"pretrain", "finetune", "predict", "thresholds", "score", "submit"} <= set(ran_stages(out.stdout))
-    metrics = json.loads((repo / "metrics/val.json").read_text())
+    assert {"pretrain", "finetune@0", "predict@0", "ensemble", "thresholds", "score", "submit"} <= set(ran_stages(out.stdout))
+    metrics = json.loads((repo / "metrics/oof.json").read_text())
     assert 0.0 <= metrics["map_iou"] <= 1.0
-    ckpt = torch.load(repo / "models/finetune/best.pt", weights_only=True)
+    ckpt = torch.load(repo / "models/finetune/fold0/best.pt", weights_only=True)
     assert ckpt["model_config"]["backend"] == "detectron2" and any(k.startswith("net.") for k in ckpt["model"])
-    assert (repo / "models/finetune/live/metrics.json").is_file()
+    assert (repo / "models/finetune/fold0/live/metrics.json").is_file()
     assert (repo / "data/submission/submission.csv").read_text().startswith("id,predicted")
 
 

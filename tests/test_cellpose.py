@@ -150,10 +150,12 @@ def test_cellpose_runs_the_whole_dag_on_the_real_fixture(tmp_path):
         "finetune": {"iters": 4, "eval_every": 4, "crop_size": 128},
     })  # fmt: skip
     out = dvc(repo, "repro")
-    assert {"pretrain", "finetune", "predict", "thresholds", "score", "submit", "visualize"} <= set(ran_stages(out.stdout))
-    metrics = json.loads((repo / "metrics/val.json").read_text())
+    assert {"pretrain", "finetune@0", "predict@0", "ensemble", "thresholds", "score", "submit", "visualize"} <= set(
+        ran_stages(out.stdout)
+    )
+    metrics = json.loads((repo / "metrics/oof.json").read_text())
     assert 0.0 <= metrics["map_iou"] <= 1.0 and "cell_type_vote_accuracy" in metrics
-    ckpt = torch.load(repo / "models/finetune/best.pt", weights_only=True)
+    ckpt = torch.load(repo / "models/finetune/fold0/best.pt", weights_only=True)
     assert ckpt["model_config"]["arch"] == "cellpose" and "classify.weight" in ckpt["model"]
     sub = pd.read_csv(repo / "data/submission/submission.csv", keep_default_na=False)
     assert set(sub["id"]) == {p.stem for p in (SAMPLE / "test").glob("*.png")}

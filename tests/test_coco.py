@@ -1,7 +1,6 @@
 import json
 
 import numpy as np
-import pandas as pd
 import pytest
 from pycocotools import mask as mask_util
 from pycocotools.coco import COCO
@@ -9,30 +8,6 @@ from pycocotools.coco import COCO
 from cellpipe import coco, rle, tables
 from cellpipe.errors import CellpipeError
 from tests.conftest import SAMPLE, SHARED, requires_shared
-
-
-def test_split_is_grouped_and_stratified():
-    images = pd.DataFrame(
-        {
-            "image_id": [f"i{k}" for k in range(20)],
-            "cell_type": ["cort"] * 10 + ["astro"] * 6 + ["shsy5y"] * 4,
-            "sample_id": [f"s{k // 2}" for k in range(16)] + ["", "", "", ""],
-        }
-    )
-    split = coco.split_groups(images, 0.25, seed=3)
-    for _, g in images.groupby("sample_id"):
-        if g["sample_id"].iloc[0]:
-            assert split[g.index].nunique() == 1
-    for ct in ("cort", "astro", "shsy5y"):
-        s = split[images["cell_type"] == ct]
-        assert (s == "val").any() and (s == "train").any()
-    assert coco.split_groups(images, 0.25, seed=3).equals(split)
-
-
-@pytest.mark.parametrize("bad", [0.0, 1.0, 1.5])
-def test_split_rejects_impossible_fraction(bad):
-    with pytest.raises(CellpipeError, match="val_fraction"):
-        coco.split_groups(pd.DataFrame({"image_id": [], "cell_type": [], "sample_id": []}), bad, 0)
 
 
 @requires_shared()

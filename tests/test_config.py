@@ -37,8 +37,11 @@ def test_every_knob_has_help():
     "data, message",
     [
         ({"finetune": {"lr": -1}}, "finetune.lr must be > 0 (got -1)"),
-        ({"coco": {"val_fraction": 1.5}}, "coco.val_fraction must be < 1 (got 1.5)"),
-        ({"coco": {"sede": 1}}, "unknown params key coco.sede"),
+        ({"cv": {"val_fraction": 1.5}}, "cv.val_fraction must be < 1 (got 1.5)"),
+        ({"cv": {"sede": 1}}, "unknown params key cv.sede"),
+        ({"cv": {"folds": [0, 2]}}, "cv.folds must be 0..K-1 in order"),
+        ({"cv": {"folds": []}}, "cv.folds"),
+        ({"coco": {"seed": 1}}, "params key coco was renamed: write cv"),
         ({"bogus": {}}, "unknown params section 'bogus'"),
         ({"thresholds": {"grid": [True, 0.5]}}, "thresholds.grid must be a number (got True)"),
         ({"model": {"backbone": "vgg"}}, "model.backbone must be one of 'resnet18', 'resnet34', 'resnet50', 'resnet101'"),
@@ -62,20 +65,23 @@ def test_bad_values_are_one_line_naming_the_key(data, message):
 
 
 def test_keys_a_file_leaves_out_take_the_documented_defaults(tmp_path):
-    (tmp_path / "p.yaml").write_text("coco: {seed: 3}\nfinetune: {lr: 0.01}\n")
-    params = config.load(tmp_path / "p.yaml", "coco", "finetune")
-    assert params.coco.seed == 3 and params.coco.val_fraction == config.Coco().val_fraction
+    (tmp_path / "p.yaml").write_text("cv: {seed: 3}\nfinetune: {lr: 0.01}\n")
+    params = config.load(tmp_path / "p.yaml", "cv", "finetune")
+    assert params.cv.seed == 3 and params.cv.val_fraction == config.CV().val_fraction and params.cv.folds == [0]
     assert params.finetune.lr == 0.01 and params.finetune.iters == config.Finetune().iters
     with pytest.raises(CellpipeError, match="params section 'model' is missing"):
         config.load(tmp_path / "p.yaml", "model")
 
 
 def test_params_command_shows_the_effective_values(tmp_path):
-    (tmp_path / "p.yaml").write_text("coco: {seed: 3}\n")
+    (tmp_path / "p.yaml").write_text("cv: {seed: 3}\n")
     proc = run_cli("params", "--params", str(tmp_path / "p.yaml"))
     assert proc.returncode == 0, proc.stderr
     shown = yaml.safe_load(proc.stdout)
-    assert shown["coco"] == {"val_fraction": 0.2, "seed": 3} and shown["model"]["backbone"] == "resnet18"
+    assert (
+        shown["cv"] == {"folds": [0], "lockbox_fraction": 0.15, "val_fraction": 0.2, "seed": 3}
+        and shown["model"]["backbone"] == "resnet18"
+    )
     assert run_cli("params", "--defaults").stdout == config.render()
 
 

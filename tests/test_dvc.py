@@ -16,7 +16,7 @@ from tests.conftest import REPO, SAMPLE, SHARED, params_text, requires_shared
 
 TINY = {
     "synth": {
-        "images_per_type": {"shsy5y": 2, "astro": 2, "cort": 2},
+        "images_per_type": {"shsy5y": 3, "astro": 3, "cort": 3},  # 1 lockbox, 1 val, 1 train image per type
         "cells_scale": 0.1,
         "images_per_sample": 1,
         "test_images": 2,
@@ -158,19 +158,24 @@ def test_repro_from_clean_then_noop(dag):
         "anchors",
         "livecell",
         "pretrain",
-        "finetune",
-        "predict",
+        "finetune@0",
+        "predict@0",
+        "ensemble",
         "thresholds",
         "score",
         "submit",
         "visualize",
     }
-    assert (repo_copy / "data/coco/train.json").is_file()
+    assert (repo_copy / "data/coco/folds.json").is_file() and (repo_copy / "data/coco/lockbox.json").is_file()
     assert (repo_copy / "data/submission/submission.csv").is_file()
     overlays = sorted(p.name for p in (repo_copy / "plots/overlays").iterdir())
     assert len([o for o in overlays if o.startswith("val_")]) == 3 and len(overlays) == 5
-    metrics = json.loads((repo_copy / "metrics/val.json").read_text())
+    metrics = json.loads((repo_copy / "metrics/oof.json").read_text())
     assert 0.0 <= metrics["map_iou"] <= 1.0 and set(metrics["per_class"]) == {"shsy5y", "astro", "cort"}
+    assert metrics["thresholds_in_sample"] and metrics["images"] == 3  # K=1: labelled, never passed off as held out
+    lockbox = json.loads((repo_copy / "metrics/lockbox.json").read_text())
+    assert not lockbox["thresholds_in_sample"] and lockbox["images"] == 3 and 0.0 <= lockbox["map_iou"] <= 1.0
+    assert lockbox == {**json.loads((repo_copy / "metrics/lockbox_fold0.json").read_text()), "thresholds": lockbox["thresholds"]}
     second = dvc(repo_copy, "repro")
     assert ran_stages(second.stdout) == []
     assert "up to date" in dvc(repo_copy, "status").stdout
@@ -283,14 +288,15 @@ def test_an_experiment_reruns_only_what_it_affects(dag):
     repo_copy, _ = dag
     # an experiment on a finetune knob reruns finetune and what follows, nothing upstream
     exp = dvc(repo_copy, "exp", "run", "-S", "finetune.lr=0.01")
-    assert set(ran_stages(exp.stdout)) == {"finetune", "predict", "thresholds", "score", "submit", "visualize"}
+    assert set(ran_stages(exp.stdout)) == {"finetune@0", "predict@0", "ensemble", "thresholds", "score", "submit", "visualize"}
     assert "map_iou" in dvc(repo_copy, "exp", "show", "--csv").stdout
 
 
 @pytest.mark.slow
 @requires_shared()
-def test_real_sample_profile_runs_the_whole_dag(repo_copy):
-    """The README's real-data path on the shared real samples (6 Kaggle + 5 LIVECell images)."""
+def test_real_sample_profile_runs_the_whole_dag_with_two_folds(repo_copy):
+    """The README's real-data path on the shared real samples (6 Kaggle + 5 LIVECell images), K = 2:
+    the matrix stages run once per fold, a second repro is a no-op, an experiment reruns every fold."""
     # the data sit in a folder whose name is shell syntax: it must stay one argument, never run
     weird = repo_copy.parent / "my data's; touch PWNED"
     shutil.copytree(SAMPLE, weird / "kaggle")
@@ -306,6 +312,7 @@ def test_real_sample_profile_runs_the_whole_dag(repo_copy):
                 },
             },
             "decode": {"duplicates": "drop"},
+            "cv": {"folds": [0, 1]},
         },
     )
     subprocess.run(
@@ -321,7 +328,9 @@ def test_real_sample_profile_runs_the_whole_dag(repo_copy):
             "GIT_COMMITTER_EMAIL": "t@t",
         },
     )
-    dvc(repo_copy, "repro")
+    first = ran_stages(dvc(repo_copy, "repro").stdout)
+    assert {"finetune@0", "finetune@1", "predict@0", "predict@1", "ensemble"} <= set(first)
+    assert ran_stages(dvc(repo_copy, "repro").stdout) == []
     assert not list(repo_copy.rglob("PWNED")) and not list(repo_copy.parent.glob("PWNED"))
     decode_cmd = yaml.safe_load((repo_copy / "dvc.lock").read_text())["stages"]["decode"]["cmd"]
     assert str(weird / "kaggle") in shlex.split(decode_cmd)  # one argument, as recorded
@@ -331,5 +340,11 @@ def test_real_sample_profile_runs_the_whole_dag(repo_copy):
     overlays = {p.name for p in (repo_copy / "plots/overlays").iterdir()}
     assert {f"test_{i}.png" for i in test_ids} <= overlays
     assert len([o for o in overlays if o.startswith("val_")]) >= 1
-    metrics = json.loads((repo_copy / "metrics/val.json").read_text())
-    assert metrics["images"] >= 1
+    folds = json.loads((repo_copy / "data/coco/folds.json").read_text())["images"]
+    metrics = json.loads((repo_copy / "metrics/oof.json").read_text())
+    assert metrics["images"] == len(folds) == 3 and set(metrics["per_fold"]) == {"0", "1"}
+    assert not metrics["thresholds_in_sample"] and metrics["thresholds"].startswith("cross-fitted")
+    assert json.loads((repo_copy / "metrics/oof_in_sample.json").read_text())["thresholds_in_sample"]
+    assert json.loads((repo_copy / "metrics/lockbox.json").read_text())["images"] == 3
+    exp = dvc(repo_copy, "exp", "run", "-S", "finetune.lr=0.01")
+    assert {"finetune@0", "finetune@1", "predict@0", "predict@1", "ensemble", "score"} <= set(ran_stages(exp.stdout))

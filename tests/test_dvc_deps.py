@@ -175,11 +175,19 @@ def covers(folder: str, paths: set[str]) -> bool:
     return any(p == folder or p.startswith(folder + "/") for p in paths)
 
 
+def is_number(word: str) -> bool:
+    try:
+        float(word)
+    except ValueError:
+        return False
+    return True
+
+
 def test_every_input_is_on_the_command_line_and_a_dependency():
     problems = []
     for name, (words, deps, outs) in resolved_stages().items():
         values = [words[k + 1] for k, w in enumerate(words[:-1]) if w.startswith("--")]
-        paths = [v for v in values if not v.startswith("--")]
+        paths = [v for v in values if not v.startswith("--") and not is_number(v)]  # --fold 0, --fixed-threshold 0.5
         for v in paths:  # every path on the command line is read (a dep) or written (an out)
             if not (covers(v, deps) or covers(v, outs)):
                 problems.append(f"{name}: {v} is on the command line but neither a dep nor an out")

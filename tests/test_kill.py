@@ -34,8 +34,8 @@ def dag(tmp_path_factory) -> tuple[Path, dict, dict]:
     """A tiny repo after an uninterrupted ``dvc repro``: its metrics and final fine-tune weights."""
     repo = make_repo(tmp_path_factory.mktemp("kill"), {"finetune": {"iters": FINETUNE_ITERS, "eval_every": 4}})
     dvc(repo, "repro")
-    metrics = json.loads((repo / "metrics/val.json").read_text())
-    weights = torch.load(repo / "models/finetune/last.pt", weights_only=True)["model"]
+    metrics = json.loads((repo / "metrics/oof.json").read_text())
+    weights = torch.load(repo / "models/finetune/fold0/last.pt", weights_only=True)["model"]
     return repo, metrics, weights
 
 
@@ -90,7 +90,9 @@ def test_every_stage_killed_at_random_moments_leaves_complete_outputs_or_none(da
     lock = yaml.safe_load((repo / "dvc.lock").read_text())["stages"]
     rng = random.Random(0)
     tried, problems = 0, []
-    for name, stage in lock.items():
+    for key, stage in lock.items():
+        name = key.split("@")[0]  # a matrix stage (finetune@0) is its stage's kind
+        cmd = stage["cmd"] if isinstance(stage["cmd"], str) else " && ".join(stage["cmd"])
         outs = [repo / o["path"] for o in stage.get("outs", [])]
         complete = {o: digest(o) for o in outs}
         backup = tmp_path / "backup" / name
@@ -98,7 +100,7 @@ def test_every_stage_killed_at_random_moments_leaves_complete_outputs_or_none(da
             (backup / o.relative_to(repo)).parent.mkdir(parents=True, exist_ok=True)
             subprocess.run(["cp", "-a", str(o), str(backup / o.relative_to(repo))], check=True)
         t = time.perf_counter()
-        subprocess.run(stage["cmd"], shell=True, cwd=repo, env=env(), check=True, capture_output=True)
+        subprocess.run(cmd, shell=True, cwd=repo, env=env(), check=True, capture_output=True)
         full = time.perf_counter() - t
         if name not in TRAINING:  # a rerun on the same inputs writes the same bytes
             assert {o: digest(o) for o in outs} == complete, f"{name} is not deterministic"
@@ -107,7 +109,7 @@ def test_every_stage_killed_at_random_moments_leaves_complete_outputs_or_none(da
                 for o in outs:
                     subprocess.run(["rm", "-rf", str(o)], check=True)
             # most of a short stage's time is Python importing: aim at the second half
-            rc = run_killed(stage["cmd"], repo, rng.uniform(0.4, 1.0) * full)
+            rc = run_killed(cmd, repo, rng.uniform(0.4, 1.0) * full)
             tried += 1
             for o in outs:
                 if name in TRAINING:
@@ -154,7 +156,7 @@ def test_finetune_killed_then_dvc_repro_resumes_to_the_same_result(dag):
     repo, uninterrupted, weights = dag
     iters = FINETUNE_ITERS
 
-    subprocess.run(["rm", "-rf", str(repo / "models/finetune")], check=True)
+    subprocess.run(["rm", "-rf", str(repo / "models/finetune/fold0")], check=True)
     proc = subprocess.Popen(
         [str(Path(sys.executable).parent / "dvc"), "repro"],
         cwd=repo,
@@ -163,18 +165,18 @@ def test_finetune_killed_then_dvc_repro_resumes_to_the_same_result(dag):
         stderr=subprocess.STDOUT,
         start_new_session=True,
     )
-    killed_at = wait_for_checkpoint(repo / "models/finetune/last.pt", 8, proc)
+    killed_at = wait_for_checkpoint(repo / "models/finetune/fold0/last.pt", 8, proc)
     os.killpg(proc.pid, signal.SIGKILL)
     proc.wait()
     assert 8 <= killed_at < iters
 
     second = dvc(repo, "repro")
-    assert "finetune" in ran_stages(second.stdout)
-    summary = json.loads((repo / "models/finetune/summary.json").read_text())
+    assert "finetune@0" in ran_stages(second.stdout)
+    summary = json.loads((repo / "models/finetune/fold0/summary.json").read_text())
     assert summary["resumed_from"] >= killed_at and summary["iterations"] == iters
-    resumed = torch.load(repo / "models/finetune/last.pt", weights_only=True)
+    resumed = torch.load(repo / "models/finetune/fold0/last.pt", weights_only=True)
     assert resumed["iteration"] == iters
     for key, value in weights.items():
         assert torch.allclose(resumed["model"][key].float(), value.float(), atol=1e-5), key
-    assert flat(json.loads((repo / "metrics/val.json").read_text())) == pytest.approx(flat(uninterrupted), abs=1e-6)
+    assert flat(json.loads((repo / "metrics/oof.json").read_text())) == pytest.approx(flat(uninterrupted), abs=1e-6)
     assert "up to date" in dvc(repo, "status").stdout

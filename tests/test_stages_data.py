@@ -23,7 +23,9 @@ def decode(kaggle, tmp_path):
 
 
 def test_decode_then_coco(tiny_kaggle, tmp_path):
+    """Two folds and a lockbox of whole samples; every annotation lands in exactly one file."""
     decode(tiny_kaggle, tmp_path)
+    (tmp_path / "p.yaml").write_text("cv: {folds: [0, 1], lockbox_fraction: 0.3}\n")
     ann = pd.read_parquet(tmp_path / "out/a.parquet")
     img = pd.read_parquet(tmp_path / "out/i.parquet")
     truth = pd.read_csv(tiny_kaggle / "train.csv")
@@ -34,17 +36,21 @@ def test_decode_then_coco(tiny_kaggle, tmp_path):
         str(tmp_path / "out/a.parquet"),
         "--images",
         str(tmp_path / "out/i.parquet"),
-        "--train-out",
-        str(tmp_path / "c/train.json"),
-        "--val-out",
-        str(tmp_path / "c/val.json"),
+        "--folds-out",
+        str(tmp_path / "c/folds.json"),
+        "--lockbox-out",
+        str(tmp_path / "c/lockbox.json"),
+        "--params",
+        str(tmp_path / "p.yaml"),
         check=True,
     )
     assert proc.returncode == 0
-    tr, va = COCO(str(tmp_path / "c/train.json")), COCO(str(tmp_path / "c/val.json"))
-    assert len(tr.getAnnIds()) + len(va.getAnnIds()) == len(truth)
-    samples = lambda c: {im["sample_id"] for im in c.dataset["images"]}  # noqa: E731
-    assert not samples(tr) & samples(va)
+    fo, lb = COCO(str(tmp_path / "c/folds.json")), COCO(str(tmp_path / "c/lockbox.json"))
+    assert len(fo.getAnnIds()) + len(lb.getAnnIds()) == len(truth)
+    samples = lambda c, keep=lambda f: True: {im["sample_id"] for im in c.dataset["images"] if keep(im.get("fold"))}  # noqa: E731
+    assert not samples(fo) & samples(lb) and lb.dataset["images"]
+    assert not samples(fo, lambda f: f == 0) & samples(fo, lambda f: f != 0)
+    assert {im["fold"] for im in fo.dataset["images"]} == {0, 1} and len(lb.dataset["images"]) == 3
 
 
 def corrupt_csv(kaggle, edit):
@@ -133,12 +139,12 @@ def test_bom_crlf_and_grey_rgb_are_accepted(kaggle_copy, tmp_path):
 
 
 def test_bad_params_name_the_key(tmp_path):
-    (tmp_path / "p.yaml").write_text("coco: {val_fraction: 1.5, seed: 0}\n")
+    (tmp_path / "p.yaml").write_text("cv: {val_fraction: 1.5, seed: 0}\n")
     proc = run_cli("coco", "--params", str(tmp_path / "p.yaml"))
-    assert proc.returncode == 1 and "coco.val_fraction must be < 1 (got 1.5)" in proc.stderr
-    (tmp_path / "p.yaml").write_text("coco: {val_fraction: 0.2, seed: 0, sede: 1}\n")
+    assert proc.returncode == 1 and "cv.val_fraction must be < 1 (got 1.5)" in proc.stderr
+    (tmp_path / "p.yaml").write_text("cv: {val_fraction: 0.2, seed: 0, sede: 1}\n")
     proc = run_cli("coco", "--params", str(tmp_path / "p.yaml"))
-    assert proc.returncode == 1 and "unknown params key coco.sede" in proc.stderr
+    assert proc.returncode == 1 and "unknown params key cv.sede" in proc.stderr
 
 
 @requires_shared()

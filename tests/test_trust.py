@@ -188,11 +188,14 @@ def test_interrupted_training_exits_130_without_a_summary(tmp_path, tiny_kaggle)
     p = write_params(tmp_path / "p.yaml", lambda d: d["finetune"].update(init="none", iters=5000, eval_every=5000))
     for stage, out in (
         ("decode", ["--annotations-out", "a.parquet", "--images-out", "i.parquet"]),
-        ("coco", ["--annotations", "a.parquet", "--images", "i.parquet", "--train-out", "train.json", "--val-out", "val.json"]),
+        (
+            "coco",
+            ["--annotations", "a.parquet", "--images", "i.parquet", "--folds-out", "folds.json", "--lockbox-out", "lb.json"],
+        ),
     ):
         extra = ["--kaggle-dir", str(tiny_kaggle)] if stage == "decode" else []
         run_cli(stage, *extra, *out, "--params", str(p), cwd=tmp_path, check=True)
-    proc = start(["finetune", "--train", "train.json", "--val", "val.json", "--out", "ft", "--params", str(p)], tmp_path)
+    proc = start(["finetune", "--train", "folds.json", "--fold", "0", "--out", "ft", "--params", str(p)], tmp_path)
     rc, err = interrupt_after(proc, "iterations", signal.SIGINT, delay=2.0)
     assert rc == 130 and "interrupted" in err and "Traceback" not in err, err
     assert not (tmp_path / "ft" / "summary.json").exists()
@@ -202,10 +205,10 @@ def test_interrupted_training_exits_130_without_a_summary(tmp_path, tiny_kaggle)
 @pytest.mark.parametrize(
     "content, message",
     [
-        (b"", "params section 'coco' is missing (the file holds no sections)"),
-        (b"# only a comment\n", "params section 'coco' is missing"),
+        (b"", "params section 'cv' is missing (the file holds no sections)"),
+        (b"# only a comment\n", "params section 'cv' is missing"),
         (b"\x89PNG\r\n\x1a\n\x00\x00\xff\xfe", "not UTF-8 text"),
-        (b"coco: 3\n", "coco must be a mapping"),
+        (b"cv: 3\n", "cv must be a mapping"),
     ],
     ids=["empty", "comment_only", "binary", "section_not_a_mapping"],
 )
@@ -486,16 +489,16 @@ def test_stages_run_from_another_working_directory(tmp_path, tiny_kaggle):
         "i/a.parquet",
         "--images",
         "i/i.parquet",
-        "--train-out",
-        "c/train.json",
-        "--val-out",
-        "c/val.json",
+        "--folds-out",
+        "c/folds.json",
+        "--lockbox-out",
+        "c/lockbox.json",
         "--params",
         "p.yaml",
         cwd=work,
         check=True,
     )
-    stored = {im["path"] for im in json.loads((work / "c/val.json").read_text())["images"]}
+    stored = {im["path"] for im in json.loads((work / "c/folds.json").read_text())["images"]}
     assert all(not Path(s).is_absolute() and s.startswith("../") for s in stored), stored
     elsewhere = tmp_path / "elsewhere" / "deeper"
     elsewhere.mkdir(parents=True)
@@ -506,7 +509,7 @@ def test_stages_run_from_another_working_directory(tmp_path, tiny_kaggle):
         "--checkpoint",
         "../../m.pt",
         "--val",
-        "../../work/c/val.json",
+        "../../work/c/folds.json",
         "--kaggle-dir",
         os.path.relpath(tiny_kaggle, elsewhere),
         "--val-out",
@@ -518,7 +521,7 @@ def test_stages_run_from_another_working_directory(tmp_path, tiny_kaggle):
         cwd=elsewhere,
     )
     assert proc.returncode == 0, proc.stderr
-    val_ids = {im["kaggle_id"] for im in json.loads((work / "c/val.json").read_text())["images"]}
+    val_ids = {im["kaggle_id"] for im in json.loads((work / "c/folds.json").read_text())["images"]}
     assert set(predictions.read(elsewhere / "v.parquet").sizes) == val_ids
     assert p.is_file()
 
