@@ -221,6 +221,13 @@ class Train(Section):
     warmup_iters: int = Field(30, ge=0, description="linear warm-up iterations (then cosine decay to 0)")
     warmup_factor: float = Field(0.001, ge=0, le=1, description="lr factor at iteration 0")
     clip_grad: float = Field(10.0, gt=0, description="gradient norm clip")
+    nproc: int = Field(
+        1, ge=1, description="training processes on this machine (torchrun, DDP; batch_size is the global batch, split over them)"
+    )
+    amp: Literal["auto", "off", "bf16", "fp16"] = Field(
+        "auto", description="mixed precision: auto (fp16 + grad scaler on GPUs, off on CPUs) | off | bf16 | fp16 (GPUs only)"
+    )
+    channels_last: bool = Field(False, description="channels-last memory format (faster convolutions on recent GPUs)")
     eval_every: int = Field(100, gt=0, description="evaluate on val every this many iterations (keeps the best)")
     eval_score_threshold: float = Field(0.3, ge=0, le=1, description="score threshold of those evaluations")
     seed: int = Field(0, ge=0, description="random seed (batches, crops, flips)")

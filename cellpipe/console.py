@@ -21,8 +21,10 @@ def log(message: str) -> None:
 
 
 @contextmanager
-def progress(description: str, total: int | None = None) -> Iterator[Callable[..., None]]:
-    """A progress bar driven by ``update(done, total=None, info="")``; ``info`` shows beside it."""
+def progress(description: str, total: int | None = None, enabled: bool = True) -> Iterator[Callable[..., None]]:
+    """A progress bar driven by ``update(done, total=None, info="")``; ``info`` shows beside it.
+
+    ``enabled`` False: no bar (a DDP process other than rank 0)."""
     with Progress(
         TextColumn("[bold]{task.description}"),
         BarColumn(),
@@ -32,7 +34,7 @@ def progress(description: str, total: int | None = None) -> Iterator[Callable[..
         TextColumn("eta"),
         TimeRemainingColumn(),
         console=console,
-        disable=os.environ.get("CELLPIPE_NO_PROGRESS") == "1",
+        disable=not enabled or os.environ.get("CELLPIPE_NO_PROGRESS") == "1",
         transient=False,
     ) as bar:
         task = bar.add_task(description, total=total, info="")

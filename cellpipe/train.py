@@ -32,10 +32,11 @@ import scipy.sparse as sp
 import torch
 from torch.utils.data import DataLoader, Dataset
 
-from cellpipe import checkpoints, coco, metric, postprocess
+from cellpipe import checkpoints, coco, distributed, metric, postprocess
 from cellpipe.atomic import remove_stale
 from cellpipe.config import Model, PostProcess, Train
 from cellpipe.data import collate
+from cellpipe.distributed import World
 from cellpipe.errors import CellpipeError
 from cellpipe.images import read_grey
 from cellpipe.models import Family
@@ -70,13 +71,17 @@ def default_device() -> torch.device:
 class Batches(Dataset):
     """Iterations ``start..iters-1`` as items: item ``k`` is iteration ``start + k``'s collated batch.
 
-    Which images (``numpy`` RNG seeded by ``(seed, it)``) and their random crops and
-    flips (torch RNG seeded by ``seed·1000003 + it``) depend on the iteration only,
-    whichever process builds the batch.
+    Which images (``numpy`` RNG seeded by ``(seed, it)``) and the random crop and flips of
+    the j-th of them (torch RNG seeded by ``(seed·1000003 + it)·1009 + j``) depend on the
+    iteration only, whichever process builds the batch. Under DDP (``world`` processes)
+    process ``rank`` takes images ``rank, rank + world, …`` of the same global batch, so N
+    processes train on exactly the images and crops one process would.
     """
 
-    def __init__(self, dataset: Dataset, cfg: Train, start: int) -> None:
-        self.dataset, self.cfg, self.start = dataset, cfg, start
+    def __init__(self, dataset: Dataset, cfg: Train, start: int, rank: int = 0, world: int = 1) -> None:
+        if cfg.batch_size % world:
+            raise CellpipeError(f"batch_size {cfg.batch_size} does not split over {world} processes (nproc)")
+        self.dataset, self.cfg, self.start, self.rank, self.world = dataset, cfg, start, rank, world
 
     def __len__(self) -> int:
         return max(0, self.cfg.iters - self.start)
@@ -86,14 +91,18 @@ class Batches(Dataset):
         rng = np.random.default_rng([self.cfg.seed, it])
         n = len(self.dataset)
         idx = rng.choice(n, self.cfg.batch_size, replace=n < self.cfg.batch_size)
-        torch.manual_seed(self.cfg.seed * 1_000_003 + it)
-        return it, collate([self.dataset[int(j)] for j in idx])
+        items = []
+        for j in range(self.rank, len(idx), self.world):
+            torch.manual_seed((self.cfg.seed * 1_000_003 + it) * 1009 + j)
+            items.append(self.dataset[int(idx[j])])
+        return it, collate(items)
 
 
-def loader(dataset: Dataset, cfg: Train, start: int, device: torch.device) -> DataLoader:
+def loader(dataset: Dataset, cfg: Train, start: int, device: torch.device, world: World | None = None) -> DataLoader:
     """The batches of iterations ``start..iters-1`` in order, built by ``cfg.workers`` worker processes."""
+    world = world or World()
     return DataLoader(
-        Batches(dataset, cfg, start),
+        Batches(dataset, cfg, start, world.rank, world.size),
         batch_size=None,
         shuffle=False,
         num_workers=cfg.workers,
@@ -116,11 +125,21 @@ class Optimisation:
     scaler: torch.amp.GradScaler | None
 
 
+def precision(cfg: Train, device: torch.device) -> torch.dtype | None:
+    """The autocast dtype of ``cfg.amp`` on ``device`` (None: full precision)."""
+    if cfg.amp == "off" or (cfg.amp == "auto" and device.type != "cuda"):
+        return None
+    if cfg.amp == "fp16" and device.type != "cuda":
+        raise CellpipeError("amp: fp16 needs a GPU (on CPUs use bf16 or off)")
+    return torch.bfloat16 if cfg.amp == "bf16" else torch.float16
+
+
 def optimisation(model: torch.nn.Module, cfg: Train, device: torch.device) -> Optimisation:
     params = [p for p in model.parameters() if p.requires_grad]
     optimizer = torch.optim.SGD(params, lr=cfg.lr, momentum=cfg.momentum, weight_decay=cfg.weight_decay)
     scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda it: lr_factor(it, cfg))
-    return Optimisation(params, optimizer, scheduler, torch.amp.GradScaler("cuda") if device.type == "cuda" else None)
+    fp16 = precision(cfg, device) == torch.float16  # bf16 keeps fp32's range: no scaler
+    return Optimisation(params, optimizer, scheduler, torch.amp.GradScaler("cuda") if fp16 else None)
 
 
 def train_step(
@@ -135,8 +154,9 @@ def train_step(
 ) -> tuple[float, float, dict[str, float]]:
     """One step on one batch: (loss, lr it ran with, each loss term)."""
     model.train()
+    dtype = precision(cfg, device)
     try:
-        with torch.autocast(device_type="cuda", enabled=device.type == "cuda"):
+        with torch.autocast(device_type=device.type, dtype=dtype, enabled=dtype is not None):
             losses = family.train_step(model, images, targets)
     except torch.OutOfMemoryError:
         raise CellpipeError(
@@ -261,8 +281,12 @@ def train(
     on_step: Callable[[int, int, float, float], None] | None = None,
     data_fingerprint: str = "",
     post: PostProcess | None = None,
+    world: World | None = None,
 ) -> dict[str, Any]:
     """Train ``model`` for ``cfg.iters`` iterations, resuming from ``out_dir/last.pt``.
+
+    Under DDP (``world``: :mod:`cellpipe.distributed`) every process runs this; rank 0
+    alone evaluates, writes ``best.pt``/``last.pt`` and calls the hooks.
 
     ``data_fingerprint`` (a hash of the training inputs and code) and the configs make
     the resume fingerprint. ``post`` is the post-processing the best checkpoint is
@@ -270,14 +294,19 @@ def train(
     and iteration, iterations run now, seconds).
     """
     post = post or PostProcess()
+    world = world or World()
     device = device or default_device()
     out_dir.mkdir(parents=True, exist_ok=True)
-    remove_stale(out_dir)  # temporaries of a killed run must not end up in the cached folder
+    if world.main:
+        remove_stale(out_dir)  # temporaries of a killed run must not end up in the cached folder
+    distributed.barrier(world)
     if len(dataset) == 0:
         raise CellpipeError("the training set has no images")
     if not val:
         raise CellpipeError("the val set has no images: evaluation during training needs some")
     model.to(device)
+    if cfg.channels_last:
+        model.to(memory_format=torch.channels_last)
     opt = optimisation(model, cfg, device)
     meta = {
         "train_config": cfg.model_dump(mode="json"),
@@ -289,13 +318,17 @@ def train(
         f"{post.fingerprint()}",
     }
     last = out_dir / "last.pt"
-    start, best, best_it = resume(last, model, opt, meta["fingerprint"], device)
-    if start == 0:  # a fresh run: a best.pt of another configuration must not survive
+    start, best, best_it = resume(last, model, opt, meta["fingerprint"], device)  # every process: the same state
+    if start == 0 and world.main:  # a fresh run: a best.pt of another configuration must not survive
         (out_dir / "best.pt").unlink(missing_ok=True)
+    net = distributed.wrap(model, world, device)
     keeper = BestKeeper(out_dir / "best.pt", meta, best, best_it)
     t0 = time.perf_counter()
 
     def evaluation(it: int) -> None:
+        if not world.main:  # the others wait for rank 0's evaluation and checkpoints
+            distributed.barrier(world)
+            return
         report = evaluate(
             family,
             model,
@@ -311,18 +344,22 @@ def train(
         save_last(last, model, opt, it, keeper)
         if on_log:
             on_log(it, logs)
+        distributed.barrier(world)
 
-    for it, (images, targets) in _iterations(dataset, cfg, start, device):
-        loss, lr, terms = train_step(family, model, images, targets, opt, cfg, device, it)
+    for it, (images, targets) in _iterations(dataset, cfg, start, device, world):
+        loss, lr, terms = train_step(family, net, images, targets, opt, cfg, device, it)
+        loss = distributed.mean(loss, world, device)  # the global batch's loss
         done = it + 1
-        if on_step:
+        if on_step and world.main:
             on_step(done, cfg.iters, loss, lr)
-        if on_log:
+        if on_log and world.main:
             on_log(done, {"train/loss": loss, "train/lr": lr, **{f"train/{k}": v for k, v in terms.items()}})
         if done % cfg.eval_every == 0 or done == cfg.iters:
             evaluation(done)
     if start >= cfg.iters and not keeper.path.is_file():
         evaluation(cfg.iters)
+    if world.active:  # a rank that finished early must not see a best.pt of before the last evaluation
+        keeper.best, keeper.iteration = _shared_best(keeper, world, device)
     return {
         "best_map_iou": keeper.best,
         "best_iteration": keeper.iteration,
@@ -332,17 +369,25 @@ def train(
     }
 
 
+def _shared_best(keeper: BestKeeper, world: World, device: torch.device) -> tuple[float, int]:
+    """Rank 0's best score and iteration, on every process (for the summary)."""
+    import torch.distributed as dist
+
+    t = torch.tensor([keeper.best, float(keeper.iteration)], dtype=torch.float64, device=device)
+    dist.broadcast(t, src=0)
+    return float(t[0]), int(t[1])
+
+
 def _iterations(
-    dataset: Dataset, cfg: Train, start: int, device: torch.device
+    dataset: Dataset, cfg: Train, start: int, device: torch.device, world: World | None = None
 ) -> Iterator[tuple[int, tuple[list[torch.Tensor], list[dict]]]]:
     """(iteration, batch on ``device``) from the loader.
 
-    With worker processes the batches are drawn elsewhere, so the main process seeds
-    the model's own randomness (RPN/RoI sampling) per iteration too.
+    The batches may be drawn elsewhere (worker processes), so the model's own randomness
+    (RPN/RoI sampling) is seeded per iteration here, the same with or without workers.
     """
-    for it, (images, targets) in loader(dataset, cfg, start, device):
-        if cfg.workers:
-            torch.manual_seed(cfg.seed * 1_000_003 + it)
+    for it, (images, targets) in loader(dataset, cfg, start, device, world):
+        torch.manual_seed(cfg.seed * 1_000_003 + it)
         images = [im.to(device, non_blocking=True) for im in images]
         targets = [{k: v.to(device, non_blocking=True) for k, v in t.items()} for t in targets]
         yield it, (list(images), list(targets))

@@ -13,7 +13,7 @@ from pathlib import Path
 
 import torch
 
-from cellpipe import coco, folds, models
+from cellpipe import coco, distributed, folds, models
 from cellpipe import train as engine
 from cellpipe.config import Model, PostProcess, Train
 from cellpipe.console import console, log, progress
@@ -116,13 +116,16 @@ def run_training(
     data_fp = file_digest([train_json, val_source, *code] + ([Path(init)] if Path(init).is_file() else []))
     if fold is not None:
         data_fp += f"-fold{fold}"
-    device = engine.default_device()
-    log(
-        f"{stage}: {len(dataset)} train / {len(val)} val images, {len(class_names)} classes, init: {desc}, "
-        f"device {device}, {train_cfg.iters} iterations"
-    )
+    world = distributed.from_env()
+    device = distributed.setup(world, engine.default_device().type)
+    if world.main:
+        ddp = f", {world.size} processes (DDP), {train_cfg.batch_size // world.size} images each" if world.active else ""
+        log(
+            f"{stage}: {len(dataset)} train / {len(val)} val images, {len(class_names)} classes, init: {desc}, "
+            f"device {device}{ddp}, {train_cfg.iters} iterations"
+        )
     logger = LiveLogger(out)
-    with progress(stage, total=train_cfg.iters) as bar:
+    with progress(stage, total=train_cfg.iters, enabled=world.main) as bar:
 
         def on_step(done: int, total: int, loss: float, lr: float) -> None:
             bar(done, info=f"loss {loss:.3f} lr {lr:.4f}")
@@ -150,10 +153,16 @@ def run_training(
                 on_step=on_step,
                 data_fingerprint=data_fp,
                 post=post,
+                world=world,
             )
         finally:
             logger.close()
+            distributed.cleanup(world)
     summary["dropped_tiny_cells"] = dataset.dropped
+    if not world.main:  # rank 0 writes the summary and says so
+        return summary
+    if world.active:
+        summary["processes"] = world.size
     write_json(summary, out / "summary.json")
     log(
         f"{stage}: best val MAP-IoU {summary['best_map_iou']:.4f} at iteration {summary['best_iteration']} "

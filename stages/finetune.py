@@ -6,6 +6,7 @@ other folds of ``data/coco/folds.json`` and early-stops on fold k.
 
 from __future__ import annotations
 
+import sys
 from pathlib import Path
 
 import typer
@@ -28,9 +29,12 @@ def run(
 ) -> None:
     if (fold is None) == (val is None):
         raise CellpipeError("give either --fold (validate on that fold of --train) or --val (a separate COCO file)")
+    from cellpipe import distributed
     from cellpipe.training import run_training  # imports torch: only when training
 
     p = load(params, "model", "finetune", "postprocess")
+    if p.finetune.nproc > 1 and not distributed.launched():  # the same command as nproc processes (DDP)
+        raise typer.Exit(distributed.relaunch(p.finetune.nproc, sys.argv[1:]))
     init = str(init_checkpoint) if p.finetune.init == "checkpoint" else p.finetune.init
     run_training(
         stage="finetune" if fold is None else f"finetune fold {fold}",

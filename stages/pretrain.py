@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import sys
 from pathlib import Path
 
 import typer
@@ -14,9 +15,12 @@ def run(
     out: Path = typer.Option(Path("models/livecell"), help="checkpoints (best.pt, last.pt) and dvclive logs"),
     params: Path = typer.Option(Path("params.yaml"), help=PARAMS_HELP),
 ) -> None:
+    from cellpipe import distributed
     from cellpipe.training import run_training  # imports torch: only when training
 
     p = load(params, "model", "pretrain", "postprocess")
+    if p.pretrain.nproc > 1 and not distributed.launched():  # the same command as nproc processes (DDP)
+        raise typer.Exit(distributed.relaunch(p.pretrain.nproc, sys.argv[1:]))
     run_training(
         stage="pretrain",
         train_json=livecell,

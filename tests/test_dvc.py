@@ -292,6 +292,32 @@ def test_an_experiment_reruns_only_what_it_affects(dag):
     assert "map_iou" in dvc(repo_copy, "exp", "show", "--csv").stdout
 
 
+def git(cwd: Path, *args: str) -> None:
+    subprocess.run(["git", "-c", "user.name=t", "-c", "user.email=t@t", *args], cwd=cwd, check=True, capture_output=True)
+
+
+@pytest.mark.slow
+@pytest.mark.xdist_group("dag")
+def test_a_clone_pulls_every_output_from_a_shared_remote_and_has_nothing_to_run(dag, tmp_path):
+    """A teammate's clone: ``dvc pull`` from a shared (here: local-folder) remote brings every output,
+    checkpoints included, and ``dvc repro`` then runs nothing; the run-cache travels too."""
+    repo, _ = dag
+    remote = tmp_path / "remote"
+    dvc(repo, "remote", "add", "--force", "--default", "shared", str(remote))
+    git(repo, "add", "-A")
+    git(repo, "commit", "-qm", "results and the shared remote")
+    dvc(repo, "push", "--run-cache")
+    assert any(remote.rglob("*")) and (remote / "runs").is_dir()
+    clone = tmp_path / "clone"
+    git(tmp_path, "clone", "-q", str(repo), str(clone))
+    assert not (clone / "models/finetune/fold0/best.pt").exists()
+    dvc(clone, "pull")
+    assert (clone / "models/finetune/fold0/best.pt").is_file() and (clone / "metrics/oof.json").is_file()
+    assert (clone / "data/submission/submission.csv").read_bytes() == (repo / "data/submission/submission.csv").read_bytes()
+    assert ran_stages(dvc(clone, "repro").stdout) == []
+    assert "up to date" in dvc(clone, "status").stdout
+
+
 @pytest.mark.slow
 @requires_shared()
 def test_real_sample_profile_runs_the_whole_dag_with_two_folds(repo_copy):
