@@ -1,5 +1,7 @@
 """The DAG under DVC on a temp copy of the repo: repro from clean, then a no-op."""
 
+import csv
+import io
 import json
 import os
 import re
@@ -316,6 +318,40 @@ def test_a_clone_pulls_every_output_from_a_shared_remote_and_has_nothing_to_run(
     assert (clone / "data/submission/submission.csv").read_bytes() == (repo / "data/submission/submission.csv").read_bytes()
     assert ran_stages(dvc(clone, "repro").stdout) == []
     assert "up to date" in dvc(clone, "status").stdout
+
+
+def queue_status(repo: Path, timeout: float = 900) -> dict[str, str]:
+    """Experiment name → status once the queue holds nothing queued or running."""
+    import time
+
+    end = time.monotonic() + timeout
+    while True:
+        rows = [line.split() for line in dvc(repo, "queue", "status").stdout.splitlines()]
+        status = {r[1]: r[-1] for r in rows if len(r) >= 4 and r[-1] in ("Queued", "Running", "Success", "Failed")}
+        if not {"Queued", "Running"} & set(status.values()) or time.monotonic() > end:
+            return status
+        time.sleep(3)
+
+
+@pytest.mark.slow
+@pytest.mark.xdist_group("dag")
+def test_queued_experiments_run_in_parallel_workers_and_a_failure_stays_its_own(dag):
+    """``dvc exp run --queue`` × 3 and ``dvc queue start -j 2``: two succeed with their params and
+    metrics in ``dvc exp show``, the one with an impossible param fails alone, its log says why."""
+    repo, _ = dag
+    git(repo, "add", "-A")
+    git(repo, "commit", "-qm", "before queueing", "--allow-empty")
+    for name, grid in (("grid-a", "[0.1,0.5]"), ("grid-bad", "[2.0]"), ("grid-b", "[0.3,0.7]")):
+        dvc(repo, "exp", "run", "--queue", "-n", name, "-S", f"thresholds.grid={grid}")
+    dvc(repo, "queue", "start", "-j", "2")
+    status = queue_status(repo)
+    assert status == {"grid-a": "Success", "grid-b": "Success", "grid-bad": "Failed"}, status
+    logs = dvc(repo, "queue", "logs", "grid-bad")
+    assert "thresholds.grid must be numbers in [0, 1]" in logs.stdout + logs.stderr
+    rows = {r["Experiment"]: r for r in csv.DictReader(io.StringIO(dvc(repo, "exp", "show", "--csv").stdout))}
+    for name, grid in (("grid-a", [0.1, 0.5]), ("grid-b", [0.3, 0.7])):
+        assert json.loads(rows[name]["thresholds.grid"]) == grid, rows[name]
+        assert any(k.endswith("map_iou") and v != "" for k, v in rows[name].items()), rows[name]
 
 
 @pytest.mark.slow
