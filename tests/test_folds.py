@@ -152,3 +152,22 @@ def test_out_of_fold_predictions_of_two_folds_for_one_image_are_an_error():
     assert set(ensemble.concat([one]).sizes) == {"im0"}
     with pytest.raises(CellpipeError, match="out of fold for two models"):
         ensemble.concat([one, one])
+
+
+def test_an_empty_lockbox_is_scored_as_nothing_and_says_so(tmp_path, tiny_kaggle):
+    """``cv.lockbox_fraction: 0``: the lockbox file lists no images; its score is null, not 0."""
+    import json
+
+    from tests.conftest import decode_and_split, run_cli, write_params
+
+    decode_and_split(tiny_kaggle, tmp_path, write_params(tmp_path / "p.yaml", lambda p: p["cv"].update(lockbox_fraction=0.0)))
+    assert json.loads((tmp_path / "lockbox.json").read_text())["images"] == []
+    predictions.write(predictions.Predictions(predictions.to_frame([]).detections, {}, "<none>"), tmp_path / "lb.parquet")
+    (tmp_path / "th.json").write_text(json.dumps({"score_threshold": {}}))
+    proc = run_cli("score", "--predictions", str(tmp_path / "lb.parquet"), "--val", str(tmp_path / "lockbox.json"),
+                   "--truth", str(tmp_path / "a.parquet"), "--thresholds", str(tmp_path / "th.json"),
+                   "--out", str(tmp_path / "s.json"), "--per-iou-out", str(tmp_path / "piou.csv"))  # fmt: skip
+    assert proc.returncode == 0, proc.stderr
+    summary = json.loads((tmp_path / "s.json").read_text())
+    assert summary["map_iou"] is None and summary["images"] == 0 and "lists no images" in summary["note"]
+    assert (tmp_path / "piou.csv").read_text().startswith("iou_threshold,all,")
