@@ -26,7 +26,7 @@ def fold_images(path: Path, fold: int | None) -> dict:
 
 
 def run(
-    checkpoint: Path = typer.Option(Path("models/finetune/best.pt"), help="trained checkpoint"),
+    checkpoint: Path = typer.Option(Path("models/finetune/fold0/best.pt"), help="trained checkpoint"),
     val: Path = typer.Option(
         Path("data/coco/folds.json"), help="COCO JSON whose images to predict (with --fold: that fold's images only)"
     ),
@@ -37,7 +37,7 @@ def run(
     test_dir: Path | None = typer.Option(
         None, help="folder of images to predict instead (any folder of PNG/TIFF) [default: KAGGLE_DIR/test]"
     ),
-    val_out: Path = typer.Option(Path("data/predictions/val.parquet"), help="val detections"),
+    val_out: Path = typer.Option(Path("data/predictions/folds/fold0/val.parquet"), help="val (out-of-fold) detections"),
     test_out: Path = typer.Option(Path("data/predictions/test.parquet"), help="test detections"),
     skip_val: bool = typer.Option(False, "--skip-val", help="predict only the image folder (apply a model to new images)"),
     submission_out: Path | None = typer.Option(None, help="also write a submission-format CSV of the folder's images"),
