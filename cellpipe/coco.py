@@ -133,79 +133,95 @@ def normalise(
     ``path``s are usable from the working directory. Checks: category ids exist,
     polygons have ≥ 3 points and lie in the image (1 px tolerance), masks are not
     empty, every image file exists. ``single_class`` maps every category to one
-    'cell' class (LIVECell pretraining).
+    'cell' class (LIVECell pretraining). :mod:`cellpipe.livecell` applies the same
+    checks to a file as a stream (LIVECell's full size does not fit this dict form).
     """
     anns = _annotations_list(data, where)
-    cat_ids = {int(c["id"]) for c in data["categories"] if isinstance(c, dict) and "id" in c}
+    cat_ids = category_ids(data["categories"])
     images = {}
     for im in data["images"]:
-        try:
-            iid, h, w, fname = int(im["id"]), int(im["height"]), int(im["width"]), str(im["file_name"])
-        except (KeyError, TypeError, ValueError):
-            raise CellpipeError(f"image entry {str(im)[:60]} lacks id/height/width/file_name", where=where) from None
-        if im.get("path"):
-            path = resolve(str(im["path"]), where)
-        else:
-            check_name(fname, what=f"image {iid}: file_name", where=where)
-            path = Path(image_root) / fname if image_root is not None else resolve(fname, where)
-        if check_files and not Path(path).is_file():
-            raise CellpipeError(f"image {iid}: file {path} is missing", where=where)
-        images[iid] = {**im, "id": iid, "height": h, "width": w, "file_name": fname, "path": str(path)}
-    out_anns = []
-    for a in anns:
-        aid = a.get("id") if isinstance(a, dict) else None
-        label = f"annotation {aid}"
-        if not isinstance(a, dict) or "image_id" not in a or "segmentation" not in a:
-            raise CellpipeError(f"{label}: lacks image_id or segmentation", where=where)
-        cid = a.get("category_id")
-        if cid not in cat_ids:
-            raise CellpipeError(f"{label}: category_id {cid!r} is not in 'categories'", where=where)
-        im = images.get(a["image_id"])
-        if im is None:
-            raise CellpipeError(f"{label}: image_id {a['image_id']!r} is not in 'images'", where=where)
-        h, w = im["height"], im["width"]
-        seg = a["segmentation"]
-        if isinstance(seg, list):
-            if not seg:
-                raise CellpipeError(f"{label}: empty polygon list", where=where)
-            for poly in seg:
-                if not isinstance(poly, list) or len(poly) < 6 or len(poly) % 2:
-                    raise CellpipeError(f"{label}: polygon with fewer than 3 points", where=where)
-                xy = np.asarray(poly, dtype=float).reshape(-1, 2)
-                if (
-                    not np.isfinite(xy).all()
-                    or xy[:, 0].min() < -1
-                    or xy[:, 1].min() < -1
-                    or xy[:, 0].max() > w + 1
-                    or xy[:, 1].max() > h + 1
-                ):
-                    raise CellpipeError(f"{label}: polygon lies outside the {w}×{h} image", where=where)
-            rle_ = segmentation_rle(seg, h, w)
-        elif isinstance(seg, dict) and "counts" in seg:
-            rle_ = segmentation_rle(seg, h, w)
-            if list(rle_.get("size", [h, w])) != [h, w]:
-                raise CellpipeError(f"{label}: RLE size {rle_['size']} differs from the image's {[h, w]}", where=where)
-        else:
-            raise CellpipeError(f"{label}: segmentation is neither polygons nor RLE", where=where)
-        area = float(mask_util.area(rle_))
-        if area <= 0:
-            raise CellpipeError(f"{label}: mask has zero area", where=where)
-        out_anns.append(
-            {
-                **a,
-                "category_id": 1 if single_class else int(cid),
-                "area": area,
-                "bbox": [float(v) for v in mask_util.toBbox(rle_)],
-                "iscrowd": int(a.get("iscrowd", 0)),
-            }
-        )
-    categories = [{"id": 1, "name": "cell", "supercategory": "cell"}] if single_class else data["categories"]
+        im = checked_image(im, where=where, image_root=image_root, check_files=check_files)
+        images[im["id"]] = im
+    out_anns = [checked_annotation(a, images, cat_ids, where=where, single_class=single_class)[0] for a in anns]
     return {
         **{k: v for k, v in data.items() if k not in ("annotations", "images", "categories")},
         "images": list(images.values()),
         "annotations": out_anns,
-        "categories": categories,
+        "categories": SINGLE_CLASS if single_class else data["categories"],
     }
+
+
+SINGLE_CLASS: list[dict] = [{"id": 1, "name": "cell", "supercategory": "cell"}]
+
+
+def category_ids(categories: list) -> set[int]:
+    """The ids of a COCO ``categories`` list (entries without one are ignored)."""
+    return {int(c["id"]) for c in categories if isinstance(c, dict) and "id" in c}
+
+
+def checked_image(im: dict, *, where: str, image_root: str | Path | None, check_files: bool = True) -> dict:
+    """One ``images`` entry with int id/height/width and a ``path`` usable from the working directory."""
+    try:
+        iid, h, w, fname = int(im["id"]), int(im["height"]), int(im["width"]), str(im["file_name"])
+    except (KeyError, TypeError, ValueError):
+        raise CellpipeError(f"image entry {str(im)[:60]} lacks id/height/width/file_name", where=where) from None
+    if im.get("path"):
+        path = resolve(str(im["path"]), where)
+    else:
+        check_name(fname, what=f"image {iid}: file_name", where=where)
+        path = Path(image_root) / fname if image_root is not None else resolve(fname, where)
+    if check_files and not Path(path).is_file():
+        raise CellpipeError(f"image {iid}: file {path} is missing", where=where)
+    return {**im, "id": iid, "height": h, "width": w, "file_name": fname, "path": str(path)}
+
+
+def checked_annotation(a: object, images: dict, cat_ids: set[int], *, where: str, single_class: bool) -> tuple[dict, dict]:
+    """One annotation, validated against its image, with area and bbox from its mask; and that mask as compressed RLE."""
+    aid = a.get("id") if isinstance(a, dict) else None
+    label = f"annotation {aid}"
+    if not isinstance(a, dict) or "image_id" not in a or "segmentation" not in a:
+        raise CellpipeError(f"{label}: lacks image_id or segmentation", where=where)
+    cid = a.get("category_id")
+    if cid not in cat_ids:
+        raise CellpipeError(f"{label}: category_id {cid!r} is not in 'categories'", where=where)
+    im = images.get(a["image_id"])
+    if im is None:
+        raise CellpipeError(f"{label}: image_id {a['image_id']!r} is not in 'images'", where=where)
+    h, w = im["height"], im["width"]
+    seg = a["segmentation"]
+    if isinstance(seg, list):
+        if not seg:
+            raise CellpipeError(f"{label}: empty polygon list", where=where)
+        for poly in seg:
+            if not isinstance(poly, list) or len(poly) < 6 or len(poly) % 2:
+                raise CellpipeError(f"{label}: polygon with fewer than 3 points", where=where)
+            xy = np.asarray(poly, dtype=float).reshape(-1, 2)
+            if (
+                not np.isfinite(xy).all()
+                or xy[:, 0].min() < -1
+                or xy[:, 1].min() < -1
+                or xy[:, 0].max() > w + 1
+                or xy[:, 1].max() > h + 1
+            ):
+                raise CellpipeError(f"{label}: polygon lies outside the {w}×{h} image", where=where)
+        rle_ = segmentation_rle(seg, h, w)
+    elif isinstance(seg, dict) and "counts" in seg:
+        rle_ = segmentation_rle(seg, h, w)
+        if list(rle_.get("size", [h, w])) != [h, w]:
+            raise CellpipeError(f"{label}: RLE size {rle_['size']} differs from the image's {[h, w]}", where=where)
+    else:
+        raise CellpipeError(f"{label}: segmentation is neither polygons nor RLE", where=where)
+    area = float(mask_util.area(rle_))
+    if area <= 0:
+        raise CellpipeError(f"{label}: mask has zero area", where=where)
+    out = {
+        **a,
+        "category_id": 1 if single_class else int(cid),
+        "area": area,
+        "bbox": [float(v) for v in mask_util.toBbox(rle_)],
+        "iscrowd": int(a.get("iscrowd", 0)),
+    }
+    return out, rle_
 
 
 def with_paths_for(data: dict, out: str | Path) -> dict:

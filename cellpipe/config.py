@@ -235,6 +235,11 @@ class Train(Section):
     vflip: bool = Field(True, description="random vertical flips")
     crop_size: int = Field(256, ge=0, description="random training window (px at the model's scale); 0 = whole image")
     workers: int = Field(0, ge=0, description="DataLoader worker processes building batches (0: in the main process)")
+    cache_gb: float = Field(
+        4.0,
+        gt=0,
+        description="decoded training images kept in memory (GB, per process); beyond it the least recently used are rebuilt",
+    )
 
 
 class Pretrain(Train):

@@ -6,9 +6,8 @@ from pathlib import Path
 
 import typer
 
-from cellpipe import coco
-from cellpipe.console import log
-from cellpipe.io import write_json
+from cellpipe import livecell
+from cellpipe.console import log, progress
 
 
 def run(
@@ -21,6 +20,6 @@ def run(
     ),
     out: Path = typer.Option(Path("data/coco/livecell.json"), help="normalised COCO JSON (one class 'cell')"),
 ) -> None:
-    data = coco.normalise(coco.load_json(livecell_json), where=str(livecell_json), image_root=livecell_images, single_class=True)
-    write_json(coco.with_paths_for(data, out), out, indent=None)
-    log(f"LIVECell: {len(data['images'])} images, {len(data['annotations'])} cells → {out}")
+    with progress("livecell MB") as bar:
+        n_images, n_cells = livecell.normalise_file(livecell_json, out, image_root=livecell_images, progress=bar)
+    log(f"LIVECell: {n_images} images, {n_cells} cells → {out}")

@@ -74,7 +74,7 @@ class Family:
         from cellpipe.data import CocoInstances
 
         return CocoInstances(data, cfg.min_size, cfg.max_size, hflip=train_cfg.hflip, vflip=train_cfg.vflip,
-                             image_ids=image_ids, crop_size=train_cfg.crop_size)  # fmt: skip
+                             image_ids=image_ids, crop_size=train_cfg.crop_size, cache_gb=train_cfg.cache_gb)  # fmt: skip
 
     def fit_data(self, model: nn.Module, dataset: Any) -> None:
         """Set what the model learns from the training data before training (cellpose: cell sizes)."""

@@ -36,6 +36,7 @@ from torch.utils.data import Dataset
 
 from cellpipe import coco
 from cellpipe.config import Model
+from cellpipe.data import SampleCache
 from cellpipe.errors import CellpipeError
 from cellpipe.images import read_grey
 from cellpipe.instances import Instances
@@ -108,7 +109,8 @@ class FlowSamples(Dataset):
     """
 
     def __init__(self, data: dict, cfg: Model, *, crop_size: int, hflip: bool, vflip: bool,
-                 image_ids: list[int] | None = None, diameters: np.ndarray | None = None) -> None:  # fmt: skip
+                 image_ids: list[int] | None = None, diameters: np.ndarray | None = None,
+                 cache_gb: float = 4.0) -> None:  # fmt: skip
         self.cfg = cfg.cellpose
         self.crop = crop_size or 256
         self.hflip, self.vflip = hflip, vflip
@@ -118,7 +120,7 @@ class FlowSamples(Dataset):
         for a in data["annotations"]:
             self.by_image.setdefault(a["image_id"], []).append(a)
         self.diameters = diameters if diameters is not None else class_diameters(data)
-        self._cache: dict[int, tuple[torch.Tensor, torch.Tensor, int]] = {}
+        self.cache = SampleCache(cache_gb * 1e9, lambda e: e[0].nbytes + e[1].nbytes)
         self.dropped = 0
 
     def __len__(self) -> int:
@@ -131,8 +133,9 @@ class FlowSamples(Dataset):
         return int(np.bincount([a["category_id"] - 1 for a in anns]).argmax())
 
     def load(self, index: int) -> tuple[torch.Tensor, torch.Tensor, int]:
-        if index in self._cache:
-            return self._cache[index]
+        cached = self.cache.get(index)
+        if cached is not None:
+            return cached
         dynamics, _ = _cellpose()
         im = self.images[index]
         h, w = int(im["height"]), int(im["width"])
@@ -148,8 +151,8 @@ class FlowSamples(Dataset):
         else:
             flows = np.zeros((2, *size), np.float32)
         target = torch.from_numpy(np.concatenate([(labels > 0)[None], flows]).astype(np.float32))
-        self._cache[index] = (image, target, cls)
-        return self._cache[index]
+        self.cache.put(index, (image, target, cls))
+        return image, target, cls
 
     def __getitem__(self, index: int) -> tuple[torch.Tensor, dict]:
         image, target, cls = self.load(index)
@@ -249,7 +252,7 @@ class CellposeFlow(Family):
 
     def dataset(self, data: dict, cfg: Model, train_cfg: Any, image_ids: list[int] | None = None) -> FlowSamples:
         return FlowSamples(data, cfg, crop_size=train_cfg.crop_size, hflip=train_cfg.hflip, vflip=train_cfg.vflip,
-                           image_ids=image_ids)  # fmt: skip
+                           image_ids=image_ids, cache_gb=train_cfg.cache_gb)  # fmt: skip
 
     def fit_data(self, model: nn.Module, dataset: FlowSamples) -> None:
         model.diameters.copy_(torch.from_numpy(dataset.diameters))
