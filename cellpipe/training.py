@@ -79,9 +79,11 @@ def run_training(
     if fold is not None:
         raw, held = folds.select(raw, fold, where=str(train_json))
     train_coco = coco.normalise(raw, where=str(train_json), single_class=single_class)
+    del raw  # the normalised copy is what training keeps (LIVECell at full size: ≈ 1 GB of dicts less)
     if fold is not None:
         val_source = train_json
         val_coco = coco.normalise(held, where=str(train_json), single_class=single_class)
+        del held
     elif val_images is not None:  # hold out the last images (LIVECell)
         ids = [im["id"] for im in train_coco["images"]]
         if len(ids) <= val_images:
