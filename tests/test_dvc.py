@@ -320,6 +320,35 @@ def test_a_clone_pulls_every_output_from_a_shared_remote_and_has_nothing_to_run(
     assert "up to date" in dvc(clone, "status").stdout
 
 
+@pytest.mark.slow
+@pytest.mark.xdist_group("dag")
+def test_an_experiment_travels_through_git_and_dvc_remotes(dag, tmp_path):
+    """``dvc exp push``: the experiment's git ref to a (bare) git remote, its outputs to the DVC
+    remote; a teammate's clone ``dvc exp pull``s it, applies it and has its metrics and outputs
+    with nothing to run."""
+    repo, _ = dag
+    origin, remote = tmp_path / "origin.git", tmp_path / "remote"
+    git(tmp_path, "init", "-q", "--bare", str(origin))
+    dvc(repo, "remote", "add", "--force", "--default", "shared", str(remote))
+    git(repo, "remote", "add", "teammates", str(origin))
+    git(repo, "add", "-A")
+    git(repo, "commit", "-qm", "shared remotes", "--allow-empty")
+    git(repo, "push", "-q", "teammates", "HEAD:refs/heads/main")
+    dvc(repo, "exp", "run", "-n", "shared-exp", "-S", "thresholds.grid=[0.2,0.6]")
+    mine = json.loads(dvc(repo, "exp", "show", "--json").stdout)
+    dvc(repo, "exp", "push", "teammates", "shared-exp")
+    clone = tmp_path / "clone"
+    git(tmp_path, "clone", "-q", "-b", "main", str(origin), str(clone))
+    dvc(clone, "exp", "pull", "teammates", "shared-exp")
+    assert "shared-exp" in dvc(clone, "exp", "list", "--name-only").stdout
+    dvc(clone, "exp", "apply", "shared-exp")
+    dvc(clone, "checkout")
+    assert yaml.safe_load((clone / "params.yaml").read_text())["thresholds"]["grid"] == [0.2, 0.6]
+    assert ran_stages(dvc(clone, "repro").stdout) == []
+    theirs = json.loads((clone / "metrics" / "lockbox.json").read_text())
+    assert theirs == json.loads((repo / "metrics" / "lockbox.json").read_text()), (theirs, mine)
+
+
 def queue_status(repo: Path, timeout: float = 900) -> dict[str, str]:
     """Experiment name → status once the queue holds nothing queued or running."""
     import time
