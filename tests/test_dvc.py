@@ -339,7 +339,7 @@ def test_an_experiment_travels_through_git_and_dvc_remotes(dag, tmp_path):
     dvc(repo, "exp", "push", "teammates", "shared-exp")
     clone = tmp_path / "clone"
     git(tmp_path, "clone", "-q", "-b", "main", str(origin), str(clone))
-    dvc(clone, "exp", "pull", "teammates", "shared-exp")
+    dvc(clone, "exp", "pull", "origin", "shared-exp")  # the clone knows the shared repo as origin
     assert "shared-exp" in dvc(clone, "exp", "list", "--name-only").stdout
     dvc(clone, "exp", "apply", "shared-exp")
     dvc(clone, "checkout")
