@@ -48,22 +48,25 @@ class SampleCache:
 
     def __init__(self, max_bytes: float, size) -> None:
         self.max_bytes, self.size = max_bytes, size
-        self.entries: OrderedDict[int, object] = OrderedDict()
+        self.entries: OrderedDict[int, tuple[object, int]] = OrderedDict()  # value, its size when put
         self.bytes = 0
         self.evicted = 0
 
     def get(self, index: int):
         if index in self.entries:
             self.entries.move_to_end(index)
-            return self.entries[index]
+            return self.entries[index][0]
         return None
 
     def put(self, index: int, value) -> None:
-        self.entries[index] = value
-        self.bytes += self.size(value)
+        if index in self.entries:
+            self.bytes -= self.entries.pop(index)[1]
+        nbytes = int(self.size(value))
+        self.entries[index] = (value, nbytes)
+        self.bytes += nbytes
         while self.bytes > self.max_bytes and len(self.entries) > 1:
-            _, old = self.entries.popitem(last=False)
-            self.bytes -= self.size(old)
+            _, (_, old) = self.entries.popitem(last=False)
+            self.bytes -= old
             self.evicted += 1
 
 

@@ -21,7 +21,6 @@ import ijson
 from cellpipe import coco
 from cellpipe.atomic import atomic_path
 from cellpipe.errors import CellpipeError
-from cellpipe.paths import stored
 
 _FORMS = {"start_array": "list", "start_map": "map"}
 
@@ -132,11 +131,14 @@ def normalise_file(
     n = 0
     seen: set[int] = set()
     with atomic_path(out) as tmp, open(tmp, "w") as f:
-        head = {
-            "info": {**info, "normalised_by": "cellpipe livecell"},
-            "categories": categories,
-            "images": [{**im, "path": stored(im["path"], out)} for im in images.values()],
-        }
+        head = coco.with_paths_for(
+            {
+                "info": {**info, "normalised_by": "cellpipe livecell"},
+                "categories": categories,
+                "images": list(images.values()),
+            },
+            out,
+        )
         f.write(json.dumps(head)[:-1] + ', "annotations": [')
         on_bytes = (lambda pos: progress(pos >> 20, total >> 20, info=f"{n:,} cells")) if progress else None
         for a in annotations(src, form, on_bytes):

@@ -130,18 +130,33 @@ def test_livecell_scale_generator_writes_consistent_images_and_counts(tmp_path):
     assert cells.any() and abs(grey[cells].mean() - grey[~cells].mean()) > 1.0
 
 
-@given(sizes=st.lists(st.integers(1, 50), min_size=1, max_size=40), budget=st.integers(1, 200))
-@settings(max_examples=60, deadline=None)
-def test_sample_cache_keeps_the_most_recent_within_its_budget(sizes, budget):
-    cache = SampleCache(budget, size=lambda v: v)
-    for i, s in enumerate(sizes):
-        cache.put(i, s)
-        assert cache.bytes == sum(cache.entries.values())
-        assert cache.bytes <= budget or len(cache.entries) == 1
-        assert cache.get(i) == s  # the newest is always kept
-    kept = list(cache.entries)
-    assert kept == list(range(len(sizes) - len(kept), len(sizes)))  # least recently used went first
-    assert cache.evicted == len(sizes) - len(kept)
+@given(
+    ops=st.lists(st.tuples(st.booleans(), st.integers(0, 12), st.integers(1, 50)), min_size=1, max_size=60),
+    budget=st.integers(1, 200),
+)
+@settings(max_examples=80, deadline=None)
+def test_sample_cache_is_an_lru_within_its_budget(ops, budget):
+    """Against a reference LRU: puts (new or again) and gets in any order; a re-put replaces its bytes."""
+    cache = SampleCache(budget, size=lambda v: v[0])
+    ref: dict[int, int] = {}  # index -> size, in recency order
+    evicted = 0
+    for is_put, index, size in ops:
+        if is_put:
+            ref.pop(index, None)
+            ref[index] = size
+            cache.put(index, [size])
+            while sum(ref.values()) > budget and len(ref) > 1:
+                del ref[next(iter(ref))]
+                evicted += 1
+            assert cache.get(index) == [size]  # the newest is always kept
+        elif index in ref:
+            ref[index] = ref.pop(index)
+            assert cache.get(index) == [ref[index]]
+        else:
+            assert cache.get(index) is None
+        assert list(cache.entries) == list(ref)
+        assert cache.bytes == sum(ref.values()) and cache.evicted == evicted
+        assert cache.bytes <= budget or len(ref) == 1
 
 
 def test_samples_rebuilt_after_eviction_are_identical(tiny_coco):
