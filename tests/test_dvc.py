@@ -178,6 +178,8 @@ def test_repro_from_clean_then_noop(dag):
     lockbox = json.loads((repo_copy / "metrics/lockbox.json").read_text())
     assert not lockbox["thresholds_in_sample"] and lockbox["images"] == 3 and 0.0 <= lockbox["map_iou"] <= 1.0
     assert lockbox == {**json.loads((repo_copy / "metrics/lockbox_fold0.json").read_text()), "thresholds": lockbox["thresholds"]}
+    fixed = json.loads((repo_copy / "metrics/lockbox_fixed.json").read_text())
+    assert fixed["thresholds"] == "fixed 0.5 for every class" and fixed["images"] == 3 and not fixed["thresholds_in_sample"]
     second = dvc(repo_copy, "repro")
     assert ran_stages(second.stdout) == []
     assert "up to date" in dvc(repo_copy, "status").stdout
