@@ -439,9 +439,8 @@ def test_real_sample_profile_runs_the_whole_dag_with_two_folds(repo_copy):
     assert not metrics["thresholds_in_sample"] and metrics["thresholds"].startswith("cross-fitted")
     assert json.loads((repo_copy / "metrics/oof_in_sample.json").read_text())["thresholds_in_sample"]
     assert json.loads((repo_copy / "metrics/lockbox.json").read_text())["images"] == 3
-    # a fine-tune knob reruns every fold and what follows (a dry run: that `dvc exp run` runs
-    # what `dvc repro` would is test_an_experiment_reruns_only_what_it_affects's)
+    # a fine-tune knob makes every fold stale and nothing upstream (a dry run lists the stages
+    # whose own inputs changed; that what follows reruns, and that `dvc exp run` runs what
+    # `dvc repro` would, is test_an_experiment_reruns_only_what_it_affects's)
     shrink_params(repo_copy / "params.yaml", {"finetune": {"lr": 0.01}})
-    would = set(ran_stages(dvc(repo_copy, "repro", "--dry").stdout))
-    assert {"finetune@0", "finetune@1", "predict@0", "predict@1", "ensemble", "score"} <= would
-    assert not would & {"decode", "coco", "livecell", "pretrain"}
+    assert set(ran_stages(dvc(repo_copy, "repro", "--dry").stdout)) == {"finetune@0", "finetune@1"}
