@@ -19,6 +19,7 @@ import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
 from cellpipe.errors import CellpipeError
+from cellpipe.paths import cut, preview
 
 CELL_TYPES: tuple[str, ...] = ("shsy5y", "astro", "cort")
 CellType = Literal["shsy5y", "astro", "cort"]
@@ -110,7 +111,7 @@ class CV(Section):
     @classmethod
     def _range(cls, v: list[int]) -> list[int]:
         if v != list(range(len(v))):
-            raise ValueError(f"must be 0..K-1 in order, e.g. {list(range(len(v)))} (got {v})")
+            raise ValueError(f"must be 0..K-1 in order, e.g. {list(range(min(len(v), 5)))}{'…' if len(v) > 5 else ''}")
         return v
 
 
@@ -162,8 +163,8 @@ class Model(Section):
         "exact", description="exact: pixel-centre mask targets and paste (detectron2's) | torchvision: its stock ones"
     )
     mask_resolution: Literal[28, 56] = Field(28, description="predicted mask side")
-    min_size: int = Field(520, gt=0, description="input short side (520 = full size) ...")
-    max_size: int = Field(704, gt=0, description="... and long side at most; training crops come from this scale")
+    min_size: int = Field(520, gt=0, le=8192, description="input short side (520 = full size) ...")
+    max_size: int = Field(704, gt=0, le=8192, description="... and long side at most; training crops come from this scale")
     detections_per_img: int = Field(1000, gt=0, description="LIVECell images hold 2000+ cells, shsy5y up to 790")
     rpn_batch_per_image: int = Field(256, gt=0, description="RPN anchors sampled per image")
     roi_batch_per_image: int = Field(128, gt=0, description="RoIs sampled per image")
@@ -198,13 +199,19 @@ class Model(Section):
         return tuple(tuple(s) if isinstance(s, list) else (s,) for s in self.anchor_sizes)
 
     @classmethod
-    def from_checkpoint(cls, stored: dict[str, Any]) -> Model:
+    def from_checkpoint(cls, stored: dict[str, Any], *, where: str = "checkpoint") -> Model:
         """The config a checkpoint was trained with (keys of older versions dropped, types from JSON relaxed).
 
         Checkpoints from before ``mask_geometry`` existed were trained with torchvision's.
+        An impossible value (``min_size`` 10⁶) is a one-line error naming the key and the bound.
         """
+        if not isinstance(stored, dict):
+            raise CellpipeError("its model config is not a mapping", where=where)
         known = {k: v for k, v in {"mask_geometry": "torchvision", **stored}.items() if k in cls.model_fields}
-        return cls.model_validate(known, strict=False)
+        try:
+            return cls.model_validate(known, strict=False)
+        except ValidationError as exc:
+            raise CellpipeError(f"its model config is not valid: model.{_message(exc.errors()[0])}", where=where) from None
 
 
 # --------------------------------------------------------------------------- training
@@ -278,6 +285,22 @@ class Predict(Section):
     tta: bool = Field(False, description="flip test-time augmentation (3× slower)")
     tta_iou: float = Field(0.5, gt=0, lt=1, description="mask IoU matching detections across the flips")
     detections_per_img: int = Field(0, ge=0, description="cap at predict time; 0 = the checkpoint's model.detections_per_img")
+    tile_size: list[int] = Field(
+        default_factory=lambda: [520, 704],
+        min_length=2,
+        max_length=2,
+        description="height, width: larger images are predicted in overlapping windows of this size (the training images')",
+    )
+    tile_overlap: int = Field(128, ge=0, description="pixels shared by neighbouring windows (more than the largest cell)")
+    max_image_pixels: int = Field(100_000_000, gt=0, description="an image with more pixels is refused by name, undecoded")
+
+    @model_validator(mode="after")
+    def _tiles(self) -> Predict:
+        if min(self.tile_size) < 32:
+            raise ValueError("predict.tile_size must be at least 32 × 32")
+        if self.tile_overlap >= min(self.tile_size):
+            raise ValueError(f"predict.tile_overlap must be smaller than the tile ({min(self.tile_size)})")
+        return self
 
 
 class Ensemble(Section):
@@ -378,21 +401,22 @@ def _message(err: dict[str, Any]) -> str:
     key = ".".join(loc)
     kind, ctx = err["type"], err.get("ctx", {})
     got = err.get("input")
+    shown = preview(got)  # a 50 MB value is named, never echoed
     if kind == "extra_forbidden":
         if key in RENAMED:
             return f"params key {key} was renamed: write {RENAMED[key]} instead"
         return f"unknown params key {key}" if len(loc) > 1 else f"unknown params section {key!r}; known: {', '.join(SECTIONS)}"
     if kind == "missing":
         return f"params key {key} is missing"
-    if kind == "literal_error" and (key, got) in OLD_VALUES:
-        return f"{key}: {got!r} was renamed: write {OLD_VALUES[key, got]}"
+    if kind == "literal_error" and isinstance(got, str) and (key, got) in OLD_VALUES:
+        return f"{key}: {shown} was renamed: write {OLD_VALUES[key, got]}"
     if kind == "literal_error":
-        return f"{key} must be one of {ctx.get('expected', '').replace(' or ', ', ')} (got {got!r})"
+        return f"{key} must be one of {ctx.get('expected', '').replace(' or ', ', ')} (got {shown})"
     if kind in _MESSAGES:
         bounds = {k: f"{v:g}" if isinstance(v, int | float) else v for k, v in ctx.items()}
-        return f"{key} {_MESSAGES[kind].format(**bounds)} (got {got!r})"
-    msg = str(err["msg"]).removeprefix("Value error, ")
-    return f"{key} {msg} (got {got!r})" if key else msg
+        return f"{key} {_MESSAGES[kind].format(**bounds)} (got {shown})"
+    msg = cut(str(err["msg"]).removeprefix("Value error, "))
+    return f"{key} {msg} (got {shown})" if key else msg
 
 
 def validate(data: Any, *, where: str) -> Params:
@@ -405,17 +429,36 @@ def validate(data: Any, *, where: str) -> Params:
         raise CellpipeError(_message(exc.errors()[0]), where=where) from None
 
 
+class _NoAliases(yaml.SafeLoader):
+    """YAML without anchors and aliases: a 3 KB file of nested aliases expands to gigabytes
+    (a "billion laughs"), and params never need them."""
+
+    def compose_node(self, parent, index):  # noqa: ANN001 - yaml's signature
+        if self.check_event(yaml.AliasEvent):
+            event = self.peek_event()
+            raise yaml.YAMLError(
+                f"line {event.start_mark.line + 1}: YAML alias *{cut(str(event.anchor), 30)} — params files "
+                "may not use anchors and aliases (&x / *x): write the values out"
+            )
+        return super().compose_node(parent, index)
+
+
+def parse_yaml(text: str) -> Any:
+    """YAML text → data, refusing anchors/aliases (:class:`_NoAliases`)."""
+    return yaml.load(text, Loader=_NoAliases)  # noqa: S506 - a SafeLoader subclass
+
+
 def read(path: str | Path) -> tuple[Params, set[str]]:
     """Load a params file: the typed params and the sections the file itself holds."""
     path = Path(path)
     if not path.is_file():
         raise CellpipeError("params file is missing", where=str(path))
     try:
-        data = yaml.safe_load(path.read_text(encoding="utf-8"))
+        data = parse_yaml(path.read_text(encoding="utf-8"))
     except UnicodeDecodeError:
         raise CellpipeError("params file is not UTF-8 text", where=str(path)) from None
     except yaml.YAMLError as exc:
-        raise CellpipeError(f"not valid YAML ({str(exc).splitlines()[0]})", where=str(path)) from None
+        raise CellpipeError(f"not valid YAML ({cut(str(exc).splitlines()[0])})", where=str(path)) from None
     data = {} if data is None else data
     return validate(data, where=str(path)), set(data) if isinstance(data, dict) else set()
 

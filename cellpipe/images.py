@@ -11,6 +11,7 @@ AppleDouble files, ``.DS_Store``) are not images.
 
 from __future__ import annotations
 
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
@@ -18,14 +19,56 @@ from PIL import Image, UnidentifiedImageError
 
 from cellpipe.errors import CellpipeError
 
+# PIL's own guard against decompression bombs raises a traceback-shaped error (or only warns) at
+# its fixed limit; cellpipe checks every image's header against its own limit instead, by name.
+Image.MAX_IMAGE_PIXELS = None
+MAX_PIXELS = 100_000_000  # 10⁸: a 10,000 × 10,000 image (predict.max_image_pixels sets it for predict)
 
-def read_grey(path: str | Path, shape: tuple[int, int] | None = None) -> np.ndarray:
-    """Read an image as ``uint8 (height, width)``; check ``shape`` when given."""
+
+def is_file(path: Path) -> bool:
+    """``path.is_file()``, with a one-line error where the name itself cannot exist (too long for the file system)."""
+    try:
+        return path.is_file()
+    except OSError as exc:
+        raise CellpipeError(f"cannot look this file up ({exc.strerror or exc.__class__.__name__})", where=str(path)) from None
+
+
+def _check_header(im: Image.Image, path: Path, max_pixels: int, limit_name: str) -> None:
+    """Refuse, before decoding, an image over ``max_pixels`` or holding several frames."""
+    pixels = im.width * im.height
+    if pixels > max_pixels:
+        raise CellpipeError(
+            f"image is {im.width}×{im.height} = {pixels:,} pixels, over the limit of {max_pixels:,} ({limit_name})",
+            where=str(path),
+        )
+    frames = getattr(im, "n_frames", 1)
+    if frames > 1:
+        raise CellpipeError(
+            f"image file holds {frames} frames (a multi-page TIFF or an animation); cellpipe reads one grey image "
+            "per file: save each frame as its own file",
+            where=str(path),
+        )
+
+
+def read_grey(
+    path: str | Path,
+    shape: tuple[int, int] | None = None,
+    *,
+    max_pixels: int = MAX_PIXELS,
+    limit_name: str = "predict.max_image_pixels",
+) -> np.ndarray:
+    """Read an image as ``uint8 (height, width)``; check ``shape`` when given.
+
+    The header is checked first: an image over ``max_pixels`` (a 388 KB PNG can declare
+    20,000 × 20,000 pixels) or with several frames is refused by name before any pixel
+    is decoded.
+    """
     path = Path(path)
-    if not path.is_file():
+    if not is_file(path):
         raise CellpipeError("image file is missing", where=str(path))
     try:
         with Image.open(path) as im:
+            _check_header(im, path, max_pixels, limit_name)
             im.load()
             if im.mode in ("P", "PA"):  # palette indices → the colours they stand for
                 im = im.convert("RGBA" if "transparency" in im.info or im.mode == "PA" else "RGB")
@@ -72,6 +115,12 @@ def list_images(folder: str | Path) -> dict[str, Path]:
     for p in sorted(folder.iterdir()):
         if p.name.startswith(".") or p.suffix.lower() not in IMAGE_SUFFIXES or not p.is_file():
             continue
+        if p.stem != p.stem.strip():
+            raise CellpipeError(
+                f"file name {p.name!r} has spaces around its image id (ids are read without them, so no id "
+                f"would find it): rename it to {p.stem.strip() + p.suffix!r}",
+                where=str(folder),
+            )
         if p.stem in found:
             raise CellpipeError(f"two files for image {p.stem}: {found[p.stem].name} and {p.name}", where=str(folder))
         found[p.stem] = p
@@ -80,9 +129,29 @@ def list_images(folder: str | Path) -> dict[str, Path]:
 
 def header_size(path: str | Path) -> tuple[int, int]:
     """(height, width) from an image's header, without decoding its pixels."""
+    return header(path).size
+
+
+@dataclass(frozen=True)
+class Header:
+    """What an image file's header says, read without decoding its pixels."""
+
+    format: str  # PIL's name: PNG, TIFF, JPEG, ...
+    mode: str  # L (8-bit grey), I;16 (16-bit), RGB, P, ...
+    size: tuple[int, int]  # (height, width)
+    frames: int
+
+
+GREY_MODES = ("L", "LA", "P", "PA", "RGB", "RGBA", "1")  # modes read_grey turns into 8-bit grey (colour checked on read)
+
+
+def header(path: str | Path) -> Header:
+    """An image's header (format, mode, size, frames), with a one-line error for a file that is not an image."""
+    if not is_file(Path(path)):
+        raise CellpipeError("image file is missing", where=str(path))
     try:
         with Image.open(path) as im:
-            return im.height, im.width
+            return Header(str(im.format), im.mode, (im.height, im.width), int(getattr(im, "n_frames", 1)))
     except (UnidentifiedImageError, OSError, SyntaxError, ValueError) as exc:
         raise CellpipeError(f"unreadable image ({exc.__class__.__name__}: {exc})", where=str(path)) from None
 

@@ -16,12 +16,31 @@ from pathlib import Path
 
 from cellpipe.errors import CellpipeError
 
+MAX_NAME_BYTES = 240  # file systems allow 255 bytes per name; room for a suffix (.png, .parquet)
+
+
+def cut(text: str, limit: int = 200) -> str:
+    """``text`` cut to ``limit`` characters, saying how long it was: an error message never echoes a whole megabyte."""
+    return text if len(text) <= limit else f"{text[: limit - 1]}… ({len(text):,} characters)"
+
+
+def preview(value: object, limit: int = 80) -> str:
+    """``repr(value)``, cut (:func:`cut`)."""
+    return cut(repr(value), limit)
+
 
 def check_name(name: str, *, what: str, where: str) -> str:
     """``name`` if it is a plain file name in its folder; else a one-line error naming it."""
     if not name or name in (".", "..") or "/" in name or "\\" in name or name.startswith(".") or "\x00" in name:
         raise CellpipeError(
-            f"{what} {name!r} is not a plain name (no '/', '\\', '..' or leading '.'): it would become a path outside its folder",
+            f"{what} {preview(name)} is not a plain name (no '/', '\\', '..' or leading '.'): "
+            "it would become a path outside its folder",
+            where=where,
+        )
+    if len(name.encode("utf-8", "surrogatepass")) > MAX_NAME_BYTES:
+        raise CellpipeError(
+            f"{what} {preview(name, 40)} is {len(name.encode('utf-8', 'surrogatepass'))} bytes long: file names are "
+            f"limited to 255 bytes, so no file can carry it (at most {MAX_NAME_BYTES})",
             where=where,
         )
     return name

@@ -31,6 +31,18 @@ from cellpipe.instances import Instances
 
 COLUMNS = ["image_id", "label", "score", "height", "width", "rle"]
 IMAGES_KEY = b"cellpipe.images"
+MODEL_KEY = b"cellpipe.model"  # digest of the checkpoint that predicted the file ("" when not known)
+
+
+def model_digest(path: str | Path) -> str:
+    """The first 16 hex digits of a checkpoint's SHA-256: which model a predictions file came from."""
+    import hashlib
+
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        for chunk in iter(lambda: f.read(1 << 20), b""):
+            h.update(chunk)
+    return h.hexdigest()[:16]
 
 
 @dataclass
@@ -40,6 +52,7 @@ class Predictions:
     detections: pd.DataFrame
     sizes: dict[str, tuple[int, int]]  # image id -> (height, width), in prediction order
     where: str
+    model: str = ""  # digest of the checkpoint that predicted them (``predict``); "" for ensembles and unknown
 
     def select(self, image_ids: Iterable[str]) -> list[Instances]:
         """Per-image predictions of ``image_ids`` (each must have been predicted) at their own size."""
@@ -97,7 +110,10 @@ def write(pred: Predictions, target: str | Path) -> None:
     """Write detections + the image list atomically."""
     table = pa.Table.from_pandas(pred.detections[COLUMNS], preserve_index=False)
     images = [[i, h, w] for i, (h, w) in pred.sizes.items()]
-    table = table.replace_schema_metadata({**(table.schema.metadata or {}), IMAGES_KEY: json.dumps(images).encode()})
+    meta = {**(table.schema.metadata or {}), IMAGES_KEY: json.dumps(images).encode()}
+    if pred.model:
+        meta[MODEL_KEY] = pred.model.encode()
+    table = table.replace_schema_metadata(meta)
     with atomic_path(target) as tmp:
         pq.write_table(table, tmp)
 
@@ -136,7 +152,23 @@ def read(path: str | Path) -> Predictions:
                 f"{df['width'].iloc[i]} but the image list says {sizes[df['image_id'].iloc[i]]}",
                 where=where,
             )
-    return Predictions(df, sizes, where)
+    return Predictions(df, sizes, where, (table.schema.metadata or {}).get(MODEL_KEY, b"").decode(errors="replace"))
+
+
+def same_model(preds: Sequence[Predictions]) -> None:
+    """Tables that one ``predict`` run wrote together must come from the same checkpoint.
+
+    An interrupted or hand-run ``predict`` could leave a new ``val.parquet`` beside a
+    ``test.parquet`` of an older model; read together they would mix two models silently.
+    """
+    first = preds[0]
+    for p in preds[1:]:
+        if p.model != first.model:
+            raise CellpipeError(
+                f"predicted by another model ({p.model or 'unknown'}) than {first.where} ({first.model or 'unknown'}): "
+                "the tables of one fold come from one predict run; rerun it (dvc repro)",
+                where=p.where,
+            )
 
 
 @dataclass(frozen=True)

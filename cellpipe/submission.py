@@ -94,6 +94,8 @@ def validate(path: str | Path, expected_ids: Sequence[str], sizes: Mapping[str, 
         raise CellpipeError("submission file is missing", where=where)
     try:
         df = pd.read_csv(path, dtype=str, keep_default_na=False, encoding="utf-8-sig")
+    except UnicodeDecodeError as exc:
+        raise CellpipeError(f"not UTF-8 text (byte {exc.start}: {exc.reason}); save it as UTF-8", where=where) from None
     except (pd.errors.EmptyDataError, pd.errors.ParserError) as exc:
         raise CellpipeError(f"not a readable CSV ({exc.__class__.__name__})", where=where) from None
     if list(df.columns) != ["id", "predicted"]:

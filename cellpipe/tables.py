@@ -18,7 +18,7 @@ from cellpipe import rle
 from cellpipe.config import CELL_TYPES
 from cellpipe.errors import CellpipeError
 from cellpipe.images import list_images, read_grey
-from cellpipe.paths import check_name, stored
+from cellpipe.paths import MAX_NAME_BYTES, check_name, stored
 
 COLUMNS: tuple[str, ...] = (
     "id",
@@ -76,10 +76,11 @@ def read_train_csv(
     empty_id = np.flatnonzero(df["id"].to_numpy() == "")
     if len(empty_id):
         raise CellpipeError(f"{_line(int(empty_id[0]))}: empty image id", where=where)
-    unsafe = np.flatnonzero(df["id"].str.contains(r"[/\\\x00]|^\.", regex=True).to_numpy())
-    if len(unsafe):
-        i = int(unsafe[0])
-        check_name(df["id"].iloc[i], what=f"{_line(i)}: image id", where=where)
+    unsafe = np.flatnonzero(
+        (df["id"].str.contains(r"[/\\\x00]|^\.", regex=True) | (df["id"].str.len() > MAX_NAME_BYTES // 4)).to_numpy()
+    )
+    for i in unsafe:  # long ids are checked by their UTF-8 length (a character may take 4 bytes)
+        check_name(df["id"].iloc[int(i)], what=f"{_line(int(i))}: image id", where=where)
     for col in ("width", "height"):
         num = pd.to_numeric(df[col].str.strip(), errors="coerce")
         bad = np.flatnonzero(num.isna().to_numpy() | (num.fillna(0) % 1 != 0).to_numpy() | (num.fillna(0) <= 0).to_numpy())
@@ -198,19 +199,36 @@ def check_image_folder(image_dir: str | Path, images: pd.DataFrame, *, where: st
 
 
 def read_sample_submission(path: str | Path) -> list[str]:
-    """Test image ids in the order of ``sample_submission.csv``."""
+    """Test image ids in the order of ``sample_submission.csv``.
+
+    An id listed twice is kept once, with a warning counting them (Kaggle's file lists
+    each id once; a repeated id would otherwise silently become one row).
+    """
     path = Path(path)
     if not path.is_file():
         raise CellpipeError("sample submission file is missing", where=str(path))
     try:
         df = pd.read_csv(path, dtype=str, keep_default_na=False, encoding="utf-8-sig")
+    except UnicodeDecodeError as exc:
+        raise CellpipeError(
+            f"not UTF-8 text (byte {exc.start}: {exc.reason}); save it as UTF-8 (it may be UTF-16 or Latin-1)", where=str(path)
+        ) from None
     except (pd.errors.EmptyDataError, pd.errors.ParserError) as exc:
         raise CellpipeError(f"not a readable CSV ({exc.__class__.__name__})", where=str(path)) from None
     if "id" not in df.columns:
         raise CellpipeError("missing column id", where=str(path))
-    ids = list(dict.fromkeys(df["id"].str.strip()))
+    listed = df["id"].str.strip()
+    ids = list(dict.fromkeys(listed))
     if not ids:
         raise CellpipeError("sample submission has a header but no image ids", where=str(path))
+    if len(ids) < len(listed):
+        repeated = listed[listed.duplicated()]
+        from cellpipe.console import log
+
+        log(
+            f"[yellow]warning: {path}: {len(repeated)} repeated id row(s) kept once ({repeated.nunique()} id(s), e.g. "
+            f"{', '.join(repeated.unique()[:3])}); {len(ids)} distinct ids[/yellow]"
+        )
     for k, i in enumerate(ids):
         check_name(i, what=f"image id #{k + 1}", where=str(path))
     return ids

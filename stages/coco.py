@@ -7,6 +7,7 @@ from pathlib import Path
 import typer
 
 from cellpipe import coco, folds
+from cellpipe.atomic import Outputs
 from cellpipe.config import PARAMS_HELP, load
 from cellpipe.console import log
 from cellpipe.io import read_parquet, write_json
@@ -25,14 +26,15 @@ def run(
     ann = read_parquet(annotations)
     img = read_parquet(images)
     img = img.assign(fold=folds.assign(img, len(p.folds), p.lockbox_fraction, p.val_fraction, p.seed))
-    for name, part, out in (
-        ("folds", img[img["fold"] != folds.LOCKBOX], folds_out),
-        ("lockbox", img[img["fold"] == folds.LOCKBOX], lockbox_out),
-    ):
-        data = coco.build(part, ann, images_file=images, out=out)
-        write_json(data, out, indent=None)
-        counts = part["cell_type"].value_counts().to_dict()
-        log(f"{name}: {len(part)} images ({counts}), {len(data['annotations'])} cells → {out}")
+    with Outputs() as outputs:  # folds and lockbox are replaced together or not at all
+        for name, part, out in (
+            ("folds", img[img["fold"] != folds.LOCKBOX], folds_out),
+            ("lockbox", img[img["fold"] == folds.LOCKBOX], lockbox_out),
+        ):
+            data = coco.build(part, ann, images_file=images, out=out)
+            write_json(data, outputs(out), indent=None)
+            counts = part["cell_type"].value_counts().to_dict()
+            log(f"{name}: {len(part)} images ({counts}), {len(data['annotations'])} cells → {out}")
     for fold in p.folds:
         held = img[img["fold"] == fold]
         log(f"fold {fold}: {len(held)} images held out ({held['cell_type'].value_counts().to_dict()})")

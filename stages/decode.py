@@ -7,6 +7,7 @@ from pathlib import Path
 import typer
 
 from cellpipe import tables
+from cellpipe.atomic import Outputs
 from cellpipe.config import PARAMS_HELP, load
 from cellpipe.console import log, progress
 from cellpipe.io import write_parquet
@@ -30,6 +31,7 @@ def run(
     with progress("decode images") as bar:
         ann, images = tables.build_tables(df, kaggle_dir / "train", where=str(csv_path), progress=bar, holder=images_out)
     tables.check_image_folder(kaggle_dir / "train", images, where=str(csv_path))
-    write_parquet(ann, annotations_out)
-    write_parquet(images, images_out)
+    with Outputs() as out:  # the two tables are replaced together or not at all
+        write_parquet(ann, out(annotations_out))
+        write_parquet(images, out(images_out))
     log(f"decoded {len(ann)} cells of {len(images)} images → {annotations_out}, {images_out}")

@@ -12,6 +12,7 @@ from pathlib import Path
 import typer
 
 from cellpipe import ensemble, predictions
+from cellpipe.atomic import Outputs
 from cellpipe.config import PARAMS_HELP, load
 from cellpipe.console import log
 
@@ -28,12 +29,14 @@ def run(
     p = load(params, "cv", "ensemble")
     k = len(p.cv.folds)
     fold_dirs = [folds_dir / f"fold{f}" for f in p.cv.folds]
-    oof = ensemble.concat([predictions.read(d / "val.parquet") for d in fold_dirs])
-    predictions.write(oof, oof_out)
-    log(f"out of fold: {len(oof.sizes)} images from {k} fold model(s) → {oof_out}")
-    for name, out in (("lockbox", lockbox_out), ("test", test_out)):
-        combined = ensemble.combine(
-            [predictions.read(d / f"{name}.parquet") for d in fold_dirs], p.ensemble.iou, p.ensemble.min_agreement
-        )
-        predictions.write(combined, out)
-        log(f"{name}: {len(combined.detections)} detections on {len(combined.sizes)} images, {k} model(s) → {out}")
+    tables = {(d, name): predictions.read(d / f"{name}.parquet") for d in fold_dirs for name in ("val", "lockbox", "test")}
+    for d in fold_dirs:  # each fold's three tables come from one predict run of one model
+        predictions.same_model([tables[d, name] for name in ("val", "lockbox", "test")])
+    with Outputs() as outputs:  # the three tables are replaced together or not at all
+        oof = ensemble.concat([tables[d, "val"] for d in fold_dirs])
+        predictions.write(oof, outputs(oof_out))
+        log(f"out of fold: {len(oof.sizes)} images from {k} fold model(s) → {oof_out}")
+        for name, out in (("lockbox", lockbox_out), ("test", test_out)):
+            combined = ensemble.combine([tables[d, name] for d in fold_dirs], p.ensemble.iou, p.ensemble.min_agreement)
+            predictions.write(combined, outputs(out))
+            log(f"{name}: {len(combined.detections)} detections on {len(combined.sizes)} images, {k} model(s) → {out}")

@@ -1,7 +1,9 @@
 """Stage ``finetune``: from the LIVECell checkpoint (or as params say) on the competition data.
 
 Under DVC one stage per fold (a ``matrix`` over ``cv.folds``): model k trains on the
-other folds of ``data/coco/folds.json`` and early-stops on fold k.
+other folds of ``data/coco/folds.json``, early-stops on fold k and goes to
+``models/finetune/fold<k>``. The fold reaches the command as an option DVC quotes
+(``${item}``); the output folder follows from it here.
 """
 
 from __future__ import annotations
@@ -24,11 +26,15 @@ def run(
     init_checkpoint: Path = typer.Option(
         Path("models/livecell/best.pt"), help="the checkpoint finetune.init 'checkpoint' starts from"
     ),
-    out: Path = typer.Option(Path("models/finetune/fold0"), help="checkpoints (best.pt, last.pt) and dvclive logs"),
+    models_dir: Path = typer.Option(Path("models/finetune"), help="with --fold K: the model goes to MODELS_DIR/foldK"),
+    out: Path | None = typer.Option(
+        None, help="checkpoints (best.pt, last.pt) and dvclive logs [default: MODELS_DIR/foldK; without --fold: MODELS_DIR]"
+    ),
     params: Path = typer.Option(Path("params.yaml"), help=PARAMS_HELP),
 ) -> None:
     if (fold is None) == (val is None):
         raise CellpipeError("give either --fold (validate on that fold of --train) or --val (a separate COCO file)")
+    out = out or (models_dir / f"fold{fold}" if fold is not None else models_dir)
     from cellpipe import distributed
     from cellpipe.training import run_training  # imports torch: only when training
 

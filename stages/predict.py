@@ -1,7 +1,13 @@
-"""Stage ``predict``: the best fine-tuned checkpoint → raw detections for val and test.
+"""Stage ``predict``: a fold's best checkpoint → raw detections of its out-of-fold, lockbox and test images.
 
-Also the way to apply a model to any folder of images (``--test-dir``), Kaggle
-layout or a plain folder of PNG/TIFF files of any size.
+Under DVC one stage per fold (a ``matrix`` over ``cv.folds``): ``--fold K`` picks the
+model (``MODELS_DIR/foldK/best.pt``), its out-of-fold images and where the three tables
+go (``OUT_DIR/foldK/{val,lockbox,test}.parquet``); the fold reaches the command as an
+option DVC quotes, and every path follows from it here.
+
+Also the way to apply a model to any folder of images (``--checkpoint … --skip-val
+--test-dir``), Kaggle layout or a plain folder of PNG/TIFF files of any size: images
+larger than ``predict.tile_size`` are predicted in overlapping windows.
 """
 
 from __future__ import annotations
@@ -11,6 +17,7 @@ from pathlib import Path
 import typer
 
 from cellpipe import coco, folds
+from cellpipe.atomic import Outputs
 from cellpipe.config import PARAMS_HELP, load
 from cellpipe.console import log, progress
 from cellpipe.errors import CellpipeError
@@ -26,19 +33,27 @@ def fold_images(path: Path, fold: int | None) -> dict:
 
 
 def run(
-    checkpoint: Path = typer.Option(Path("models/finetune/fold0/best.pt"), help="trained checkpoint"),
+    fold: int | None = typer.Option(
+        None, help="fold K: model MODELS_DIR/foldK/best.pt on fold K's images of --val, tables into OUT_DIR/foldK/"
+    ),
+    models_dir: Path = typer.Option(Path("models/finetune"), help="with --fold: the folder of the fold models (foldK/best.pt)"),
+    out_dir: Path = typer.Option(Path("data/predictions/folds"), help="with --fold: where foldK/{val,lockbox,test}.parquet go"),
+    checkpoint: Path | None = typer.Option(None, help="trained checkpoint [default: MODELS_DIR/foldK/best.pt, K = --fold or 0]"),
     val: Path = typer.Option(
         Path("data/coco/folds.json"), help="COCO JSON whose images to predict (with --fold: that fold's images only)"
     ),
-    fold: int | None = typer.Option(None, help="predict the images of this fold of --val (out of fold for its model)"),
-    lockbox: Path | None = typer.Option(None, help="COCO JSON of the lockbox images, predicted into --lockbox-out"),
-    lockbox_out: Path = typer.Option(Path("data/predictions/lockbox.parquet"), help="lockbox detections"),
+    lockbox: Path | None = typer.Option(None, help="COCO JSON of the lockbox images, predicted into the lockbox table"),
     kaggle_dir: Path = typer.Option(Path("data/raw/kaggle"), help="Kaggle-layout folder whose test/ images to predict"),
     test_dir: Path | None = typer.Option(
         None, help="folder of images to predict instead (any folder of PNG/TIFF) [default: KAGGLE_DIR/test]"
     ),
-    val_out: Path = typer.Option(Path("data/predictions/folds/fold0/val.parquet"), help="val (out-of-fold) detections"),
-    test_out: Path = typer.Option(Path("data/predictions/test.parquet"), help="test detections"),
+    val_out: Path | None = typer.Option(None, help="val (out-of-fold) detections [default: OUT_DIR/foldK/val.parquet]"),
+    lockbox_out: Path | None = typer.Option(
+        None, help="lockbox detections [default: OUT_DIR/foldK/lockbox.parquet; without --fold: data/predictions/lockbox.parquet]"
+    ),
+    test_out: Path | None = typer.Option(
+        None, help="test detections [default: OUT_DIR/foldK/test.parquet; without --fold: data/predictions/test.parquet]"
+    ),
     skip_val: bool = typer.Option(False, "--skip-val", help="predict only the image folder (apply a model to new images)"),
     submission_out: Path | None = typer.Option(None, help="also write a submission-format CSV of the folder's images"),
     thresholds_file: Path = typer.Option(
@@ -51,6 +66,14 @@ def run(
     from cellpipe.train import default_device
 
     p = load(params, "predict", builtin=skip_val).predict
+    k = 0 if fold is None else fold
+    checkpoint = checkpoint or models_dir / f"fold{k}" / "best.pt"
+    # with --fold, the fold's own folder; without, where a model applied by hand has always written
+    fold_dir = out_dir / f"fold{k}"
+    shared = fold_dir if fold is not None else out_dir.parent
+    val_out = val_out or fold_dir / "val.parquet"
+    lockbox_out = lockbox_out or shared / "lockbox.parquet"
+    test_out = test_out or shared / "test.parquet"
     folder = test_dir or kaggle_dir / "test"
     test_paths = list_images(folder)
     if not test_paths:
@@ -59,29 +82,51 @@ def run(
     lockbox_paths = coco.image_paths(coco.load_json(lockbox), lockbox) if lockbox is not None and not skip_val else None
     device = default_device()
     family, model, mcfg, classes = models.from_checkpoint(checkpoint, device)
+    tile = (p.tile_size[0], p.tile_size[1])
+    work = family.input_pixels(model, mcfg, *tile)
+    if work > p.max_image_pixels:
+        raise CellpipeError(
+            f"its model would work on {work:,} pixels for a {tile[0]}×{tile[1]} window (model.min_size/max_size "
+            f"{mcfg.min_size}/{mcfg.max_size}), over predict.max_image_pixels {p.max_image_pixels:,}",
+            where=str(checkpoint),
+        )
     if p.detections_per_img:
         # a predict-time cap, so that trying another cap does not retrain the model
         family.limits(model).detections_per_img = p.detections_per_img
         log(f"detections per image capped at {p.detections_per_img} (checkpoint: {mcfg.detections_per_img})")
-    outputs = ([] if skip_val else [("val", val_paths, val_out)]) + [("test", test_paths, test_out)]
+    source = predictions.model_digest(checkpoint)
+    outputs_ = ([] if skip_val else [("val", val_paths, val_out)]) + [("test", test_paths, test_out)]
     if lockbox_paths is not None:
-        outputs.insert(1, ("lockbox", lockbox_paths, lockbox_out))
-    for label, paths, out in outputs:
-        with progress(f"predict {label}", total=len(paths)) as bar:
-            pred = predict_images(
-                family,
-                model,
-                paths,
-                classes,
-                device=device,
-                mask_threshold=mcfg.mask_threshold,
-                tta=p.tta,
-                tta_iou=p.tta_iou,
-                progress=bar,
-            )
-        predictions.write(pred, out)
-        log(f"predicted {len(pred.detections)} {label} detections on {len(paths)} images → {out}")
-    if submission_out is not None:
-        from stages.submit import write_submission
+        outputs_.insert(1, ("lockbox", lockbox_paths, lockbox_out))
+    with Outputs() as out:  # every table of this model is replaced together or not at all
+        for label, paths, target in outputs_:
+            with progress(f"predict {label}", total=len(paths)) as bar:
+                pred = predict_images(
+                    family,
+                    model,
+                    paths,
+                    classes,
+                    device=device,
+                    mask_threshold=mcfg.mask_threshold,
+                    tta=p.tta,
+                    tta_iou=p.tta_iou,
+                    tile=tile,
+                    overlap=p.tile_overlap,
+                    max_pixels=p.max_image_pixels,
+                    progress=bar,
+                )
+            pred.model = source
+            predictions.write(pred, out(target))
+            log(f"predicted {len(pred.detections)} {label} detections on {len(paths)} images → {target}")
+        if submission_out is not None:
+            from stages.submit import write_submission
 
-        write_submission(pred, list(test_paths), thresholds_file, submission_out, default_threshold=0.5, ids_where=str(folder))
+            write_submission(
+                pred,
+                list(test_paths),
+                thresholds_file,
+                out(submission_out),
+                default_threshold=0.5,
+                ids_where=str(folder),
+                shown_as=submission_out,
+            )

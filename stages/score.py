@@ -17,6 +17,7 @@ import typer
 from rich.table import Table
 
 from cellpipe import metric, thresholds
+from cellpipe.atomic import Outputs
 from cellpipe.config import CELL_TYPES
 from cellpipe.console import console, log
 from cellpipe.errors import CellpipeError
@@ -66,10 +67,11 @@ def run(
     listed = None if all_truth_images else val_image_list(val)
     ids = truth_ids(truth, duplicates.value) if listed is None else listed["image_id"].tolist()
     if not ids:  # an empty lockbox (cv.lockbox_fraction: 0): nothing to score, said so
-        write_json({"map_iou": None, "images": 0, "thresholds": label, "note": f"{val} lists no images"}, out)
-        for path in (per_image_out, per_iou_out, per_fold_out):
-            if path is not None:
-                write_csv(pd.DataFrame(columns=["iou_threshold", "all", *CELL_TYPES]), path)
+        with Outputs() as outputs:
+            write_json({"map_iou": None, "images": 0, "thresholds": label, "note": f"{val} lists no images"}, outputs(out))
+            for path in (per_image_out, per_iou_out, per_fold_out):
+                if path is not None:
+                    write_csv(pd.DataFrame(columns=["iou_threshold", "all", *CELL_TYPES]), outputs(path))
         log(f"[yellow]{val} lists no images: nothing scored[/yellow] → {out}")
         return
     pairs, alignment = scored_pairs(
@@ -112,26 +114,28 @@ def run(
         "cell_type_vote_accuracy": round(voted_right / len(rows), 6),
         **alignment.counts(),
     }
+    per_fold_table = None
     if fold_of and min(fold_of.values()) >= 0:  # folds, not the lockbox
         by_fold = report.per_image.assign(fold=report.per_image["image_id"].map(fold_of))
         summary["per_fold"] = {str(k): round(float(v), 6) for k, v in by_fold.groupby("fold")["score"].mean().items()}
-        if per_fold_out is not None:
-            wide = by_fold.pivot_table(index="fold", columns="cell_type", values="score", aggfunc="mean")
-            table_ = pd.DataFrame({"fold": wide.index.astype(int), "all": by_fold.groupby("fold")["score"].mean().to_numpy()})
-            for cls in CELL_TYPES:
-                table_[cls] = wide[cls].to_numpy() if cls in wide.columns else float("nan")
-            write_csv(table_, per_fold_out)
-    write_json(summary, out)
-    if per_image_out is not None:
-        write_csv(report.per_image, per_image_out)
+        wide = by_fold.pivot_table(index="fold", columns="cell_type", values="score", aggfunc="mean")
+        per_fold_table = pd.DataFrame({"fold": wide.index.astype(int), "all": by_fold.groupby("fold")["score"].mean().to_numpy()})
+        for cls in CELL_TYPES:
+            per_fold_table[cls] = wide[cls].to_numpy() if cls in wide.columns else float("nan")
     per_class = report.per_threshold(by_class=True).T
     per_iou = pd.DataFrame(
         {"iou_threshold": [float(c[1:]) for c in per_class.index], "all": report.per_threshold().iloc[0].to_numpy()}
     )
     for cls in CELL_TYPES:
         per_iou[cls] = per_class[cls].to_numpy() if cls in per_class.columns else float("nan")
-    if per_iou_out is not None:
-        write_csv(per_iou, per_iou_out)
+    with Outputs() as outputs:  # every file of this report is replaced together or not at all
+        write_json(summary, outputs(out))
+        if per_fold_out is not None and per_fold_table is not None:
+            write_csv(per_fold_table, outputs(per_fold_out))
+        if per_image_out is not None:
+            write_csv(report.per_image, outputs(per_image_out))
+        if per_iou_out is not None:
+            write_csv(per_iou, outputs(per_iou_out))
     table = Table(title=f"MAP-IoU {summary['map_iou']:.4f} over {summary['images']} images ({label})")
     table.add_column("class")
     for t in metric.THRESHOLDS[::2]:

@@ -24,11 +24,13 @@ def write_submission(
     default_threshold: float | None = None,
     allow_missing: bool = False,
     ids_where: str = "sample submission",
+    shown_as: Path | None = None,
 ) -> None:
     """Threshold, de-overlap, encode, validate and write a submission for ``ids``.
 
     Every id must have been predicted; with ``allow_missing`` the others get an empty
-    row (counted in a warning). Predicted images that ``ids`` lacks are left out, with
+    row (counted in a warning). ``shown_as``: the path to name in the log when ``out`` is
+    a temporary that a caller commits with its other outputs. Predicted images that ``ids`` lacks are left out, with
     a warning.
     """
     chosen, post = read_thresholds(thresholds_file, default_threshold)
@@ -61,7 +63,7 @@ def write_submission(
     with atomic_path(out) as tmp:
         df.to_csv(tmp, index=False)
         summary = submission.validate(tmp, ids, pred.sizes)
-    log(f"submission: {summary['rows']} rows, {summary['cells']} cells in {summary['images']} images → {out}")
+    log(f"submission: {summary['rows']} rows, {summary['cells']} cells in {summary['images']} images → {shown_as or out}")
 
 
 def run(

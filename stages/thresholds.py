@@ -14,6 +14,7 @@ from pathlib import Path
 import typer
 
 from cellpipe import thresholds
+from cellpipe.atomic import Outputs
 from cellpipe.config import CELL_TYPES, PARAMS_HELP, load
 from cellpipe.console import log
 from cellpipe.evaluation import scored_pairs, val_image_list
@@ -45,19 +46,20 @@ def run(
     cross_fitted = len(folds) > 1
     per_fold = thresholds.cross_fit(rows, fold_of, folds, list(CELL_TYPES), p.fallback) if cross_fitted else {folds[0]: chosen}
     wide = table.pivot(index="threshold", columns="cell_type", values="score").reset_index()
-    write_csv(wide.reindex(columns=["threshold", *CELL_TYPES]), sweep_out)
-    write_csv(table.groupby("threshold", as_index=False)[["tp", "fp", "fn"]].sum(), counts_out)
-    write_json(
-        {
-            "score_threshold": chosen,
-            "chosen_on": f"out-of-fold predictions of {len(preds)} images ({len(folds)} fold(s))",
-            "chosen_on_images": sorted(truths),  # so that a score on these images is labelled in-sample
-            "per_fold": {str(k): v for k, v in per_fold.items()},
-            "cross_fitted": cross_fitted,
-            "postprocess": post.model_dump(),
-        },
-        out,
-    )
+    with Outputs() as outputs:  # the three files are replaced together or not at all
+        write_csv(wide.reindex(columns=["threshold", *CELL_TYPES]), outputs(sweep_out))
+        write_csv(table.groupby("threshold", as_index=False)[["tp", "fp", "fn"]].sum(), outputs(counts_out))
+        write_json(
+            {
+                "score_threshold": chosen,
+                "chosen_on": f"out-of-fold predictions of {len(preds)} images ({len(folds)} fold(s))",
+                "chosen_on_images": sorted(truths),  # so that a score on these images is labelled in-sample
+                "per_fold": {str(k): v for k, v in per_fold.items()},
+                "cross_fitted": cross_fitted,
+                "postprocess": post.model_dump(),
+            },
+            outputs(out),
+        )
     log(f"thresholds {chosen} → {out}")
     for k, v in per_fold.items():
         log(f"fold {k}: {v} ({'chosen on the other folds' if cross_fitted else 'K=1: chosen on the fold itself'})")

@@ -88,7 +88,7 @@ def test_a_model_applies_outside_a_repository_without_params(tmp_path):
     )
     assert proc.returncode == 0, proc.stderr
     err = " ".join(proc.stderr.split())
-    assert "no params.yaml here: built-in params {'predict': {'tta': False, 'tta_iou': 0.5, 'detections_per_img': 0}}" in err
+    assert f"no params.yaml here: built-in params {{'predict': {Predict().model_dump()}}}" in err
     assert "metrics/thresholds.json not found: score threshold 0.5 for every class" in err
     proc = run_cli(
         "score",

@@ -158,7 +158,8 @@ def interrupt_after(proc: subprocess.Popen, needle: str, signum: int, delay: flo
 
 @pytest.mark.parametrize("signum, code, word", [(signal.SIGINT, 130, "interrupted"), (signal.SIGTERM, 143, "terminated")])
 def test_an_interrupted_data_stage_exits_non_zero_and_leaves_no_output(tmp_path, signum, code, word):
-    """synth is stopped while it writes the LIVECell folder: exit 128+signal, one line, no partial folder."""
+    """synth is stopped while it writes the LIVECell folder: exit 128+signal, one line, neither folder (its two
+    outputs are replaced together or not at all: the finished Kaggle folder is not committed alone)."""
     params = tmp_path / "p.yaml"
     params.write_text(
         json.dumps(
@@ -179,8 +180,7 @@ def test_an_interrupted_data_stage_exits_non_zero_and_leaves_no_output(tmp_path,
     rc, err = interrupt_after(proc, "training images", signum, delay=0.5)
     assert rc == code, err
     assert err.strip().splitlines()[-1].strip() == word and "Traceback" not in err
-    assert (tmp_path / "k" / "train.csv").is_file()  # the part that completed stays complete
-    assert not (tmp_path / "l").exists()
+    assert not (tmp_path / "k").exists() and not (tmp_path / "l").exists()
     assert not [p.name for p in tmp_path.iterdir() if p.name.startswith(".")]  # no temporaries
 
 

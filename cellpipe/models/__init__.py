@@ -65,6 +65,13 @@ class Family:
 
         return predict_image(model, grey, device=device, mask_threshold=mask_threshold, tta=tta, tta_iou=tta_iou)
 
+    def input_pixels(self, model: nn.Module, cfg: Model, height: int, width: int) -> int:
+        """How many pixels the network works on for an image of ``height × width`` (its input after resizing)."""
+        from cellpipe.images import input_size
+
+        h, w = input_size(height, width, cfg.min_size, cfg.max_size)
+        return h * w
+
     def limits(self, model: nn.Module) -> Any:
         """The object whose ``score_thresh`` and ``detections_per_img`` bound inference."""
         raise NotImplementedError
@@ -163,10 +170,17 @@ def from_checkpoint(path: str | Path, device: Any = "cpu") -> tuple[Family, nn.M
     for key in ("model_config", "classes"):
         if key not in ckpt:
             raise CellpipeError(f"checkpoint lacks '{key}': not written by cellpipe's training", where=str(path))
-    try:
-        cfg = Model.from_checkpoint(ckpt["model_config"])
-    except ValueError as exc:
-        raise CellpipeError(f"its model config is not valid ({str(exc).splitlines()[0]})", where=str(path)) from None
+    cfg = Model.from_checkpoint(ckpt["model_config"], where=str(path))
+    classes = ckpt["classes"]
+    if not isinstance(classes, list | tuple) or not classes or not all(isinstance(c, str) and c for c in classes):
+        raise CellpipeError("its 'classes' must be a non-empty list of class names", where=str(path))
+    if len(set(classes)) < len(classes):
+        repeated = sorted({c for c in classes if list(classes).count(c) > 1})
+        raise CellpipeError(
+            f"its 'classes' name {', '.join(repeated[:3])} more than once ({len(classes)} classes, {len(set(classes))} "
+            "distinct): predictions would carry ambiguous labels",
+            where=str(path),
+        )
     fam = family(cfg)
     fam.require()
     model = fam.build(cfg, len(ckpt["classes"]))

@@ -268,6 +268,13 @@ class CellposeFlow(Family):
             "loss_type": F.cross_entropy(logits, labels),
         }
 
+    def input_pixels(self, model: nn.Module, cfg: Model, height: int, width: int) -> int:
+        c = cfg.cellpose
+        s = c.fixed_scale if c.scale == "fixed" else max(model.scale_of(k) for k in range(len(model.diameters)))
+        if not np.isfinite(s) or s * max(height, width) > 1e9:  # a checkpoint with a diameter of 0
+            return 2**62
+        return int(max(16, round(height * s)) * max(16, round(width * s)))
+
     def limits(self, model: nn.Module) -> FlowNet:
         return model
 

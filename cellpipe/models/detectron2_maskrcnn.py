@@ -148,6 +148,7 @@ class Detectron2MaskRCNN(nn.Module):
 
     # heads whose shape depends on the number of classes
     class_specific = ("net.roi_heads.box_predictor.", "net.roi_heads.mask_head.predictor.")
+    mask_geometry = "exact"  # detectron2 pastes at pixel centres
 
     def __init__(self, mc: Model, num_classes: int) -> None:
         super().__init__()
@@ -200,6 +201,13 @@ class Detectron2MaskRCNN(nn.Module):
         return losses
 
     def _detect(self, images: list[torch.Tensor]) -> list[dict[str, torch.Tensor]]:
+        """Detections with boxes in the image and masks left unpasted (``(N, 1, M, M)`` probabilities).
+
+        detectron2's own post-processing pastes every mask into a full-size image; here the
+        boxes are scaled and clipped as ``detector_postprocess`` does and the masks are
+        pasted box by box downstream (:func:`cellpipe.models.masks.paste_sparse`, the same
+        pixel-centre geometry as detectron2's paste).
+        """
         from cellpipe.images import input_size
 
         inputs = []
@@ -211,16 +219,20 @@ class Detectron2MaskRCNN(nn.Module):
                 if size == (h, w)
                 else F.interpolate(image[None], size=size, mode="bilinear", align_corners=False, antialias=True)[0]
             )
-            inputs.append({"image": x, "height": h, "width": w})  # outputs come back at h×w
+            inputs.append({"image": x, "height": h, "width": w})
         outs = []
-        for r in self.net.inference(inputs):
-            inst = r["instances"]
+        for r, image in zip(self.net.inference(inputs, do_postprocess=False), images):
+            h, w = image.shape[-2:]
+            boxes = r.pred_boxes.clone()
+            boxes.scale(w / r.image_size[1], h / r.image_size[0])
+            boxes.clip((h, w))
+            keep = boxes.nonempty()
             outs.append(
                 {
-                    "boxes": inst.pred_boxes.tensor,
-                    "scores": inst.scores,
-                    "labels": inst.pred_classes + 1,
-                    "masks": inst.pred_masks[:, None].float(),
+                    "boxes": boxes.tensor[keep],
+                    "scores": r.scores[keep],
+                    "labels": r.pred_classes[keep] + 1,
+                    "masks": r.pred_masks[keep].float(),
                 }
             )
         return outs

@@ -15,6 +15,8 @@ from __future__ import annotations
 
 import math
 
+import numpy as np
+import scipy.sparse as sp
 import torch
 import torch.nn.functional as F
 from torchvision.models.detection import MaskRCNN
@@ -50,42 +52,128 @@ def mask_loss(
     return F.binary_cross_entropy_with_logits(picked, targets)
 
 
-def paste_masks(masks: torch.Tensor, boxes: torch.Tensor, shape: tuple[int, int]) -> torch.Tensor:
-    """``(N, 1, M, M)`` mask probabilities → ``(N, 1, H, W)`` in the image, resampled at pixel centres.
-
-    Each mask is resampled only over the pixels its box touches (as detectron2 does on
-    CPU), so the cost grows with the boxes' area, not N × the image size.
-    """
-    n = masks.shape[0]
+def _exact_windows(boxes: torch.Tensor, shape: tuple[int, int]) -> list[tuple[int, int, int, int] | None]:
+    """Each box's window of image pixels (ix0, iy0, ix1, iy1) under exact geometry (None: empty)."""
     height, width = int(shape[0]), int(shape[1])
-    out = masks.new_zeros((n, 1, height, width))
-    if n == 0:
-        return out
-    b = boxes.detach().to("cpu", torch.float64).tolist()
-    for k, (x0, y0, x1, y1) in enumerate(b):
+    out = []
+    for x0, y0, x1, y1 in boxes.detach().to("cpu", torch.float64).tolist():
         if not (x1 > x0 and y1 > y0):
+            out.append(None)
             continue
         ix0, iy0 = max(math.floor(x0), 0), max(math.floor(y0), 0)
         ix1, iy1 = min(math.ceil(x1), width), min(math.ceil(y1), height)
-        if ix1 <= ix0 or iy1 <= iy0:
-            continue
-        xs = (torch.arange(ix0, ix1, device=masks.device, dtype=masks.dtype) + 0.5 - x0) / (x1 - x0) * 2 - 1
-        ys = (torch.arange(iy0, iy1, device=masks.device, dtype=masks.dtype) + 0.5 - y0) / (y1 - y0) * 2 - 1
-        grid = torch.stack(torch.meshgrid(xs, ys, indexing="xy"), dim=-1)[None]  # (1, h, w, 2) as (x, y)
-        out[k, :, iy0:iy1, ix0:ix1] = F.grid_sample(
-            masks[k : k + 1], grid, mode="bilinear", padding_mode="zeros", align_corners=False
-        )[0]
+        out.append((ix0, iy0, ix1, iy1) if ix1 > ix0 and iy1 > iy0 else None)
     return out
 
 
-class ExactTransform(GeneralizedRCNNTransform):
-    """torchvision's input/output transform, resizing like cellpipe's training data and pasting exactly.
+def _exact_crop(mask: torch.Tensor, box: list[float], window: tuple[int, int, int, int]) -> torch.Tensor:
+    """One ``(1, M, M)`` mask resampled at the centres of the image pixels of ``window`` → ``(h, w)``."""
+    x0, y0, x1, y1 = box
+    ix0, iy0, ix1, iy1 = window
+    xs = (torch.arange(ix0, ix1, device=mask.device, dtype=mask.dtype) + 0.5 - x0) / (x1 - x0) * 2 - 1
+    ys = (torch.arange(iy0, iy1, device=mask.device, dtype=mask.dtype) + 0.5 - y0) / (y1 - y0) * 2 - 1
+    grid = torch.stack(torch.meshgrid(xs, ys, indexing="xy"), dim=-1)[None]  # (1, h, w, 2) as (x, y)
+    return F.grid_sample(mask[None], grid, mode="bilinear", padding_mode="zeros", align_corners=False)[0, 0]
+
+
+def paste_masks(masks: torch.Tensor, boxes: torch.Tensor, shape: tuple[int, int]) -> torch.Tensor:
+    """``(N, 1, M, M)`` mask probabilities → ``(N, 1, H, W)`` in the image, resampled at pixel centres.
+
+    Dense: N full-size masks. Prediction uses :func:`paste_sparse`, which keeps each mask
+    box-sized; this is for measuring the geometry.
+    """
+    out = masks.new_zeros((masks.shape[0], 1, int(shape[0]), int(shape[1])))
+    b = boxes.detach().to("cpu", torch.float64).tolist()
+    for k, window in enumerate(_exact_windows(boxes, shape)):
+        if window is not None:
+            ix0, iy0, ix1, iy1 = window
+            out[k, 0, iy0:iy1, ix0:ix1] = _exact_crop(masks[k], b[k], window)
+    return out
+
+
+def _stock_crops(masks: torch.Tensor, boxes: torch.Tensor, shape: tuple[int, int]):
+    """torchvision's ``paste_masks_in_image`` (boxes grown by (M+2)/M, integer rounded), one box-sized crop at a time."""
+    height, width = int(shape[0]), int(shape[1])
+    padded, scale = tv_roi_heads.expand_masks(masks, padding=1)
+    grown = tv_roi_heads.expand_boxes(boxes, scale).to(dtype=torch.int64).tolist()
+    for k, (bx0, by0, bx1, by1) in enumerate(grown):
+        w, h = max(int(bx1 - bx0 + 1), 1), max(int(by1 - by0 + 1), 1)
+        x_0, x_1 = max(bx0, 0), min(bx1 + 1, width)
+        y_0, y_1 = max(by0, 0), min(by1 + 1, height)
+        if x_1 <= x_0 or y_1 <= y_0:
+            yield k, None, None
+            continue
+        m = F.interpolate(padded[k][None].expand(1, 1, -1, -1), size=(h, w), mode="bilinear", align_corners=False)[0, 0]
+        yield k, (x_0, y_0, x_1, y_1), m[y_0 - by0 : y_1 - by0, x_0 - bx0 : x_1 - bx0]
+
+
+def paste_sparse(
+    masks: torch.Tensor, boxes: torch.Tensor, shape: tuple[int, int], threshold: float, geometry: str = "exact"
+) -> sp.csr_matrix:
+    """``(N, 1, M, M)`` mask probabilities → the binary masks in the image as a sparse ``(N, H·W)`` matrix.
+
+    Each mask is resampled over its box's pixels only and thresholded there (``> threshold``),
+    so memory and time grow with the boxes' area — never N full-size masks, which for a
+    thousand detections on a large image would need gigabytes. ``geometry``: ``exact``
+    (pixel centres, as detectron2) or ``torchvision`` (its stock paste), the same pixels
+    either would give pasted densely.
+    """
+    n = masks.shape[0]
+    height, width = int(shape[0]), int(shape[1])
+    rows: list[np.ndarray] = []
+    cols: list[np.ndarray] = []
+    if geometry == "exact":
+        b = boxes.detach().to("cpu", torch.float64).tolist()
+        windows = _exact_windows(boxes, shape)
+        crops = ((k, w, None if w is None else _exact_crop(masks[k], b[k], w)) for k, w in enumerate(windows))
+    else:
+        crops = _stock_crops(masks, boxes, shape)
+    for k, window, crop in crops:
+        if window is None:
+            continue
+        x_0, y_0 = window[0], window[1]
+        ys, xs = torch.nonzero(crop > threshold, as_tuple=True)
+        if len(ys):
+            flat = (ys.cpu().numpy().astype(np.int64) + y_0) * width + xs.cpu().numpy().astype(np.int64) + x_0
+            rows.append(np.full(len(flat), k, np.int64))
+            cols.append(flat)
+    if not rows:
+        return sp.csr_matrix((n, height * width), dtype=np.float32)
+    r, c = np.concatenate(rows), np.concatenate(cols)
+    return sp.csr_matrix((np.ones(len(c), np.float32), (r, c)), shape=(n, height * width))
+
+
+class SparseTransform(GeneralizedRCNNTransform):
+    """torchvision's input/output transform, leaving the masks to be pasted sparsely.
+
+    torchvision's ``postprocess`` pastes every detection's mask into a full-size image
+    (N × H × W floats: 1.5 GB for a thousand detections on one 704×520 image). Here it
+    only maps the boxes back to the image; ``masks`` stay the ``(N, 1, M, M)``
+    probabilities and :func:`paste_sparse` pastes them box by box with the model's
+    ``geometry``.
+    """
+
+    geometry = "torchvision"
+
+    def postprocess(
+        self, result: list[dict], image_shapes: list[tuple[int, int]], original_image_sizes: list[tuple[int, int]]
+    ) -> list[dict]:
+        if self.training:
+            return result
+        for pred, shape, original in zip(result, image_shapes, original_image_sizes):
+            pred["boxes"] = resize_boxes(pred["boxes"], shape, original)
+        return result
+
+
+class ExactTransform(SparseTransform):
+    """:class:`SparseTransform` resizing like cellpipe's training data, for exact geometry.
 
     Inference images are resized with antialiasing, as :mod:`cellpipe.data` resizes the
     training images (torchvision's own resize has none, so a downscaled test image would
-    look sharper than anything seen in training), and masks are pasted by
-    :func:`paste_masks`.
+    look sharper than anything seen in training), and masks are pasted at pixel centres.
     """
+
+    geometry = "exact"
 
     def resize(self, image: torch.Tensor, target: dict | None = None) -> tuple[torch.Tensor, dict | None]:
         if self.training and self._skip_resize:
@@ -101,16 +189,14 @@ class ExactTransform(GeneralizedRCNNTransform):
                 target["masks"] = F.interpolate(target["masks"][:, None].float(), size=size)[:, 0].byte()
         return image, target
 
-    def postprocess(
-        self, result: list[dict], image_shapes: list[tuple[int, int]], original_image_sizes: list[tuple[int, int]]
-    ) -> list[dict]:
-        if self.training:
-            return result
-        for pred, shape, original in zip(result, image_shapes, original_image_sizes):
-            pred["boxes"] = resize_boxes(pred["boxes"], shape, original)
-            if "masks" in pred:
-                pred["masks"] = paste_masks(pred["masks"], pred["boxes"], original)
-        return result
+
+def sparse_transform(model: MaskRCNN, geometry: str) -> None:
+    """Give ``model`` the transform of ``geometry`` that leaves masks unpasted (no state: weights unchanged)."""
+    t = model.transform
+    cls = ExactTransform if geometry == "exact" else SparseTransform
+    model.transform = cls(
+        t.min_size, t.max_size, t.image_mean, t.image_std, size_divisible=t.size_divisible, fixed_size=t.fixed_size
+    )
 
 
 class ExactRoIHeads(RoIHeads):
@@ -136,10 +222,7 @@ def exact_geometry(model: MaskRCNN) -> None:
     them): a cell's first mask predictions are uncertain everywhere instead of carrying
     the random structure of a Kaiming-initialised layer.
     """
-    t = model.transform
-    model.transform = ExactTransform(
-        t.min_size, t.max_size, t.image_mean, t.image_std, size_divisible=t.size_divisible, fixed_size=t.fixed_size
-    )
+    sparse_transform(model, "exact")
     model.roi_heads.__class__ = ExactRoIHeads  # adds no state: only the loss differs
     logits = model.roi_heads.mask_predictor.mask_fcn_logits
     torch.nn.init.normal_(logits.weight, std=0.001)

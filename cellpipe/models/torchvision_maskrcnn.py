@@ -101,6 +101,8 @@ def build(cfg: Model, num_classes: int) -> MaskRCNN:
     )
     if cfg.mask_geometry == "exact":
         masks.exact_geometry(model)
+    else:
+        masks.sparse_transform(model, "torchvision")
     # training inputs arrive at the model's scale already (cellpipe.data crops them);
     # only inference resizes, from the full image to min_size/max_size
     model.transform._skip_resize = True
