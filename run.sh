@@ -37,20 +37,21 @@ case "${1:-}" in
     dvc metrics show 2>/dev/null || true
     ;;
   profile)
-    # dvc exp run with every "key: value" line of profiles/NAME.yaml as -S key=value
+    # dvc exp run with every "key: value" line of profiles/NAME.yaml as -S key=value, read by
+    # `cellpipe profile` (the one reader of profiles: comments, CRLF, indentation, quoting).
+    # $DVC is the dvc command to run (default: dvc).
     setup
     name=${2:?usage: $0 profile NAME (see profiles/)}
     shift 2
+    list=$(mktemp)
+    trap 'rm -f "$list"' EXIT
+    cellpipe profile "$name" --null > "$list"
     args=()
-    while IFS= read -r line; do
-      case "$line" in ""|"#"*) continue ;; esac
-      key=${line%%:*}
-      value=${line#*:}
-      value=$(echo "$value" | sed -e 's/^ *//' -e 's/^"//' -e 's/"$//')
-      args+=(-S "$key=$value")
-    done < "profiles/$name.yaml"
-    dvc exp run "${args[@]}" "$@"
-    dvc metrics show 2>/dev/null || true
+    while IFS= read -r -d '' override; do
+      args+=(-S "$override")
+    done < "$list"
+    "${DVC:-dvc}" exp run "${args[@]}" "$@"
+    "${DVC:-dvc}" metrics show 2>/dev/null || true
     ;;
   test)
     setup

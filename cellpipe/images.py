@@ -145,6 +145,38 @@ class Header:
 GREY_MODES = ("L", "LA", "P", "PA", "RGB", "RGBA", "1")  # modes read_grey turns into 8-bit grey (colour checked on read)
 
 
+FORMAT_OF_SUFFIX = {".png": "PNG", ".tif": "TIFF", ".tiff": "TIFF"}
+
+
+def check_file(path: str | Path, shape: tuple[int, int], *, where: str, max_pixels: int = MAX_PIXELS) -> Header:
+    """An image file's header against what an annotation file says of it, without decoding it.
+
+    Its format matches its suffix (a JPEG named ``.tif`` is refused: its pixels are not
+    what was annotated), its pixels are 8-bit grey (or a grey-able 8-bit mode; 16-bit is
+    refused), it holds one frame, and its size is ``shape`` (height, width).
+    """
+    path = Path(path)
+    h = header(path)
+    suffix_format = FORMAT_OF_SUFFIX.get(path.suffix.lower())
+    if suffix_format is not None and h.format != suffix_format:
+        raise CellpipeError(f"{where}: the file is {h.format}, not the {suffix_format} its name says", where=str(path))
+    if h.mode not in GREY_MODES:
+        bits = {"I;16": 16, "I;16B": 16, "I;16L": 16, "I;16N": 16, "I": 32, "F": 32}.get(h.mode)
+        raise CellpipeError(
+            f"{where}: expected 8-bit grey pixels, got {f'{bits}-bit' if bits else h.mode} (mode {h.mode})", where=str(path)
+        )
+    if h.frames > 1:
+        raise CellpipeError(f"{where}: the file holds {h.frames} frames; cellpipe reads one image per file", where=str(path))
+    if h.size[0] * h.size[1] > max_pixels:
+        raise CellpipeError(f"{where}: {h.size[1]}×{h.size[0]} pixels, over the limit of {max_pixels:,}", where=str(path))
+    if h.size != tuple(shape):
+        raise CellpipeError(
+            f"{where}: the image is {h.size[1]}×{h.size[0]} (width×height) but the annotations say {shape[1]}×{shape[0]}",
+            where=str(path),
+        )
+    return h
+
+
 def header(path: str | Path) -> Header:
     """An image's header (format, mode, size, frames), with a one-line error for a file that is not an image."""
     if not is_file(Path(path)):

@@ -21,6 +21,7 @@ import ijson
 from cellpipe import coco
 from cellpipe.atomic import atomic_path
 from cellpipe.errors import CellpipeError
+from cellpipe.images import check_file
 
 _FORMS = {"start_array": "list", "start_map": "map"}
 
@@ -120,11 +121,18 @@ def normalise_file(
     header, form = read_header(src)
     cat_ids = coco.category_ids(header["categories"])
     images: dict[int, dict] = {}
+    by_file: dict[str, int] = {}
     for im in header["images"]:
         im = coco.checked_image(im, where=where, image_root=image_root)
         if im["id"] in images:
             raise CellpipeError(f"image id {im['id']} appears twice in 'images'", where=where)
+        if im["path"] in by_file:  # one id's cells would train on the other's pixels
+            raise CellpipeError(
+                f"images {by_file[im['path']]} and {im['id']} name the same file {im['file_name']!r}", where=where
+            )
+        check_file(im["path"], (im["height"], im["width"]), where=f"{where}: image {im['id']}")
         images[im["id"]] = im
+        by_file[im["path"]] = im["id"]
     categories = coco.SINGLE_CLASS if single_class else header["categories"]
     info = header.get("info") if isinstance(header.get("info"), dict) else {}
     total = Path(src).stat().st_size

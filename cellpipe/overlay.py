@@ -48,6 +48,16 @@ def _fill(masks: sp.csr_matrix, rows: np.ndarray, shape: tuple[int, int]) -> np.
     return flat.reshape(shape)
 
 
+def save(panel: Image.Image, path, *, cells: int, voted: str) -> None:
+    """Write a panel as PNG with what it shows as text chunks (``cells``, ``voted_class``), deterministically."""
+    from PIL.PngImagePlugin import PngInfo
+
+    info = PngInfo()
+    info.add_text("cells", str(int(cells)))
+    info.add_text("voted_class", str(voted))
+    panel.save(path, pnginfo=info)
+
+
 def draw(
     grey: np.ndarray, truth: sp.csr_matrix | None, pred: sp.csr_matrix | None, *, title: str = "", iou_threshold: float = 0.5
 ) -> Image.Image:

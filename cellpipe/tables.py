@@ -190,6 +190,45 @@ def build_tables(
     return ann, images
 
 
+def check_pair(annotations: pd.DataFrame, images: pd.DataFrame, *, annotations_where: str, images_where: str) -> None:
+    """The two tables ``decode`` writes must describe the same images and cells.
+
+    Every annotation's image is in the images table, every image has its annotations,
+    and each image's ``n_cells`` is its number of annotation rows; else a one-line error
+    with the counts (a new annotations table beside an old images table, say, would
+    otherwise train on the old table's images and drop the others' cells silently).
+    """
+    for col, table, where in (("image_id", annotations, annotations_where), ("image_id", images, images_where)):
+        if col not in table.columns:
+            raise CellpipeError(f"table lacks column {col} (not written by cellpipe decode)", where=where)
+    counts = annotations["image_id"].value_counts()
+    listed = set(images["image_id"])
+    orphans = sorted(set(counts.index) - listed)
+    if orphans:
+        raise CellpipeError(
+            f"{int(counts[orphans].sum())} cells of {len(orphans)} image(s) absent from {images_where} (e.g. {orphans[0]}; "
+            f"it lists {len(listed)} images): the two tables come from different decode runs; rerun decode",
+            where=annotations_where,
+        )
+    bare = sorted(listed - set(counts.index))
+    if bare:
+        raise CellpipeError(
+            f"{len(bare)} image(s) without any cell in {annotations_where} (e.g. {bare[0]}): the two tables come from "
+            "different decode runs; rerun decode",
+            where=images_where,
+        )
+    if "n_cells" in images.columns:
+        expected = images.set_index("image_id")["n_cells"]
+        differ = expected.index[expected.to_numpy() != counts.reindex(expected.index).to_numpy()]
+        if len(differ):
+            i = differ[0]
+            raise CellpipeError(
+                f"image {i} has {int(expected[i])} cells here but {int(counts[i])} in {annotations_where} "
+                f"({len(differ)} image(s) differ): the two tables come from different decode runs; rerun decode",
+                where=images_where,
+            )
+
+
 def check_image_folder(image_dir: str | Path, images: pd.DataFrame, *, where: str) -> None:
     """Every annotated image has a file; every training file has annotations."""
     on_disk = set(list_images(image_dir))

@@ -26,12 +26,14 @@ from stages import (
     params,
     predict,
     pretrain,
+    profile,
     score,
     submit,
     synth,
     thresholds,
     visualize,
 )
+from stages.entry import Interrupted, _raise_interrupted, stopped
 
 app = typer.Typer(
     name="cellpipe",
@@ -77,19 +79,7 @@ app.command("submit", help="Test detections → non-overlapping masks → submis
 app.command("visualize", help="Draw predictions over val/test images (overlays for dvc plots).")(visualize.run)
 app.command("check-submission", help="Validate a submission.csv against the test image ids.")(check_submission.check)
 app.command("params", help="Print the effective params (or the documented defaults).")(params.show)
-
-
-class Interrupted(BaseException):
-    """SIGINT/SIGTERM, raised where the stage is: ``except Exception`` cannot swallow it, and
-    the atomic writers remove their temporaries on the way out, so no partial output remains."""
-
-    def __init__(self, signum: int) -> None:
-        super().__init__(signum)
-        self.signum = signum
-
-
-def _raise_interrupted(signum: int, frame) -> None:
-    raise Interrupted(signum)
+app.command("profile", help="Print a profile's key=value arguments for dvc exp run -S (./run.sh profile NAME).")(profile.show)
 
 
 def _usage_error(exc: BaseException) -> bool:
@@ -112,7 +102,7 @@ def main() -> None:
     0 ok; 1 a :class:`CellpipeError` (one red line, no traceback); 2 a usage mistake
     (click's usage message only); 130 interrupted (Ctrl-C), 143 terminated (SIGTERM).
     """
-    signal.signal(signal.SIGINT, _raise_interrupted)
+    signal.signal(signal.SIGINT, _raise_interrupted)  # again: stages.entry set them before importing this module
     signal.signal(signal.SIGTERM, _raise_interrupted)
     try:
         code = app(standalone_mode=False)
@@ -122,9 +112,7 @@ def main() -> None:
         console.print(f"[bold red]error:[/bold red] [red]{exc}[/red]", soft_wrap=True, highlight=False)
         sys.exit(1)
     except (Interrupted, KeyboardInterrupt) as exc:
-        signum = getattr(exc, "signum", signal.SIGINT)
-        console.print("[red]interrupted[/red]" if signum == signal.SIGINT else "[red]terminated[/red]")
-        sys.exit(128 + int(signum))
+        sys.exit(stopped(exc))
     except Exception as exc:
         if not _usage_error(exc):
             raise

@@ -6,7 +6,7 @@ from pathlib import Path
 
 import typer
 
-from cellpipe import coco, folds
+from cellpipe import coco, folds, tables
 from cellpipe.atomic import Outputs
 from cellpipe.config import PARAMS_HELP, load
 from cellpipe.console import log
@@ -25,6 +25,7 @@ def run(
     p = load(params, "cv").cv
     ann = read_parquet(annotations)
     img = read_parquet(images)
+    tables.check_pair(ann, img, annotations_where=str(annotations), images_where=str(images))
     img = img.assign(fold=folds.assign(img, len(p.folds), p.lockbox_fraction, p.val_fraction, p.seed))
     with Outputs() as outputs:  # folds and lockbox are replaced together or not at all
         for name, part, out in (

@@ -1,7 +1,9 @@
 """Stage ``visualize``: overlays of predictions on images, for ``dvc plots show``.
 
 A fixed handful of val images per cell type (ground truth and predictions with
-TP/FP/FN at IoU 0.5) and every test image (predictions only), as PNG panels.
+TP/FP/FN at IoU 0.5) and every test image (predictions only), as PNG panels, each
+drawn at the threshold of its voted class (the per-class thresholds of the
+``thresholds`` stage); each PNG records its cell count and voted class as text chunks.
 """
 
 from __future__ import annotations
@@ -31,9 +33,9 @@ def run(
 ) -> None:
     chosen, post = read_thresholds(thresholds_file)
     images = val_image_list(val)
-    chosen = images.sort_values("image_id").groupby("cell_type").head(per_type)
+    drawn_val = images.sort_values("image_id").groupby("cell_type").head(per_type)
     paths = coco.image_paths(coco.load_json(val), val)
-    pairs, _ = scored_pairs(truth, chosen["image_id"].tolist(), val_predictions, truth_where=val)
+    pairs, _ = scored_pairs(truth, drawn_val["image_id"].tolist(), val_predictions, truth_where=val)
     test = list_images(test_dir or kaggle_dir / "test")
     test_pred = predictions.read(test_predictions)
     drawn = [i for i in test if i in test_pred.sizes]
@@ -41,17 +43,13 @@ def run(
         log(f"[yellow]warning: {len(test) - len(drawn)} test image(s) were not predicted and are not drawn[/yellow]")
     with atomic_path(out, directory=True) as tmp:
         for pred, true, cell_type in pairs:
-            _, final = thresholds.apply_chosen(pred, chosen, post, CELL_TYPES[0])
-            title = f"val {pred.image_id} ({cell_type}): truth vs prediction"
-            overlay.draw(read_grey(paths[pred.image_id]), true, final, title=title).save(
-                tmp / f"val_{cell_type}_{pred.image_id}.png"
-            )
+            voted, final = thresholds.apply_chosen(pred, chosen, post, CELL_TYPES[0])
+            title = f"val {pred.image_id} ({cell_type}, voted {voted}): truth vs prediction"
+            panel = overlay.draw(read_grey(paths[pred.image_id]), true, final, title=title)
+            overlay.save(panel, tmp / f"val_{cell_type}_{pred.image_id}.png", cells=final.shape[0], voted=voted)
         for pred in test_pred.select(drawn):
             cls, final = thresholds.apply_chosen(pred, chosen, post, CELL_TYPES[0])
-            overlay.draw(
-                read_grey(test[pred.image_id]),
-                None,
-                final,
-                title=f"test {pred.image_id} (predicted {cls}): {final.shape[0]} cells",
-            ).save(tmp / f"test_{pred.image_id}.png")
+            title = f"test {pred.image_id} (predicted {cls}): {final.shape[0]} cells"
+            panel = overlay.draw(read_grey(test[pred.image_id]), None, final, title=title)
+            overlay.save(panel, tmp / f"test_{pred.image_id}.png", cells=final.shape[0], voted=cls)
     log(f"overlays of {len(pairs)} val and {len(drawn)} test images → {out}")

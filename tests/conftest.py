@@ -14,11 +14,27 @@ SAMPLE = SHARED / "sartorius-sample"
 os.environ.setdefault("CELLPIPE_NO_PROGRESS", "1")
 
 
+_CLI_HOME: Path | None = None
+
+
+def cli_home() -> Path:
+    """The folder commands run in when a test names none: it holds the *committed* ``params.yaml`` and nothing
+    else, so a stage that reads its default ``params.yaml`` never sees what ``dvc exp run`` or
+    ``./run.sh profile`` left in the workspace (``decode.duplicates: drop``, real-data paths)."""
+    global _CLI_HOME
+    if _CLI_HOME is None:
+        import tempfile
+
+        _CLI_HOME = Path(tempfile.mkdtemp(prefix="cellpipe-cli-"))
+        (_CLI_HOME / "params.yaml").write_text(params_text())
+    return _CLI_HOME
+
+
 def run_cli(*args: str, cwd: Path | None = None, check: bool = False) -> subprocess.CompletedProcess:
-    """Run the real ``cellpipe`` command in a subprocess."""
+    """Run the real ``cellpipe`` command in a subprocess (in :func:`cli_home` unless ``cwd`` is given)."""
     env = {**os.environ, "CELLPIPE_NO_PROGRESS": "1", "COLUMNS": "200"}
     proc = subprocess.run(
-        [sys.executable, "-m", "stages", *args], cwd=cwd or REPO, env=env, capture_output=True, text=True, timeout=600
+        [sys.executable, "-m", "stages", *args], cwd=cwd or cli_home(), env=env, capture_output=True, text=True, timeout=600
     )
     if check and proc.returncode != 0:
         raise AssertionError(f"cellpipe {' '.join(args)} failed:\n{proc.stdout}\n{proc.stderr}")

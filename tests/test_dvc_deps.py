@@ -22,7 +22,7 @@ from tests.conftest import REPO
 PACKAGES = ("cellpipe", "stages")
 # The dispatcher every command passes through: it maps errors to exit codes and calls
 # the stage's function; its module-level imports of the other stages compute nothing.
-DISPATCH = {"stages/cli.py", "stages/__main__.py"}
+DISPATCH = {"stages/cli.py", "stages/__main__.py", "stages/entry.py"}
 NUMERICS = "requirements.lock"  # the resolved torch/torchvision/numpy versions
 MODEL_STAGES = {"pretrain", "finetune", "predict"}
 REPO_FOLDERS = ("data/", "models/", "metrics/", "plots/")
