@@ -32,7 +32,7 @@ from pathlib import Path
 from cellpipe.errors import CellpipeError
 
 _DEFERRED = (signal.SIGINT, signal.SIGTERM)
-_FILE_SYSTEM = (errno.ENOSPC, errno.EDQUOT, errno.EROFS, errno.EACCES, errno.EPERM, errno.EIO)
+_FILE_SYSTEM = (errno.ENOSPC, errno.EDQUOT, errno.EFBIG, errno.EROFS, errno.EACCES, errno.EPERM, errno.EIO)
 
 
 @contextlib.contextmanager
@@ -64,6 +64,7 @@ def _write_error(path: Path, exc: OSError) -> CellpipeError:
         errno.ENAMETOOLONG: "its name is too long for the file system",
         errno.EEXIST: "a parent of it is a file, not a folder",
         errno.EDQUOT: "disk quota exceeded",
+        errno.EFBIG: "the file grew past the largest this process may write (file-size limit)",
     }
     reason = reasons.get(exc.errno, exc.strerror or exc.__class__.__name__)
     return CellpipeError(f"cannot write this output: {reason}", where=str(path))
@@ -157,6 +158,22 @@ class Outputs:
             _remove(tmp)
         self._pending = []
 
+    def _roll_back(self, done: list[Path], backups: list[tuple[Path, Path]]) -> None:
+        """Put the old outputs back after a failed commit (each step on its own: one failure stops no other)."""
+        for target in done:
+            with contextlib.suppress(OSError):
+                _remove(target)
+        for target, old in backups:
+            with contextlib.suppress(OSError):
+                if target.exists() and target.is_file() and not target.is_symlink() and target not in done:
+                    _remove(old)  # a file set aside by a hard link and never replaced: still in place
+                else:
+                    os.replace(old, target)
+        for _, tmp, _ in self._pending:
+            with contextlib.suppress(OSError):
+                _remove(tmp)
+        self._pending = []
+
     def commit(self) -> None:
         """Move every temporary onto its target, all or none (see the class doc)."""
         for _, tmp, directory in self._pending:
@@ -175,13 +192,7 @@ class Outputs:
                     os.replace(tmp, target)
                     done.append(target)
             except BaseException:
-                for target in done:
-                    _remove(target)
-                for target, old in backups:
-                    os.replace(old, target)
-                for _, tmp, _ in self._pending:
-                    _remove(tmp)
-                self._pending = []
+                self._roll_back(done, backups)
                 raise
             for _, old in backups:
                 _remove(old)

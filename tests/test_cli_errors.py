@@ -15,20 +15,8 @@ import torch
 from PIL import Image
 
 from cellpipe import models
-from tests.conftest import TINY_MODEL, cellpipe_checkpoint, decode_and_split, run_cli, write_params
-
-
-def one_line_error(proc, *needles: str) -> None:
-    """Exit code 1, one ``error:`` message (last on stderr) naming what is wrong, no traceback."""
-    assert proc.returncode == 1, (proc.stdout, proc.stderr)
-    assert "Traceback" not in proc.stderr and "Warning" not in proc.stderr, proc.stderr
-    lines = [line for line in proc.stderr.splitlines() if line.strip()]
-    starts = [k for k, line in enumerate(lines) if line.startswith("error:")]
-    assert len(starts) == 1, proc.stderr
-    err = " ".join(" ".join(lines[starts[0] :]).split())
-    for needle in needles:
-        assert needle in err, (needle, proc.stderr)
-
+from tests.conftest import TINY_MODEL, cellpipe_checkpoint, run_cli, write_params
+from tests.helpers import finetune_on, one_line_error
 
 # ---------------------------------------------------------------- COCO JSON (LIVECell's and ours)
 
@@ -172,24 +160,6 @@ def test_bad_checkpoints_through_predict(tmp_path, damage, message):
     )
     one_line_error(proc, "best.pt", message)
     assert not (tmp_path / "out").exists()
-
-
-def finetune_on(kaggle: Path, tmp_path: Path, edit, *extra: str):
-    """decode → coco → ``cellpipe finetune`` on ``kaggle`` with the committed params edited by ``edit``."""
-    p = write_params(tmp_path / "p.yaml", edit)
-    decode_and_split(kaggle, tmp_path, p)
-    return run_cli(
-        "finetune",
-        "--train",
-        str(tmp_path / "train.json"),
-        "--val",
-        str(tmp_path / "val.json"),
-        "--out",
-        str(tmp_path / "ft"),
-        "--params",
-        str(p),
-        *extra,
-    )
 
 
 def test_bad_init_checkpoint_through_finetune(tmp_path, tiny_kaggle):

@@ -25,7 +25,7 @@ from cellpipe import checkpoints, predictions, rle, tables
 from cellpipe.errors import CellpipeError
 from cellpipe.images import list_images, read_grey
 from tests.conftest import TINY_MODEL, cellpipe_checkpoint, decode_and_split, run_cli, score_cli, tiny_model, write_params
-from tests.test_cli_errors import finetune_on, one_line_error
+from tests.helpers import finetune_on, one_line_error
 
 # ---------------------------------------------------------------- checkpoints are data, never code
 
