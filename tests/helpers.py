@@ -2,9 +2,16 @@
 
 from __future__ import annotations
 
+import json
+import os
+import shutil
+import subprocess
+import sys
 from pathlib import Path
 
-from tests.conftest import decode_and_split, run_cli, write_params
+import yaml
+
+from tests.conftest import REPO, decode_and_split, params_text, run_cli, write_params
 
 
 def one_line_error(proc, *needles: str) -> None:
@@ -35,3 +42,130 @@ def finetune_on(kaggle: Path, tmp_path: Path, edit, *extra: str):
         str(p),
         *extra,
     )
+
+
+# ---------------------------------------------------------------- DAG tests: repositories under DVC
+
+TINY = {
+    "synth": {
+        "images_per_type": {"shsy5y": 3, "astro": 3, "cort": 3},  # 1 lockbox, 1 val, 1 train image per type
+        "cells_scale": 0.1,
+        "images_per_sample": 1,
+        "test_images": 2,
+        "livecell_images": 3,
+        "livecell_cells_scale": 0.1,
+    },
+    "model": {
+        "fpn_channels": 16,
+        "box_head_dim": 32,
+        "mask_head_channels": 16,
+        "mask_head_layers": 1,
+        "min_size": 130,
+        "max_size": 176,
+        "anchor_sizes": [4, 8, 16, 32, 64],
+        "detections_per_img": 50,
+        "rpn_pre_nms_test": 200,
+        "rpn_post_nms_test": 100,
+    },
+    "pretrain": {"iters": 2, "eval_every": 2, "val_images": 1, "warmup_iters": 1},
+    "finetune": {"iters": 2, "eval_every": 2, "warmup_iters": 1},
+    "thresholds": {"grid": [0.05, 0.5]},
+}
+
+
+def tracked_copy(dst: Path, source: Path = REPO) -> None:
+    """The files git tracks (or would: untracked, not ignored) of ``source``, params.yaml as committed."""
+    files = subprocess.run(
+        ["git", "ls-files", "-co", "--exclude-standard"], cwd=source, capture_output=True, text=True, check=True
+    ).stdout.split("\n")
+    for rel in filter(None, files):
+        src = source / rel
+        if src.is_file():
+            (dst / rel).parent.mkdir(parents=True, exist_ok=True)
+            shutil.copy2(src, dst / rel)
+    (dst / "params.yaml").write_text(params_text(source))
+
+
+def shrink_params(path: Path, overrides: dict) -> None:
+    params = yaml.safe_load(path.read_text())
+    for section, values in overrides.items():
+        params.setdefault(section, {}).update(values)
+    path.write_text(yaml.safe_dump(params, sort_keys=False))
+
+
+def dvc(cwd: Path, *args: str) -> subprocess.CompletedProcess:
+    env = {
+        **os.environ,
+        "PATH": f"{Path(sys.executable).parent}{os.pathsep}{os.environ['PATH']}",
+        "CELLPIPE_NO_PROGRESS": "1",
+        "DVC_NO_ANALYTICS": "1",
+    }
+    proc = subprocess.run(
+        [str(Path(sys.executable).parent / "dvc"), *args], cwd=cwd, env=env, capture_output=True, text=True, timeout=1800
+    )
+    assert proc.returncode == 0, f"dvc {' '.join(args)} failed:\n{proc.stdout}\n{proc.stderr}"
+    return proc
+
+
+def make_repo(root: Path, overrides: dict | None = None, source: Path = REPO) -> Path:
+    """A git repo at ``root/repo`` holding the tracked files, tiny params (+ ``overrides``), no dvc.lock.
+
+    Built from the committed params, never the workspace's (which ``dvc exp run`` changes).
+    """
+    dst = root / "repo"
+    dst.mkdir()
+    tracked_copy(dst, source)
+    (dst / "dvc.lock").unlink(missing_ok=True)
+    params = {section: dict(values) for section, values in TINY.items()}
+    for section, values in (overrides or {}).items():
+        params.setdefault(section, {}).update(values)
+    shrink_params(dst / "params.yaml", params)
+    for cmd in (
+        ["git", "init", "-q"],
+        ["git", "add", "-A"],
+        ["git", "-c", "user.name=t", "-c", "user.email=t@t", "commit", "-qm", "copy"],
+    ):
+        subprocess.run(cmd, cwd=dst, check=True, capture_output=True)
+    return dst
+
+
+def apply_profile(workspace: Path, name: str) -> dict:
+    """Set ``profiles/NAME.yaml``'s values in ``workspace``'s params.yaml, as ``dvc exp run -S`` leaves it."""
+    from cellpipe import profiles
+
+    params = yaml.safe_load((workspace / "params.yaml").read_text())
+    applied = profiles.apply(params, (workspace / "profiles" / f"{name}.yaml").read_text())
+    (workspace / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
+    return applied
+
+
+def repo_from_applied_workspace(root: Path) -> Path:
+    """A tiny repo made from a workspace where an experiment was applied (``./run.sh profile real-sample``):
+    what the DAG tests see must not depend on what the workspace holds."""
+    workspace = root / "workspace"
+    workspace.mkdir()
+    tracked_copy(workspace)
+    for cmd in (
+        ["git", "init", "-q"],
+        ["git", "add", "-A"],
+        ["git", "-c", "user.name=t", "-c", "user.email=t@t", "commit", "-qm", "workspace"],
+    ):
+        subprocess.run(cmd, cwd=workspace, check=True, capture_output=True)
+    applied = apply_profile(workspace, "real-sample")
+    assert applied["decode.duplicates"] == "drop"
+    repo = make_repo(root, source=workspace)
+    params = yaml.safe_load((repo / "params.yaml").read_text())
+    assert params["decode"]["duplicates"] == "error" and params["data"]["kaggle"]["kaggle-dir"] == "data/raw/kaggle"
+    return repo
+
+
+def git(cwd: Path, *args: str) -> None:
+    subprocess.run(["git", "-c", "user.name=t", "-c", "user.email=t@t", *args], cwd=cwd, check=True, capture_output=True)
+
+
+def stale_stages(repo: Path) -> set[str]:
+    return set(json.loads(dvc(repo, "status", "--json").stdout or "{}"))
+
+
+def ran_stages(output: str) -> list[str]:
+    return [line.split("'")[1] for line in output.splitlines() if line.startswith("Running stage")]

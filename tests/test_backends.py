@@ -182,7 +182,7 @@ def test_detectron2_backend_runs_the_whole_dag(tmp_path):
     """``model.backend: detectron2`` through ``dvc repro``: pretrain → finetune → predict → score → submit."""
     import json
 
-    from tests.test_dvc import dvc, make_repo, ran_stages
+    from tests.helpers import dvc, make_repo, ran_stages
 
     repo = make_repo(tmp_path, {"model": {"backend": "detectron2", "fpn_channels": 32, "mask_head_channels": 32}})
     out = dvc(repo, "repro")

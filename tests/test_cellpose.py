@@ -137,7 +137,7 @@ def test_flipped_targets_are_the_targets_of_the_flipped_cells(dim):
 def test_cellpose_runs_the_whole_dag_on_the_real_fixture(tmp_path):
     """``model.arch: cellpose`` through ``dvc repro`` on the 6 real fixture images: every stage, unchanged."""
     from tests.conftest import SHARED
-    from tests.test_dvc import dvc, make_repo, ran_stages
+    from tests.helpers import dvc, make_repo, ran_stages
 
     livecell = SHARED / "livecell"
     repo = make_repo(tmp_path, {

@@ -89,7 +89,7 @@ def test_params_command_shows_the_effective_values(tmp_path):
 def test_every_profile_is_valid_on_the_committed_params(profile, tmp_path):
     """A profile is `-S key=value` lines: each key must exist and each value pass validation,
     or `./run.sh profile NAME` fails only after minutes of earlier stages."""
-    from tests.test_dvc import apply_profile
+    from tests.helpers import apply_profile
 
     (tmp_path / "profiles").mkdir()
     shutil.copy(REPO / "profiles" / f"{profile}.yaml", tmp_path / "profiles")

@@ -20,7 +20,7 @@ import pytest
 import torch
 import yaml
 
-from tests.test_dvc import dvc, make_repo, ran_stages
+from tests.helpers import dvc, make_repo, ran_stages
 
 KILL_POINTS = int(os.environ.get("KILL_POINTS", "2"))  # per stage
 TRAINING = {"pretrain", "finetune"}
