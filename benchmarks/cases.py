@@ -17,7 +17,7 @@ import numpy as np
 import pandas as pd
 from pycocotools import mask as mask_util
 
-from cellpipe import metric, rle, submission, tables
+from cellpipe import metric, postprocess, rle, submission, tables
 
 H, W = 520, 704
 # the competition's thresholds 0.50, 0.55, …, 0.95 (rounded: np.arange's 0.6000000000000001
@@ -259,7 +259,7 @@ def submission_case(preds: dict[str, list[str]], seed: int = 0) -> Result:
         out = []
         for i, strings in preds.items():
             inst = rle.to_csr(rle.parse_many(strings, H * W), H * W)
-            clean, _ = submission.resolve_overlaps(inst, scores[i], min_size)
+            clean, _ = postprocess.resolve_overlaps(inst, scores[i], min_size)
             out.extend(submission.image_rows(i, clean) if clean.shape[0] else [])
         return out
 

@@ -3,7 +3,7 @@
 Each family is built as a profile configures it (``profiles/real-maskrcnn.yaml``,
 ``profiles/real-cellpose.yaml`` applied to the committed ``params.yaml``; detectron2's
 Mask R-CNN too when it is installed) and trained with the engine's own optimiser and step
-(`cellpipe.train.train_step`) on batches of the profile's size drawn from the same real
+(`cellpipe.training.engine.train_step`) on batches of the profile's size drawn from the same real
 images, the families' steps interleaved so that drift on a noisy machine hits all alike.
 Flow targets (cellpose) are computed before the timing: the stage computes them once.
 With ``--checkpoint LABEL=PATH`` (trained models: an untrained one finds no cells, so its
@@ -26,7 +26,7 @@ import yaml
 
 from cellpipe import coco, config, models, profiles, tables
 from cellpipe.images import read_grey
-from cellpipe.train import optimisation, train_step
+from cellpipe.training.engine import optimisation, train_step
 
 HERE = Path(__file__).resolve().parent
 REPO = HERE.parent

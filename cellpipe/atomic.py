@@ -37,20 +37,34 @@ _FILE_SYSTEM = (errno.ENOSPC, errno.EDQUOT, errno.EFBIG, errno.EROFS, errno.EACC
 
 @contextlib.contextmanager
 def signals_deferred() -> Iterator[None]:
-    """Hold SIGINT/SIGTERM back while the block runs; they are delivered when it ends.
+    """Hold SIGINT/SIGTERM back while the block runs; the first one is delivered when it ends.
 
-    The handler then runs as usual (the CLI turns it into exit 130/143), after the block,
-    so a block of renames is never split by Ctrl-C or ``kill``. Only the main thread
-    can change the signal mask for the handlers; elsewhere this does nothing.
+    Python runs signal handlers in the main thread between bytecodes, whichever thread the
+    kernel handed the signal to (torch's worker threads included), so the handlers are
+    swapped for a recorder during the block and the recorded signal is passed to the
+    previous handler after it: the CLI's (exit 130/143), Python's default KeyboardInterrupt,
+    or the default action. A block of renames is never split by Ctrl-C or ``kill``. Only
+    the main thread may set handlers; elsewhere this does nothing.
     """
     if threading.current_thread() is not threading.main_thread():
         yield
         return
-    old = signal.pthread_sigmask(signal.SIG_BLOCK, _DEFERRED)
+    received: list[int] = []
+    previous = {s: signal.getsignal(s) for s in _DEFERRED}
+    for s in _DEFERRED:
+        signal.signal(s, lambda signum, frame: received.append(signum))
     try:
         yield
     finally:
-        signal.pthread_sigmask(signal.SIG_SETMASK, old)
+        for s, handler in previous.items():
+            signal.signal(s, handler)
+        if received:
+            signum = received[0]
+            handler = previous[signum]
+            if callable(handler):
+                handler(signum, None)
+            elif handler == signal.SIG_DFL:
+                signal.raise_signal(signum)
 
 
 def _write_error(path: Path, exc: OSError) -> CellpipeError:

@@ -26,7 +26,42 @@ import scipy.sparse as sp
 
 from cellpipe.config import PostProcess
 from cellpipe.metric import iou_matrix
-from cellpipe.submission import resolve_overlaps
+
+
+def resolve_overlaps(
+    instances: sp.csr_matrix, scores: np.ndarray, min_size: int = 0, max_lost: float = 1.0
+) -> tuple[sp.csr_matrix, np.ndarray]:
+    """Give each pixel to the highest-scoring kept instance; drop instances under ``min_size``.
+
+    Instances are taken in descending score; each keeps the pixels no kept instance
+    took before it, and is dropped (leaving its pixels free) when fewer than
+    ``min_size`` remain or when it lost more than the fraction ``max_lost`` of its
+    pixels. One pass over sparse pixel lists with a shared "taken" array: no
+    full-size mask per instance. Returns the non-overlapping instances (ordered by
+    descending score) and the index of each kept instance in the input.
+    """
+    m = sp.csr_matrix(instances)
+    n = m.shape[0]
+    if n == 0:
+        return m, np.zeros(0, dtype=np.int64)
+    order = np.argsort(-np.asarray(scores, dtype=np.float64), kind="stable")
+    taken = np.zeros(m.shape[1], dtype=bool)
+    indptr, indices = m.indptr, m.indices
+    kept, pieces = [], []
+    floor = max(min_size, 1)
+    for k in order:
+        pix = indices[indptr[k] : indptr[k + 1]]
+        free = pix[~taken[pix]]
+        if len(free) >= floor and len(free) >= (1.0 - max_lost) * len(pix):
+            taken[free] = True
+            kept.append(k)
+            pieces.append(np.sort(free))
+    counts = np.array([len(p) for p in pieces], dtype=np.int64)
+    cols = np.concatenate(pieces) if pieces else np.zeros(0, np.int64)
+    out = sp.csr_matrix(
+        (np.ones(len(cols), np.float32), cols, np.concatenate([[0], np.cumsum(counts)])), shape=(len(kept), m.shape[1])
+    )
+    return out, np.asarray(kept, dtype=np.int64)
 
 
 def mask_nms(masks: sp.csr_matrix, scores: np.ndarray, iou: float) -> np.ndarray:

@@ -1,4 +1,4 @@
-"""Submission encoding: scored instances → non-overlapping masks → Kaggle RLE rows.
+"""Submissions: scored instances → non-overlapping masks → Kaggle RLE rows, checked, written.
 
 Predicted masks of one image must not overlap. Each contested pixel goes to the
 highest-scoring instance; instances left smaller than ``min_size`` pixels are dropped. An image
@@ -14,44 +14,14 @@ import numpy as np
 import pandas as pd
 import scipy.sparse as sp
 
-from cellpipe import rle
+from cellpipe import rle, thresholds
+from cellpipe.atomic import atomic_path
+from cellpipe.config import CELL_TYPES
+from cellpipe.console import log
 from cellpipe.errors import CellpipeError
-
-
-def resolve_overlaps(
-    instances: sp.csr_matrix, scores: np.ndarray, min_size: int = 0, max_lost: float = 1.0
-) -> tuple[sp.csr_matrix, np.ndarray]:
-    """Give each pixel to the highest-scoring kept instance; drop instances under ``min_size``.
-
-    Instances are taken in descending score; each keeps the pixels no kept instance
-    took before it, and is dropped (leaving its pixels free) when fewer than
-    ``min_size`` remain or when it lost more than the fraction ``max_lost`` of its
-    pixels. One pass over sparse pixel lists with a shared "taken" array: no
-    full-size mask per instance. Returns the non-overlapping instances (ordered by
-    descending score) and the index of each kept instance in the input.
-    """
-    m = sp.csr_matrix(instances)
-    n = m.shape[0]
-    if n == 0:
-        return m, np.zeros(0, dtype=np.int64)
-    order = np.argsort(-np.asarray(scores, dtype=np.float64), kind="stable")
-    taken = np.zeros(m.shape[1], dtype=bool)
-    indptr, indices = m.indptr, m.indices
-    kept, pieces = [], []
-    floor = max(min_size, 1)
-    for k in order:
-        pix = indices[indptr[k] : indptr[k + 1]]
-        free = pix[~taken[pix]]
-        if len(free) >= floor and len(free) >= (1.0 - max_lost) * len(pix):
-            taken[free] = True
-            kept.append(k)
-            pieces.append(np.sort(free))
-    counts = np.array([len(p) for p in pieces], dtype=np.int64)
-    cols = np.concatenate(pieces) if pieces else np.zeros(0, np.int64)
-    out = sp.csr_matrix(
-        (np.ones(len(cols), np.float32), cols, np.concatenate([[0], np.cumsum(counts)])), shape=(len(kept), m.shape[1])
-    )
-    return out, np.asarray(kept, dtype=np.int64)
+from cellpipe.postprocess import resolve_overlaps
+from cellpipe.prediction_table import Predictions
+from cellpipe.scoring import read_thresholds
 
 
 def image_rows(image_id: str, instances: sp.csr_matrix) -> list[tuple[str, str]]:
@@ -129,3 +99,54 @@ def validate(path: str | Path, expected_ids: Sequence[str], sizes: Mapping[str, 
             raise CellpipeError(f"image {image_id}: predicted masks overlap ({int((covered > 1).sum())} pixels)", where=where)
         cells += runs.n
     return {"rows": int(len(df)), "images": int(df["id"].nunique()), "cells": cells}
+
+
+def write(
+    pred: Predictions,
+    ids: list[str],
+    thresholds_file: Path,
+    out: Path,
+    *,
+    default_threshold: float | None = None,
+    allow_missing: bool = False,
+    ids_where: str = "sample submission",
+    shown_as: Path | None = None,
+) -> None:
+    """Threshold, de-overlap, encode, validate and write a submission for ``ids``.
+
+    Every id must have been predicted; with ``allow_missing`` the others get an empty
+    row (counted in a warning). ``shown_as``: the path to name in the log when ``out`` is
+    a temporary that a caller commits with its other outputs. Predicted images that ``ids`` lacks are left out, with
+    a warning.
+    """
+    chosen, post = read_thresholds(thresholds_file, default_threshold)
+    fallback = default_threshold if default_threshold is not None else 0.5
+    missing = [i for i in ids if i not in pred.sizes]
+    if missing and not allow_missing:
+        raise CellpipeError(
+            f"{len(missing)} of its {len(ids)} image(s) were not predicted (e.g. "
+            f"{', '.join(missing[:3])}; predictions: {pred.where}); is the test folder complete? "
+            f"--allow-missing writes empty rows for them",
+            where=ids_where,
+        )
+    if missing:
+        log(
+            f"[yellow]warning: {len(missing)} image(s) were not predicted and get an empty row "
+            f"(e.g. {', '.join(missing[:3])})[/yellow]"
+        )
+    extra = [i for i in pred.sizes if i not in set(ids)]
+    if extra:
+        log(
+            f"[yellow]warning: {len(extra)} predicted image(s) are not in {ids_where} and are left out "
+            f"(e.g. {', '.join(extra[:3])})[/yellow]"
+        )
+    final = []
+    for p in pred.select([i for i in ids if i in pred.sizes]):
+        _, cells = thresholds.apply_chosen(p, chosen, post, CELL_TYPES[0], fallback)
+        final.append((p.image_id, cells, np.arange(cells.shape[0], 0, -1, dtype=np.float64)))  # already disjoint
+    final += [(i, None, None) for i in missing]
+    df = build(final, ids)
+    with atomic_path(out) as tmp:
+        df.to_csv(tmp, index=False)
+        summary = validate(tmp, ids, pred.sizes)
+    log(f"submission: {summary['rows']} rows, {summary['cells']} cells in {summary['images']} images → {shown_as or out}")

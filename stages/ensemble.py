@@ -11,7 +11,7 @@ from pathlib import Path
 
 import typer
 
-from cellpipe import ensemble, predictions
+from cellpipe import ensemble, prediction_table
 from cellpipe.atomic import Outputs
 from cellpipe.config import PARAMS_HELP, load
 from cellpipe.console import log
@@ -29,14 +29,14 @@ def run(
     p = load(params, "cv", "ensemble")
     k = len(p.cv.folds)
     fold_dirs = [folds_dir / f"fold{f}" for f in p.cv.folds]
-    tables = {(d, name): predictions.read(d / f"{name}.parquet") for d in fold_dirs for name in ("val", "lockbox", "test")}
+    tables = {(d, name): prediction_table.read(d / f"{name}.parquet") for d in fold_dirs for name in ("val", "lockbox", "test")}
     for d in fold_dirs:  # each fold's three tables come from one predict run of one model
-        predictions.same_model([tables[d, name] for name in ("val", "lockbox", "test")])
+        prediction_table.same_model([tables[d, name] for name in ("val", "lockbox", "test")])
     with Outputs() as outputs:  # the three tables are replaced together or not at all
         oof = ensemble.concat([tables[d, "val"] for d in fold_dirs])
-        predictions.write(oof, outputs(oof_out))
+        prediction_table.write(oof, outputs(oof_out))
         log(f"out of fold: {len(oof.sizes)} images from {k} fold model(s) → {oof_out}")
         for name, out in (("lockbox", lockbox_out), ("test", test_out)):
             combined = ensemble.combine([tables[d, name] for d in fold_dirs], p.ensemble.iou, p.ensemble.min_agreement)
-            predictions.write(combined, outputs(out))
+            prediction_table.write(combined, outputs(out))
             log(f"{name}: {len(combined.detections)} detections on {len(combined.sizes)} images, {k} model(s) → {out}")

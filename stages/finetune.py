@@ -35,8 +35,8 @@ def run(
     if (fold is None) == (val is None):
         raise CellpipeError("give either --fold (validate on that fold of --train) or --val (a separate COCO file)")
     out = out or (models_dir / f"fold{fold}" if fold is not None else models_dir)
-    from cellpipe import distributed
-    from cellpipe.training import run_training  # imports torch: only when training
+    from cellpipe.training import distributed
+    from cellpipe.training.runner import run_training  # imports torch: only when training
 
     p = load(params, "model", "finetune", "postprocess")
     if p.finetune.nproc > 1 and not distributed.launched():  # the same command as nproc processes (DDP)

@@ -12,6 +12,7 @@ larger than ``predict.tile_size`` are predicted in overlapping windows.
 
 from __future__ import annotations
 
+from dataclasses import replace
 from pathlib import Path
 
 import typer
@@ -61,9 +62,8 @@ def run(
     ),
     params: Path = typer.Option(Path("params.yaml"), help=PARAMS_HELP),
 ) -> None:
-    from cellpipe import models, predictions  # import torch: only when predicting
-    from cellpipe.predict import predict_images
-    from cellpipe.train import default_device
+    from cellpipe import models, prediction_table  # import torch: only when predicting
+    from cellpipe.inference import predict_images
 
     p = load(params, "predict", builtin=skip_val).predict
     k = 0 if fold is None else fold
@@ -80,7 +80,7 @@ def run(
         raise CellpipeError("no .png/.tif images in the folder", where=str(folder))
     val_paths = {} if skip_val else coco.image_paths(fold_images(val, fold), val)
     lockbox_paths = coco.image_paths(coco.load_json(lockbox), lockbox) if lockbox is not None and not skip_val else None
-    device = default_device()
+    device = models.default_device()
     family, model, mcfg, classes = models.from_checkpoint(checkpoint, device)
     tile = (p.tile_size[0], p.tile_size[1])
     work = family.input_pixels(model, mcfg, *tile)
@@ -92,9 +92,9 @@ def run(
         )
     if p.detections_per_img:
         # a predict-time cap, so that trying another cap does not retrain the model
-        family.limits(model).detections_per_img = p.detections_per_img
+        family.set_limits(model, replace(family.limits(model), detections_per_img=p.detections_per_img))
         log(f"detections per image capped at {p.detections_per_img} (checkpoint: {mcfg.detections_per_img})")
-    source = predictions.model_digest(checkpoint)
+    source = prediction_table.model_digest(checkpoint)
     outputs_ = ([] if skip_val else [("val", val_paths, val_out)]) + [("test", test_paths, test_out)]
     if lockbox_paths is not None:
         outputs_.insert(1, ("lockbox", lockbox_paths, lockbox_out))
@@ -116,12 +116,12 @@ def run(
                     progress=bar,
                 )
             pred.model = source
-            predictions.write(pred, out(target))
+            prediction_table.write(pred, out(target))
             log(f"predicted {len(pred.detections)} {label} detections on {len(paths)} images → {target}")
         if submission_out is not None:
-            from stages.submit import write_submission
+            from cellpipe import submission
 
-            write_submission(
+            submission.write(
                 pred,
                 list(test_paths),
                 thresholds_file,

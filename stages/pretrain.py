@@ -15,8 +15,8 @@ def run(
     out: Path = typer.Option(Path("models/livecell"), help="checkpoints (best.pt, last.pt) and dvclive logs"),
     params: Path = typer.Option(Path("params.yaml"), help=PARAMS_HELP),
 ) -> None:
-    from cellpipe import distributed
-    from cellpipe.training import run_training  # imports torch: only when training
+    from cellpipe.training import distributed
+    from cellpipe.training.runner import run_training  # imports torch: only when training
 
     p = load(params, "model", "pretrain", "postprocess")
     if p.pretrain.nproc > 1 and not distributed.launched():  # the same command as nproc processes (DDP)

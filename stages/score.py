@@ -21,7 +21,8 @@ from cellpipe.atomic import Outputs
 from cellpipe.config import CELL_TYPES
 from cellpipe.console import console, log
 from cellpipe.errors import CellpipeError
-from cellpipe.evaluation import (
+from cellpipe.io import write_csv, write_json
+from cellpipe.scoring import (
     read_fold_thresholds,
     read_thresholds,
     scored_pairs,
@@ -29,7 +30,6 @@ from cellpipe.evaluation import (
     truth_ids,
     val_image_list,
 )
-from cellpipe.io import write_csv, write_json
 
 
 class Duplicates(StrEnum):

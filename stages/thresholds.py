@@ -17,8 +17,8 @@ from cellpipe import thresholds
 from cellpipe.atomic import Outputs
 from cellpipe.config import CELL_TYPES, PARAMS_HELP, load
 from cellpipe.console import log
-from cellpipe.evaluation import scored_pairs, val_image_list
 from cellpipe.io import write_csv, write_json
+from cellpipe.scoring import scored_pairs, val_image_list
 
 
 def run(

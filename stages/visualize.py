@@ -12,12 +12,12 @@ from pathlib import Path
 
 import typer
 
-from cellpipe import coco, overlay, predictions, thresholds
+from cellpipe import coco, overlay, prediction_table, thresholds
 from cellpipe.atomic import atomic_path
 from cellpipe.config import CELL_TYPES
 from cellpipe.console import log
-from cellpipe.evaluation import read_thresholds, scored_pairs, val_image_list
 from cellpipe.images import list_images, read_grey
+from cellpipe.scoring import read_thresholds, scored_pairs, val_image_list
 
 
 def run(
@@ -37,7 +37,7 @@ def run(
     paths = coco.image_paths(coco.load_json(val), val)
     pairs, _ = scored_pairs(truth, drawn_val["image_id"].tolist(), val_predictions, truth_where=val)
     test = list_images(test_dir or kaggle_dir / "test")
-    test_pred = predictions.read(test_predictions)
+    test_pred = prediction_table.read(test_predictions)
     drawn = [i for i in test if i in test_pred.sizes]
     if len(drawn) < len(test):
         log(f"[yellow]warning: {len(test) - len(drawn)} test image(s) were not predicted and are not drawn[/yellow]")

@@ -15,12 +15,13 @@ import pytest
 import torch
 
 from cellpipe import models
-from cellpipe import train as engine
 from cellpipe.config import Train
-from cellpipe.data import CocoInstances, collate
 from cellpipe.errors import CellpipeError
+from cellpipe.inference import predict_image
+from cellpipe.models import Limits
 from cellpipe.models import detectron2_maskrcnn as d2
-from cellpipe.predict import predict_image
+from cellpipe.models.rcnn import CocoInstances
+from cellpipe.training import engine
 from tests.conftest import run_cli, tiny_model, write_params
 
 NEEDS_D2 = pytest.mark.skipif(not d2.available(), reason="detectron2 is not installed (optional backend, README)")
@@ -36,7 +37,7 @@ def tiny(backend: str, **kw):
 def batch(tiny_coco, cfg):
     ds = CocoInstances(tiny_coco, cfg.min_size, cfg.max_size, crop_size=96)
     torch.manual_seed(0)
-    return collate([ds[0], ds[1]])
+    return tuple(zip(ds[0], ds[1]))
 
 
 @pytest.mark.parametrize("backend", BACKENDS)
@@ -65,14 +66,15 @@ def test_predict_gives_full_size_instances_and_obeys_test_limits(backend):
     model = models.build(tiny(backend, box_score_thresh=0.0), 3).eval()
     rng = np.random.default_rng(0)
     grey = rng.integers(0, 255, (520, 704), dtype=np.uint8)
-    inst = predict_image(model, grey, tta=True)
+    family = models.family(tiny(backend))
+    inst = predict_image(family, model, grey, device="cpu", mask_threshold=0.5, tta=True)
     assert inst.masks.shape == (len(inst.scores), 520 * 704) and len(inst.labels) == len(inst.scores)
     assert set(np.unique(inst.labels)) <= {1, 2, 3}
-    head = models.family(tiny(backend)).limits(model)
-    head.detections_per_img = 5
-    assert len(predict_image(model, grey).scores) <= 5
-    head.detections_per_img, head.score_thresh = 50, 1.01
-    assert len(predict_image(model, grey).scores) == 0
+    family.set_limits(model, Limits(score_thresh=0.0, detections_per_img=5))
+    assert family.limits(model) == Limits(0.0, 5)
+    assert len(family.predict(model, grey, device="cpu", mask_threshold=0.5).scores) <= 5
+    family.set_limits(model, Limits(score_thresh=1.01, detections_per_img=50))
+    assert len(family.predict(model, grey, device="cpu", mask_threshold=0.5).scores) == 0
 
 
 @pytest.mark.parametrize("backend", BACKENDS)
@@ -91,7 +93,8 @@ def test_engine_checkpoints_reload_to_identical_predictions(backend, tiny_coco, 
     assert mcfg.backend == backend and classes == CLASSES
     model.load_state_dict(last["model"])
     grey = np.asarray(val[0].grey)
-    a, b = predict_image(model.eval(), grey), predict_image(loaded, grey)
+    a = family.predict(model.eval(), grey, device="cpu", mask_threshold=0.5)
+    b = family.predict(loaded, grey, device="cpu", mask_threshold=0.5)
     assert np.array_equal(a.scores, b.scores) and (a.masks != b.masks).nnz == 0
 
 
@@ -198,7 +201,7 @@ def test_detectron2_backend_runs_the_whole_dag(tmp_path):
 def test_cellpipe_imports_without_detectron2():
     code = (
         "import sys; sys.modules['detectron2'] = None\n"
-        "import cellpipe.models, cellpipe.train, cellpipe.predict, stages.cli\n"
+        "import cellpipe.models, cellpipe.training.engine, cellpipe.inference, stages.cli\n"
         "from cellpipe.models import detectron2_maskrcnn as d2; assert not d2.available()\n"
     )
     import subprocess

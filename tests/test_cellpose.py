@@ -13,8 +13,8 @@ import torch
 pytest.importorskip("cellpose", reason="the cellpose library is not installed")
 
 from cellpipe import metric, models, rle, tables  # noqa: E402
-from cellpipe import train as engine  # noqa: E402
 from cellpipe.config import CellposeParams, Train  # noqa: E402
+from cellpipe.training import engine  # noqa: E402
 from tests.conftest import CLASSES, SAMPLE, requires_shared, tiny_model  # noqa: E402
 
 TINY_CP = tiny_model(arch="cellpose", cellpose={"nbase": [8, 16, 32, 64], "niter": 100})

@@ -183,10 +183,10 @@ def test_diverging_training_stops_with_a_clear_error(tmp_path, tiny_kaggle):
 
 def test_out_of_memory_names_the_knobs(monkeypatch, tmp_path):
     from cellpipe import coco, synth, tables
-    from cellpipe import train as engine
     from cellpipe.config import Train
-    from cellpipe.data import CocoInstances
     from cellpipe.errors import CellpipeError
+    from cellpipe.models.rcnn import CocoInstances
+    from cellpipe.training import engine
 
     synth.write_kaggle(tmp_path / "k", {"shsy5y": 1, "astro": 0, "cort": 1}, 0, 0.05, seed=2, images_per_sample=1)
     ann, images = tables.build_tables(tables.read_train_csv(tmp_path / "k/train.csv"), tmp_path / "k/train")

@@ -125,23 +125,23 @@ def test_a_global_batch_that_does_not_split_is_refused(split):
     [("auto", "cpu", None), ("auto", "cuda", torch.float16), ("off", "cuda", None), ("bf16", "cpu", torch.bfloat16)],
 )
 def test_mixed_precision_follows_the_param_and_the_device(amp, device, want):
-    from cellpipe import train
     from cellpipe.config import Finetune
+    from cellpipe.training import engine as train
 
     assert train.precision(Finetune(amp=amp), torch.device(device)) == want
 
 
 def test_fp16_on_a_cpu_is_refused_with_the_alternative():
-    from cellpipe import train
     from cellpipe.config import Finetune
     from cellpipe.errors import CellpipeError
+    from cellpipe.training import engine as train
 
     with pytest.raises(CellpipeError, match="fp16 needs a GPU"):
         train.precision(Finetune(amp="fp16"), torch.device("cpu"))
 
 
 def test_one_process_is_not_distributed(monkeypatch):
-    from cellpipe import distributed
+    from cellpipe.training import distributed
 
     for name in ("WORLD_SIZE", "RANK", "LOCAL_RANK", "LOCAL_WORLD_SIZE"):
         monkeypatch.delenv(name, raising=False)

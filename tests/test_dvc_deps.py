@@ -142,14 +142,14 @@ def test_model_stages_depend_on_the_resolved_library_versions():
 
 def test_the_closure_follows_imports_inside_functions_and_skips_type_checking(tmp_path):
     tree = ast.parse(
-        "import typing\nif typing.TYPE_CHECKING:\n    import cellpipe.predict\n"
+        "import typing\nif typing.TYPE_CHECKING:\n    import cellpipe.inference\n"
         "def f():\n    from cellpipe import submission\n    from cellpipe.models import masks\n"
     )
     mods = imported_modules(tree)
     assert {"cellpipe.submission", "cellpipe.models.masks", "cellpipe.models", "cellpipe"} <= mods
-    assert "cellpipe.predict" not in mods
+    assert "cellpipe.inference" not in mods
     # score reaches overlap removal through thresholds (the stale-cache example of issue 13)
-    assert "cellpipe/submission.py" in closure(REPO / "stages" / "score.py")
+    assert "cellpipe/postprocess.py" in closure(REPO / "stages" / "score.py")
     assert "cellpipe/config.py" in closure(REPO / "stages" / "thresholds.py")
 
 

@@ -6,10 +6,10 @@ import pytest
 import torch
 
 from cellpipe import checkpoints, models
-from cellpipe import train as engine
 from cellpipe.config import Train
-from cellpipe.data import CocoInstances
 from cellpipe.errors import CellpipeError
+from cellpipe.models.rcnn import CocoInstances
+from cellpipe.training import engine
 from tests.conftest import TINY_MODEL
 
 FAMILY = models.family(TINY_MODEL)

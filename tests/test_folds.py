@@ -9,7 +9,7 @@ import scipy.sparse as sp
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from cellpipe import ensemble, folds, predictions, thresholds
+from cellpipe import ensemble, folds, prediction_table, thresholds
 from cellpipe.config import CELL_TYPES
 from cellpipe.errors import CellpipeError
 from cellpipe.instances import Instances
@@ -115,9 +115,9 @@ def inst(masks, scores, labels) -> Instances:
     return Instances(sp.csr_matrix(np.array(masks, np.float32)), np.array(scores, np.float32), np.array(labels), SHAPE)
 
 
-def fold_predictions(*per_image: Instances) -> predictions.Predictions:
-    pred = predictions.to_frame([(f"im{j}", p) for j, p in enumerate(per_image)], list(CELL_TYPES))
-    return predictions.Predictions(pred.detections, pred.sizes, "<fold>")
+def fold_predictions(*per_image: Instances) -> prediction_table.Predictions:
+    pred = prediction_table.to_frame([(f"im{j}", p) for j, p in enumerate(per_image)], list(CELL_TYPES))
+    return prediction_table.Predictions(pred.detections, pred.sizes, "<fold>")
 
 
 def test_ensembling_identical_models_returns_the_same_instances():
@@ -162,7 +162,9 @@ def test_an_empty_lockbox_is_scored_as_nothing_and_says_so(tmp_path, tiny_kaggle
 
     decode_and_split(tiny_kaggle, tmp_path, write_params(tmp_path / "p.yaml", lambda p: p["cv"].update(lockbox_fraction=0.0)))
     assert json.loads((tmp_path / "lockbox.json").read_text())["images"] == []
-    predictions.write(predictions.Predictions(predictions.to_frame([]).detections, {}, "<none>"), tmp_path / "lb.parquet")
+    prediction_table.write(
+        prediction_table.Predictions(prediction_table.to_frame([]).detections, {}, "<none>"), tmp_path / "lb.parquet"
+    )
     (tmp_path / "th.json").write_text(json.dumps({"score_threshold": {}}))
     proc = run_cli("score", "--predictions", str(tmp_path / "lb.parquet"), "--val", str(tmp_path / "lockbox.json"),
                    "--truth", str(tmp_path / "a.parquet"), "--thresholds", str(tmp_path / "th.json"),

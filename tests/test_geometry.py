@@ -13,8 +13,8 @@ from torchvision.models.detection.roi_heads import paste_masks_in_image, project
 from torchvision.transforms.v2 import functional as TF
 
 from cellpipe import anchors, models
-from cellpipe.data import _boxes, input_size
 from cellpipe.models import masks
+from cellpipe.models.rcnn import _boxes, input_size
 from tests.conftest import TINY_MODEL, decode_and_split, run_cli, tiny_model, write_params
 
 

@@ -14,10 +14,10 @@ from hypothesis import strategies as st
 from PIL import Image
 from torchvision.models.detection.roi_heads import paste_masks_in_image
 
-from cellpipe import predictions
+from cellpipe import prediction_table
+from cellpipe.inference import predict_tiled, tile_starts
 from cellpipe.instances import Instances
 from cellpipe.models import masks
-from cellpipe.predict import predict_tiled, tile_starts
 from tests.conftest import TINY_MODEL, cellpipe_checkpoint, run_cli, tiny_model
 from tests.helpers import one_line_error
 
@@ -174,7 +174,7 @@ def test_a_large_image_is_predicted_in_windows_at_its_own_size(tmp_path):
     Image.fromarray(rng.integers(60, 200, (1300, 1500), dtype=np.uint8)).save(folder / "big.png")
     proc = predict_folder(tmp_path, folder, params="predict: {tile_size: [520, 704], tile_overlap: 64}\n")
     assert proc.returncode == 0, proc.stderr
-    pred = predictions.read(tmp_path / "out" / "t.parquet")
+    pred = prediction_table.read(tmp_path / "out" / "t.parquet")
     assert pred.sizes == {"big": (1300, 1500)}
     (inst,) = pred.select(["big"])
     assert inst.masks.shape == (len(pred.detections), 1300 * 1500)

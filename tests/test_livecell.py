@@ -13,8 +13,9 @@ from hypothesis import strategies as st
 from pycocotools import mask as mask_util
 
 from cellpipe import coco, livecell, synth
-from cellpipe.data import CocoInstances, SampleCache
 from cellpipe.errors import CellpipeError
+from cellpipe.models.rcnn import CocoInstances
+from cellpipe.samples import SampleCache
 from tests.conftest import SHARED, requires_shared
 
 SAMPLE = SHARED / "livecell" / "livecell_coco_val_subset5img.json"

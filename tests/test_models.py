@@ -8,11 +8,11 @@ import pytest
 import torch
 
 from cellpipe import models
-from cellpipe import train as engine
 from cellpipe.config import Train
-from cellpipe.data import CocoInstances
 from cellpipe.errors import CellpipeError
-from cellpipe.predict import predict_image
+from cellpipe.inference import predict_image
+from cellpipe.models.rcnn import CocoInstances
+from cellpipe.training import engine
 from tests.conftest import TINY_MODEL, score_cli, tiny_model
 
 FAMILY = models.family(TINY_MODEL)
@@ -137,7 +137,7 @@ def test_offline_torchvision_weights_fail_clearly(monkeypatch):
 def test_predict_returns_full_size_instances(tiny_coco):
     model = models.build(TINY_MODEL, 3)
     grey = np.full((520, 704), 128, np.uint8)
-    inst = predict_image(model, grey, tta=True)
+    inst = predict_image(models.family(TINY_MODEL), model, grey, device="cpu", mask_threshold=0.5, tta=True)
     assert inst.masks.shape[1] == 520 * 704
     assert len(inst.scores) == inst.masks.shape[0] == len(inst.labels)
     json.dumps(TINY_MODEL.fingerprint())

@@ -20,7 +20,7 @@ import sys
 import pandas as pd
 import pytest
 
-from cellpipe import atomic, predictions
+from cellpipe import atomic, prediction_table
 from cellpipe.atomic import Outputs
 from tests.conftest import SAMPLE, TINY_MODEL, cellpipe_checkpoint, requires_shared, run_cli, score_cli
 from tests.helpers import one_line_error
@@ -141,14 +141,14 @@ def test_ensemble_refuses_a_fold_whose_tables_come_from_two_models(tmp_path, tin
     predict_folder(tmp_path, tmp_path / "a.pt", tiny_kaggle / "test", fold / "val.parquet")
     predict_folder(tmp_path, tmp_path / "a.pt", tiny_kaggle / "test", fold / "lockbox.parquet")
     predict_folder(tmp_path, tmp_path / "b.pt", tiny_kaggle / "test", fold / "test.parquet")
-    assert predictions.read(fold / "val.parquet").model == predictions.model_digest(tmp_path / "a.pt")
+    assert prediction_table.read(fold / "val.parquet").model == prediction_table.model_digest(tmp_path / "a.pt")
     (tmp_path / "e.yaml").write_text("cv: {folds: [0]}\nensemble: {}\n")
     proc = run_cli(
         "ensemble", "--folds-dir", str(tmp_path / "folds"), "--oof-out", str(tmp_path / "o/oof.parquet"),
         "--lockbox-out", str(tmp_path / "o/lockbox.parquet"), "--test-out", str(tmp_path / "o/test.parquet"),
         "--params", str(tmp_path / "e.yaml"),
     )  # fmt: skip
-    one_line_error(proc, "fold0/test.parquet", "predicted by another model", predictions.model_digest(tmp_path / "b.pt"))
+    one_line_error(proc, "fold0/test.parquet", "predicted by another model", prediction_table.model_digest(tmp_path / "b.pt"))
     assert not (tmp_path / "o").exists()
 
 

@@ -9,7 +9,7 @@ import pandas as pd
 import pytest
 import scipy.sparse as sp
 
-from cellpipe import predictions, rle
+from cellpipe import prediction_table, rle
 from cellpipe.config import PostProcess
 from cellpipe.ensemble import merge as merge_passes
 from cellpipe.instances import Instances
@@ -88,7 +88,7 @@ def test_score_applies_the_post_processing_of_the_thresholds_file(tmp_path, tiny
             "rle": strings,
         }
     )
-    predictions.write(predictions.Predictions(rows, {image: (h, w)}, "<test>"), tmp_path / "p.parquet")
+    prediction_table.write(prediction_table.Predictions(rows, {image: (h, w)}, "<test>"), tmp_path / "p.parquet")
     df.to_csv(tmp_path / "truth.csv", index=False)
     scores = {}
     for max_lost in (1.0, 0.5):

@@ -3,7 +3,7 @@ import pandas as pd
 import pytest
 import scipy.sparse as sp
 
-from cellpipe import rle, submission
+from cellpipe import postprocess, rle, submission
 from cellpipe.errors import CellpipeError
 
 
@@ -16,7 +16,7 @@ def inst(*boxes, shape=(6, 8)):
 
 def test_higher_score_keeps_contested_pixels_and_small_leftovers_drop():
     a = inst((0, 4, 0, 4), (0, 4, 2, 6), (0, 4, 3, 5))
-    clean, kept = submission.resolve_overlaps(a, np.array([0.5, 0.9, 0.1]), min_size=3)
+    clean, kept = postprocess.resolve_overlaps(a, np.array([0.5, 0.9, 0.1]), min_size=3)
     assert kept.tolist() == [1, 0]  # the 0.1 instance lies under the 0.9 one entirely
     dense = clean.toarray()
     assert dense.sum(axis=0).max() == 1

@@ -21,7 +21,7 @@ import pytest
 import torch
 from PIL import Image
 
-from cellpipe import checkpoints, predictions, rle, tables
+from cellpipe import checkpoints, prediction_table, rle, tables
 from cellpipe.errors import CellpipeError
 from cellpipe.images import list_images, read_grey
 from tests.conftest import TINY_MODEL, cellpipe_checkpoint, decode_and_split, run_cli, score_cli, tiny_model, write_params
@@ -234,7 +234,7 @@ def predict_folder(tmp_path: Path, folder: Path, *extra: str):
 
 def truth_predictions(
     train_csv: Path, ids: list[str], extra: dict[str, tuple[int, int]] | None = None
-) -> predictions.Predictions:
+) -> prediction_table.Predictions:
     """Perfect predictions (the true masks, score 0.9) of ``ids``, plus empty images ``extra``."""
     df = tables.read_train_csv(train_csv)
     df = df[df["id"].isin(ids)]
@@ -249,7 +249,7 @@ def truth_predictions(
         }
     )
     sizes = {i: (int(g["height"].iloc[0]), int(g["width"].iloc[0])) for i, g in df.groupby("id", sort=False)}
-    return predictions.Predictions(rows.reset_index(drop=True), {**sizes, **(extra or {})}, "<test>")
+    return prediction_table.Predictions(rows.reset_index(drop=True), {**sizes, **(extra or {})}, "<test>")
 
 
 def score(tmp_path: Path, preds: Path, truth: Path, *extra: str):
@@ -257,7 +257,7 @@ def score(tmp_path: Path, preds: Path, truth: Path, *extra: str):
 
 
 def test_score_with_no_image_in_common_is_an_error(tmp_path, tiny_kaggle):
-    predictions.write(truth_predictions(tiny_kaggle / "train.csv", [], {"0123456789ab": (520, 704)}), tmp_path / "p.parquet")
+    prediction_table.write(truth_predictions(tiny_kaggle / "train.csv", [], {"0123456789ab": (520, 704)}), tmp_path / "p.parquet")
     one_line_error(score(tmp_path, tmp_path / "p.parquet", tiny_kaggle / "train.csv"), "p.parquet", "no image of the truth")
     assert not (tmp_path / "s.json").exists()
 
@@ -265,7 +265,7 @@ def test_score_with_no_image_in_common_is_an_error(tmp_path, tiny_kaggle):
 def test_score_with_some_images_in_common_warns_with_counts(tmp_path, tiny_kaggle):
     ids = list(dict.fromkeys(pd.read_csv(tiny_kaggle / "train.csv")["id"]))
     pred = truth_predictions(tiny_kaggle / "train.csv", ids[:4], {"0123456789ab": (520, 704)})
-    predictions.write(pred, tmp_path / "p.parquet")
+    prediction_table.write(pred, tmp_path / "p.parquet")
     proc = score(tmp_path, tmp_path / "p.parquet", tiny_kaggle / "train.csv")
     assert proc.returncode == 0, proc.stderr
     err = " ".join(proc.stderr.split())
@@ -278,7 +278,7 @@ def test_score_with_some_images_in_common_warns_with_counts(tmp_path, tiny_kaggl
 def test_an_image_predicted_without_detections_is_scored_not_dropped(tmp_path, tiny_kaggle):
     ids = list(dict.fromkeys(pd.read_csv(tiny_kaggle / "train.csv")["id"]))
     pred = truth_predictions(tiny_kaggle / "train.csv", ids[:1], {ids[1]: (520, 704)})  # ids[1]: no detections
-    predictions.write(pred, tmp_path / "p.parquet")
+    prediction_table.write(pred, tmp_path / "p.parquet")
     proc = score(tmp_path, tmp_path / "p.parquet", tiny_kaggle / "train.csv")
     metrics = json.loads((tmp_path / "s.json").read_text())
     assert metrics["images"] == 2 and metrics["map_iou"] == pytest.approx(0.5), proc.stderr
@@ -287,7 +287,7 @@ def test_an_image_predicted_without_detections_is_scored_not_dropped(tmp_path, t
 def test_score_accepts_the_duplicates_policy(tmp_path, tiny_kaggle):
     df = pd.read_csv(tiny_kaggle / "train.csv", dtype=str, keep_default_na=False)
     pd.concat([df, df.iloc[[0]]]).to_csv(tmp_path / "dup.csv", index=False)
-    predictions.write(truth_predictions(tiny_kaggle / "train.csv", list(df["id"].unique())), tmp_path / "p.parquet")
+    prediction_table.write(truth_predictions(tiny_kaggle / "train.csv", list(df["id"].unique())), tmp_path / "p.parquet")
     one_line_error(score(tmp_path, tmp_path / "p.parquet", tmp_path / "dup.csv"), "dup.csv", "--duplicates drop")
     proc = score(tmp_path, tmp_path / "p.parquet", tmp_path / "dup.csv", "--duplicates", "drop")
     assert proc.returncode == 0, proc.stderr
@@ -296,7 +296,7 @@ def test_score_accepts_the_duplicates_policy(tmp_path, tiny_kaggle):
 
 def test_thresholds_with_no_image_in_common_is_an_error(tmp_path, tiny_kaggle):
     decode_and_split(tiny_kaggle, tmp_path, write_params(tmp_path / "p.yaml"))
-    predictions.write(truth_predictions(tiny_kaggle / "train.csv", [], {"0123456789ab": (520, 704)}), tmp_path / "v.parquet")
+    prediction_table.write(truth_predictions(tiny_kaggle / "train.csv", [], {"0123456789ab": (520, 704)}), tmp_path / "v.parquet")
     proc = run_cli(
         "thresholds",
         "--predictions",
@@ -337,7 +337,7 @@ def submit(tmp_path: Path, sample_ids: list[str] | None, *extra: str):
 
 def test_submit_refuses_sample_ids_that_were_not_predicted(tmp_path, tiny_kaggle):
     ids = list(dict.fromkeys(pd.read_csv(tiny_kaggle / "train.csv")["id"]))[:2]
-    predictions.write(truth_predictions(tiny_kaggle / "train.csv", ids), tmp_path / "t.parquet")
+    prediction_table.write(truth_predictions(tiny_kaggle / "train.csv", ids), tmp_path / "t.parquet")
     (tmp_path / "none.json").write_text(json.dumps({"score_threshold": {}, "min_size": 0}))
     one_line_error(
         submit(tmp_path, [*ids, "0123456789ab"]),
@@ -354,7 +354,7 @@ def test_submit_refuses_sample_ids_that_were_not_predicted(tmp_path, tiny_kaggle
 
 
 def test_submit_refuses_a_header_only_sample_submission(tmp_path, tiny_kaggle):
-    predictions.write(truth_predictions(tiny_kaggle / "train.csv", []), tmp_path / "t.parquet")
+    prediction_table.write(truth_predictions(tiny_kaggle / "train.csv", []), tmp_path / "t.parquet")
     (tmp_path / "none.json").write_text(json.dumps({"score_threshold": {}, "min_size": 0}))
     one_line_error(submit(tmp_path, []), "sample_submission.csv", "no image ids")
     assert not (tmp_path / "sub.csv").exists()
@@ -399,7 +399,7 @@ def test_predict_sees_the_same_pixels_in_every_grey_encoding(tmp_path):
     cellpipe_checkpoint(tmp_path / "m.pt", tiny_model(box_score_thresh=0.0), ["shsy5y", "astro", "cort"])
     proc = predict_folder(tmp_path, tmp_path / "f")
     assert proc.returncode == 0, proc.stderr
-    pred = predictions.read(tmp_path / "t.parquet")
+    pred = prediction_table.read(tmp_path / "t.parquet")
     assert sorted(pred.sizes) == ["alpha", "palette", "plain", "upper"]
     det = pred.detections
     plain = det[det["image_id"] == "plain"].drop(columns="image_id").reset_index(drop=True)
@@ -522,7 +522,7 @@ def test_stages_run_from_another_working_directory(tmp_path, tiny_kaggle):
     )
     assert proc.returncode == 0, proc.stderr
     val_ids = {im["kaggle_id"] for im in json.loads((work / "c/folds.json").read_text())["images"]}
-    assert set(predictions.read(elsewhere / "v.parquet").sizes) == val_ids
+    assert set(prediction_table.read(elsewhere / "v.parquet").sizes) == val_ids
     assert p.is_file()
 
 
@@ -561,11 +561,11 @@ def test_predict_score_and_check_submission_on_images_of_other_sizes(tmp_path):
     sub, none = str(tmp_path / "sub.csv"), str(tmp_path / "none.json")
     proc = predict_folder(tmp_path, folder, "--submission-out", sub, "--thresholds", none)
     assert proc.returncode == 0, proc.stderr
-    assert predictions.read(tmp_path / "t.parquet").sizes == sizes
+    assert prediction_table.read(tmp_path / "t.parquet").sizes == sizes
     proc = run_cli("check-submission", str(tmp_path / "sub.csv"), "--sample-submission", str(tmp_path / "sample_submission.csv"))
     assert proc.returncode == 0 and "is valid" in proc.stderr, proc.stderr
     # the truth scored against itself at these sizes: exactly 1 (a fixed shape would fail or misplace it)
-    predictions.write(truth_predictions(tmp_path / "truth.csv", list(sizes)), tmp_path / "perfect.parquet")
+    prediction_table.write(truth_predictions(tmp_path / "truth.csv", list(sizes)), tmp_path / "perfect.parquet")
     proc = score(tmp_path, tmp_path / "perfect.parquet", tmp_path / "truth.csv")
     assert proc.returncode == 0, proc.stderr
     metrics = json.loads((tmp_path / "s.json").read_text())
@@ -575,6 +575,6 @@ def test_predict_score_and_check_submission_on_images_of_other_sizes(tmp_path):
 
 
 def test_predictions_written_by_another_tool_are_refused(tmp_path):
-    pd.DataFrame({c: [] for c in predictions.COLUMNS}).to_parquet(tmp_path / "p.parquet")
+    pd.DataFrame({c: [] for c in prediction_table.COLUMNS}).to_parquet(tmp_path / "p.parquet")
     with pytest.raises(CellpipeError, match="does not list its images"):
-        predictions.read(tmp_path / "p.parquet")
+        prediction_table.read(tmp_path / "p.parquet")

@@ -1,50 +1,69 @@
 """Model families behind one small interface, picked by ``model.arch`` and ``model.backend``.
 
-A :class:`Family` builds a network from the ``model`` params, initialises it (from a
-checkpoint, re-initialising only the class-specific heads when the class count
-differs), runs one training step (inputs → a dict of losses), predicts one image
-(→ scored instance masks) and exposes its inference limits (score threshold,
-detections per image). The training engine, prediction, thresholds and scoring only
-talk to this interface, so a family that is not Mask R-CNN plugs in by registering
-itself in :data:`FAMILIES`.
+A :class:`Family` (abstract) builds a network from the ``model`` params, initialises it
+(from a checkpoint, re-initialising only the class-specific heads when the class count
+differs), makes its training samples, runs one training step (inputs → a dict of
+losses), predicts one image (→ scored instance masks) and reads and sets its inference
+limits (score threshold, detections per image). The training engine, prediction,
+thresholds and scoring only talk to this interface, so a third family is one module
+and one line in :data:`FAMILIES`. The two Mask R-CNN backends share their dataset and
+single-image prediction (:mod:`cellpipe.models.rcnn`).
 
 Families:
 
 - ``(maskrcnn, torchvision)`` — :mod:`cellpipe.models.torchvision_maskrcnn` (default);
 - ``(maskrcnn, detectron2)`` — :mod:`cellpipe.models.detectron2_maskrcnn`, detectron2's
-  Mask R-CNN behind torchvision's calling convention; imported only when chosen.
+  Mask R-CNN behind torchvision's calling convention; imported only when chosen;
+- ``(cellpose, *)`` — :mod:`cellpipe.models.cellpose_flow`, a cellpose-style flow U-Net.
 """
 
 from __future__ import annotations
 
+from abc import ABC, abstractmethod
 from collections.abc import Callable
+from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+import torch
 from torch import nn
 
 from cellpipe import checkpoints
 from cellpipe.config import Model
 from cellpipe.errors import CellpipeError
 
-if TYPE_CHECKING:  # predict imports torch-heavy helpers; only the annotations need it here
+if TYPE_CHECKING:  # only the annotations need these here
     import numpy as np
-    import torch
 
     from cellpipe.instances import Instances
 
 
-class Family:
-    """What the pipeline needs of a model family (Mask R-CNN's calling convention by default)."""
+@dataclass(frozen=True)
+class Limits:
+    """What bounds a model's inference: the lowest score it reports and how many detections per image."""
+
+    score_thresh: float
+    detections_per_img: int
+
+
+class Family(ABC):
+    """What the pipeline needs of a model family.
+
+    A new family is one module with a subclass of this and one line in :data:`FAMILIES`:
+    the engine, prediction, thresholds and scoring only talk to this interface.
+    """
 
     name = "model"
     class_specific: tuple[str, ...] = ()  # state-dict prefixes whose shape depends on the class count
+    own_tta = False  # True: predict(tta=True) does the family's own flip test-time augmentation
 
     def require(self) -> None:
         """Fail early, with a clear message, when the family cannot run here (optional installs)."""
+        return None  # a family without optional installs can always run
 
+    @abstractmethod
     def build(self, cfg: Model, num_classes: int) -> nn.Module:
-        raise NotImplementedError
+        """The network of ``cfg`` with ``num_classes`` foreground classes, randomly initialised."""
 
     def initialise(self, model: nn.Module, init: str) -> str:
         """Load ``init`` ('none' or a cellpipe checkpoint path); returns what was loaded, in words."""
@@ -54,37 +73,43 @@ class Family:
             raise CellpipeError(f"init {init!r} (torchvision weights) is not available for {self.name}")
         return load_weights(model, load_checkpoint(init)["model"], self.class_specific, where=str(init))
 
-    def train_step(self, model: nn.Module, images: list[torch.Tensor], targets: list[dict]) -> dict[str, torch.Tensor]:
-        """The losses of one batch (the model in training mode)."""
-        return model(images, targets)
-
-    def predict(
-        self, model: nn.Module, grey: np.ndarray, *, device: Any, mask_threshold: float, tta: bool = False, tta_iou: float = 0.5
-    ) -> Instances:
-        from cellpipe.predict import predict_image
-
-        return predict_image(model, grey, device=device, mask_threshold=mask_threshold, tta=tta, tta_iou=tta_iou)
-
-    def input_pixels(self, model: nn.Module, cfg: Model, height: int, width: int) -> int:
-        """How many pixels the network works on for an image of ``height × width`` (its input after resizing)."""
-        from cellpipe.images import input_size
-
-        h, w = input_size(height, width, cfg.min_size, cfg.max_size)
-        return h * w
-
-    def limits(self, model: nn.Module) -> Any:
-        """The object whose ``score_thresh`` and ``detections_per_img`` bound inference."""
-        raise NotImplementedError
-
+    @abstractmethod
     def dataset(self, data: dict, cfg: Model, train_cfg: Any, image_ids: list[int] | None = None) -> Any:
         """Training samples of a normalised COCO dict (images and targets as ``train_step`` takes them)."""
-        from cellpipe.data import CocoInstances
-
-        return CocoInstances(data, cfg.min_size, cfg.max_size, hflip=train_cfg.hflip, vflip=train_cfg.vflip,
-                             image_ids=image_ids, crop_size=train_cfg.crop_size, cache_gb=train_cfg.cache_gb)  # fmt: skip
 
     def fit_data(self, model: nn.Module, dataset: Any) -> None:
         """Set what the model learns from the training data before training (cellpose: cell sizes)."""
+        return None  # most families learn everything by gradient descent
+
+    @abstractmethod
+    def train_step(self, model: nn.Module, images: list[torch.Tensor], targets: list[dict]) -> dict[str, torch.Tensor]:
+        """The losses of one batch (the model in training mode)."""
+
+    @abstractmethod
+    def predict(self, model: nn.Module, grey: np.ndarray, *, device: Any, mask_threshold: float) -> Instances:
+        """Scored instances of one grey image (uint8 H×W) at its own size: one pass, no augmentation."""
+
+    def predict_tta(self, model: nn.Module, grey: np.ndarray, *, device: Any, mask_threshold: float) -> Instances:
+        """The family's own flip test-time augmentation (``own_tta``); others are flipped and merged by
+        :mod:`cellpipe.inference`."""
+        raise NotImplementedError(f"{self.name} has no test-time augmentation of its own")
+
+    @abstractmethod
+    def limits(self, model: nn.Module) -> Limits:
+        """The model's inference limits now."""
+
+    @abstractmethod
+    def set_limits(self, model: nn.Module, limits: Limits) -> None:
+        """Set the model's inference limits (a predict-time detection cap, evaluation's score threshold)."""
+
+    @abstractmethod
+    def input_pixels(self, model: nn.Module, cfg: Model, height: int, width: int) -> int:
+        """How many pixels the network works on for an image of ``height × width`` (its input after resizing)."""
+
+
+def default_device() -> torch.device:
+    """``cuda`` when there is a GPU, else the CPU."""
+    return torch.device("cuda" if torch.cuda.is_available() else "cpu")
 
 
 def _torchvision_maskrcnn() -> Family:

@@ -36,11 +36,11 @@ from torch.utils.data import Dataset
 
 from cellpipe import coco
 from cellpipe.config import Model
-from cellpipe.data import SampleCache
 from cellpipe.errors import CellpipeError
 from cellpipe.images import read_grey
 from cellpipe.instances import Instances
-from cellpipe.models import Family
+from cellpipe.models import Family, Limits
+from cellpipe.samples import SampleCache
 
 INSTALL_HINT = "pip install 'cellpose>=3.1,<4'"
 
@@ -243,6 +243,7 @@ def _pad16(x: torch.Tensor) -> tuple[torch.Tensor, int, int]:
 class CellposeFlow(Family):
     name = "cellpose flow U-Net"
     class_specific = ("classify.", "diameters")
+    own_tta = True  # flow maps of the flipped images averaged (cellpose's own augmentation)
 
     def require(self) -> None:
         _cellpose()
@@ -275,8 +276,11 @@ class CellposeFlow(Family):
             return 2**62
         return int(max(16, round(height * s)) * max(16, round(width * s)))
 
-    def limits(self, model: nn.Module) -> FlowNet:
-        return model
+    def limits(self, model: nn.Module) -> Limits:
+        return Limits(float(model.score_thresh), int(model.detections_per_img))
+
+    def set_limits(self, model: nn.Module, limits: Limits) -> None:
+        model.score_thresh, model.detections_per_img = limits.score_thresh, limits.detections_per_img
 
     @torch.no_grad()
     def run(self, model: FlowNet, x: torch.Tensor, scale: float, device: Any, tta: bool = False
@@ -301,9 +305,14 @@ class CellposeFlow(Family):
         maps = maps[..., :sh, :sw].float().cpu()
         return maps[0, :2].numpy(), maps[0, 2].numpy(), int(logits.argmax(1).item())
 
+    def predict(self, model: nn.Module, grey: np.ndarray, *, device: Any, mask_threshold: float = 0.5) -> Instances:
+        return self._predict(model, grey, device=device, tta=False)
+
+    def predict_tta(self, model: nn.Module, grey: np.ndarray, *, device: Any, mask_threshold: float = 0.5) -> Instances:
+        return self._predict(model, grey, device=device, tta=True)
+
     @torch.no_grad()
-    def predict(self, model: nn.Module, grey: np.ndarray, *, device: Any, mask_threshold: float = 0.5, tta: bool = False,
-                tta_iou: float = 0.5) -> Instances:  # fmt: skip
+    def _predict(self, model: nn.Module, grey: np.ndarray, *, device: Any, tta: bool) -> Instances:
         model.eval()
         c = model.cfg
         x = normalise(grey)

@@ -30,7 +30,8 @@ from torch import nn
 
 from cellpipe import checkpoints
 from cellpipe.errors import CellpipeError
-from cellpipe.models import Family, load_checkpoint
+from cellpipe.models import load_checkpoint
+from cellpipe.models.rcnn import RCNNFamily
 
 if TYPE_CHECKING:
     from cellpipe.config import Model
@@ -129,7 +130,7 @@ def make_config(mc: Model, num_classes: int):
         m.ANCHOR_GENERATOR.SIZES = [list(s) for s in mc.level_sizes()]
         m.ANCHOR_GENERATOR.ASPECT_RATIOS = [[float(a) for a in mc.aspect_ratios]]
         m.ROI_MASK_HEAD.POOLER_RESOLUTION = mc.mask_resolution // 2
-    # images arrive normalised per image (cellpipe.data): no second normalisation
+    # images arrive normalised per image (cellpipe.models.rcnn): no second normalisation
     m.PIXEL_MEAN, m.PIXEL_STD = [0.0, 0.0, 0.0], [1.0, 1.0, 1.0]
     m.ROI_HEADS.NUM_CLASSES = num_classes
     m.ROI_HEADS.BATCH_SIZE_PER_IMAGE = mc.roi_batch_per_image
@@ -322,7 +323,7 @@ def load_detectron2_checkpoint(model: Detectron2MaskRCNN, path: str | Path) -> s
     return f"{path} (detectron2)"
 
 
-class Detectron2Family(Family):
+class Detectron2Family(RCNNFamily):
     name = "detectron2 Mask R-CNN"
     class_specific = Detectron2MaskRCNN.class_specific
 
@@ -344,7 +345,7 @@ class Detectron2Family(Family):
             return load_detectron2_checkpoint(model, init)
         return super().initialise(model, init)
 
-    def limits(self, model: nn.Module) -> Detectron2MaskRCNN:
+    def _limits_holder(self, model: nn.Module) -> Detectron2MaskRCNN:
         return model
 
 

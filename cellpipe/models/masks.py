@@ -168,7 +168,7 @@ class SparseTransform(GeneralizedRCNNTransform):
 class ExactTransform(SparseTransform):
     """:class:`SparseTransform` resizing like cellpipe's training data, for exact geometry.
 
-    Inference images are resized with antialiasing, as :mod:`cellpipe.data` resizes the
+    Inference images are resized with antialiasing, as :mod:`cellpipe.models.rcnn` resizes the
     training images (torchvision's own resize has none, so a downscaled test image would
     look sharper than anything seen in training), and masks are pasted at pixel centres.
     """

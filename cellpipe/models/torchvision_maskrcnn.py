@@ -21,10 +21,11 @@ from torchvision.ops.feature_pyramid_network import LastLevelMaxPool
 
 from cellpipe.config import Model
 from cellpipe.errors import CellpipeError
-from cellpipe.models import Family, masks
+from cellpipe.models import masks
+from cellpipe.models.rcnn import RCNNFamily
 
 
-class TorchvisionMaskRCNN(Family):
+class TorchvisionMaskRCNN(RCNNFamily):
     name = "torchvision Mask R-CNN"
     # heads whose shape depends on the number of classes
     class_specific = ("roi_heads.box_predictor.", "roi_heads.mask_predictor.mask_fcn_logits.")
@@ -37,7 +38,7 @@ class TorchvisionMaskRCNN(Family):
             return _torchvision_weights(model, init)
         return super().initialise(model, init)
 
-    def limits(self, model: nn.Module):
+    def _limits_holder(self, model: nn.Module):
         return model.roi_heads
 
 
@@ -75,7 +76,7 @@ def build(cfg: Model, num_classes: int) -> MaskRCNN:
         num_classes=None,
         min_size=cfg.min_size,
         max_size=cfg.max_size,
-        image_mean=[0.0, 0.0, 0.0],  # images arrive normalised per image (cellpipe.data)
+        image_mean=[0.0, 0.0, 0.0],  # images arrive normalised per image (cellpipe.models.rcnn)
         image_std=[1.0, 1.0, 1.0],
         rpn_anchor_generator=anchors,
         rpn_pre_nms_top_n_train=cfg.rpn_pre_nms_train,
@@ -103,7 +104,7 @@ def build(cfg: Model, num_classes: int) -> MaskRCNN:
         masks.exact_geometry(model)
     else:
         masks.sparse_transform(model, "torchvision")
-    # training inputs arrive at the model's scale already (cellpipe.data crops them);
+    # training inputs arrive at the model's scale already (cellpipe.models.rcnn crops them);
     # only inference resizes, from the full image to min_size/max_size
     model.transform._skip_resize = True
     return model

@@ -7,7 +7,7 @@ from pathlib import Path
 import pandas as pd
 import scipy.sparse as sp
 
-from cellpipe import coco, predictions, rle, tables
+from cellpipe import coco, prediction_table, rle, tables
 from cellpipe.config import PostProcess
 from cellpipe.console import log
 from cellpipe.errors import CellpipeError
@@ -75,14 +75,16 @@ def load_truth(
 
 def scored_pairs(
     truth: Path, truth_ids_: list[str], predictions_file: Path, *, truth_where: Path, duplicates: str = "error"
-) -> tuple[list[tuple[Instances, sp.csr_matrix, str]], predictions.Alignment]:
+) -> tuple[list[tuple[Instances, sp.csr_matrix, str]], prediction_table.Alignment]:
     """(predictions, truth, cell type) of every image in both the truth and the predictions.
 
     Ids in only one of them are counted and reported as a warning; none in common is an
     error; an image whose predictions and truth differ in size is an error.
     """
-    pred = predictions.read(predictions_file)
-    alignment = predictions.align(truth_ids_, pred.sizes, truth_where=str(truth_where), predictions_where=str(predictions_file))
+    pred = prediction_table.read(predictions_file)
+    alignment = prediction_table.align(
+        truth_ids_, pred.sizes, truth_where=str(truth_where), predictions_where=str(predictions_file)
+    )
     if warning := alignment.warning():
         log(f"[yellow]warning: {warning}[/yellow]")
     truths, types, sizes = load_truth(truth, alignment.scored, duplicates)

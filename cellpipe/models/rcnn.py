@@ -1,4 +1,7 @@
-"""Training data: COCO JSON → tensors for torchvision's Mask R-CNN.
+"""The pieces both Mask R-CNN backends share: their training data and single-image prediction.
+
+Training data: COCO JSON → tensors in torchvision's Mask R-CNN convention (detectron2's
+backend takes the same).
 
 Images are normalised per image (the real images sit near grey 128 with a small,
 image-dependent spread; a fixed mean/std would leave some nearly flat), replicated to
@@ -15,7 +18,7 @@ costs a few milliseconds against a training step's hundreds, and keeps LIVECell'
 
 from __future__ import annotations
 
-from collections import OrderedDict
+from abc import abstractmethod
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -28,7 +31,12 @@ from torchvision.transforms import v2 as T
 from torchvision.transforms.v2 import functional as F
 
 from cellpipe.coco import segmentation_rle
+from cellpipe.config import Model
 from cellpipe.images import input_size, read_grey
+from cellpipe.instances import Instances
+from cellpipe.models import Family, Limits
+from cellpipe.models.masks import paste_sparse
+from cellpipe.samples import SampleCache
 
 
 def normalise_image(grey: np.ndarray) -> torch.Tensor:
@@ -36,38 +44,6 @@ def normalise_image(grey: np.ndarray) -> torch.Tensor:
     x = torch.from_numpy(grey.astype(np.float32))
     x = (x - x.mean()) / x.std().clamp_min(1.0)
     return x.expand(3, *x.shape).contiguous()
-
-
-class SampleCache:
-    """Decoded training samples by index, least recently used dropped beyond ``max_bytes``.
-
-    A pass over LIVECell's 5,000 images would otherwise keep every one: cheap for Mask
-    R-CNN's crops (≈ 0.5 MB an image), not for cellpose's flow targets (≈ 6 MB). ``size``
-    says what an entry costs. Each DataLoader worker holds its own cache.
-    """
-
-    def __init__(self, max_bytes: float, size) -> None:
-        self.max_bytes, self.size = max_bytes, size
-        self.entries: OrderedDict[int, tuple[object, int]] = OrderedDict()  # value, its size when put
-        self.bytes = 0
-        self.evicted = 0
-
-    def get(self, index: int):
-        if index in self.entries:
-            self.entries.move_to_end(index)
-            return self.entries[index][0]
-        return None
-
-    def put(self, index: int, value) -> None:
-        if index in self.entries:
-            self.bytes -= self.entries.pop(index)[1]
-        nbytes = int(self.size(value))
-        self.entries[index] = (value, nbytes)
-        self.bytes += nbytes
-        while self.bytes > self.max_bytes and len(self.entries) > 1:
-            _, (_, old) = self.entries.popitem(last=False)
-            self.bytes -= old
-            self.evicted += 1
 
 
 @dataclass
@@ -219,5 +195,60 @@ def _boxes(masks: torch.Tensor) -> torch.Tensor:
     return torch.stack([x0, y0, x1, y1], 1).float()
 
 
-def collate(batch):
-    return tuple(zip(*batch))
+# --------------------------------------------------------------------------- single-image prediction
+
+
+def mask_geometry(model: torch.nn.Module) -> str:
+    """How a Mask R-CNN's masks go into the image: its transform's geometry (torchvision) or its own (detectron2)."""
+    return getattr(getattr(model, "transform", None), "geometry", None) or getattr(model, "mask_geometry", "exact")
+
+
+def to_instances(out: dict, shape: tuple[int, int], mask_threshold: float, geometry: str) -> Instances:
+    """A model's raw output (boxes in the image, unpasted ``(N, 1, M, M)`` masks) → sparse instances."""
+    masks = paste_sparse(out["masks"].float(), out["boxes"], shape, mask_threshold, geometry)
+    return Instances(masks, out["scores"].float().cpu().numpy(), out["labels"].cpu().numpy(), shape)
+
+
+@torch.no_grad()
+def predict_image(
+    model: torch.nn.Module, grey: np.ndarray, *, device: torch.device | str = "cpu", mask_threshold: float = 0.5
+) -> Instances:
+    """Detections of one grey image (uint8 H×W) at full resolution, masks as a sparse matrix."""
+    model.eval()
+    x = normalise_image(grey).to(device)
+    with torch.autocast(device_type="cuda", enabled=str(device).startswith("cuda")):
+        out = model([x])[0]
+    return to_instances(out, grey.shape, mask_threshold, mask_geometry(model))
+
+
+class RCNNFamily(Family):
+    """What the two Mask R-CNN backends share: torchvision's calling convention (``model(images,
+    targets)`` → losses in training, detections in eval), :class:`CocoInstances` as training
+    data and :func:`predict_image`. A backend adds how to build its network and where its
+    inference limits live."""
+
+    def dataset(self, data: dict, cfg: Model, train_cfg, image_ids: list[int] | None = None) -> CocoInstances:
+        return CocoInstances(data, cfg.min_size, cfg.max_size, hflip=train_cfg.hflip, vflip=train_cfg.vflip,
+                             image_ids=image_ids, crop_size=train_cfg.crop_size, cache_gb=train_cfg.cache_gb)  # fmt: skip
+
+    def train_step(self, model: torch.nn.Module, images: list[torch.Tensor], targets: list[dict]) -> dict[str, torch.Tensor]:
+        return model(images, targets)
+
+    def predict(self, model: torch.nn.Module, grey: np.ndarray, *, device, mask_threshold: float) -> Instances:
+        return predict_image(model, grey, device=device, mask_threshold=mask_threshold)
+
+    def input_pixels(self, model: torch.nn.Module, cfg: Model, height: int, width: int) -> int:
+        h, w = input_size(height, width, cfg.min_size, cfg.max_size)
+        return h * w
+
+    @abstractmethod
+    def _limits_holder(self, model: torch.nn.Module):
+        """The object carrying ``score_thresh`` and ``detections_per_img``."""
+
+    def limits(self, model: torch.nn.Module) -> Limits:
+        holder = self._limits_holder(model)
+        return Limits(float(holder.score_thresh), int(holder.detections_per_img))
+
+    def set_limits(self, model: torch.nn.Module, limits: Limits) -> None:
+        holder = self._limits_holder(model)
+        holder.score_thresh, holder.detections_per_img = limits.score_thresh, limits.detections_per_img

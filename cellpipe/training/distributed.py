@@ -4,7 +4,7 @@
 stage whose ``nproc`` param is above 1 starts ``torchrun`` itself (:func:`relaunch`), so
 ``dvc repro`` runs the same command either way. The global batch (``batch_size``) is
 split over the processes, each iteration's images and their crops/flips depending on
-the iteration only (:class:`cellpipe.train.Batches`), so N processes see the same
+the iteration only (:class:`cellpipe.training.engine.Batches`), so N processes see the same
 images as one; DDP averages the gradients, so the learning rate needs no change for the
 same global batch. Rank 0 alone evaluates, writes checkpoints and logs; the others wait
 for it. The backend follows the device: ``nccl`` on GPUs, ``gloo`` on CPUs. Batch norm

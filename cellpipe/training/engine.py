@@ -23,7 +23,7 @@ from __future__ import annotations
 import math
 import time
 from collections.abc import Callable, Iterator
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
@@ -32,14 +32,14 @@ import scipy.sparse as sp
 import torch
 from torch.utils.data import DataLoader, Dataset
 
-from cellpipe import checkpoints, coco, distributed, metric, postprocess
+from cellpipe import checkpoints, coco, metric, postprocess
 from cellpipe.atomic import remove_stale
 from cellpipe.config import Model, PostProcess, Train
-from cellpipe.data import collate
-from cellpipe.distributed import World
 from cellpipe.errors import CellpipeError
 from cellpipe.images import read_grey
-from cellpipe.models import Family
+from cellpipe.models import Family, default_device
+from cellpipe.training import distributed
+from cellpipe.training.distributed import World
 
 
 @dataclass
@@ -59,10 +59,6 @@ def lr_factor(it: int, cfg: Train) -> float:
         return cfg.warmup_factor * (1 - alpha) + alpha
     progress = (it - cfg.warmup_iters) / max(1, cfg.iters - cfg.warmup_iters)
     return 0.5 * (1 + math.cos(math.pi * min(1.0, progress)))
-
-
-def default_device() -> torch.device:
-    return torch.device("cuda" if torch.cuda.is_available() else "cpu")
 
 
 # --------------------------------------------------------------------------- batches
@@ -95,7 +91,7 @@ class Batches(Dataset):
         for j in range(self.rank, len(idx), self.world):
             torch.manual_seed((self.cfg.seed * 1_000_003 + it) * 1009 + j)
             items.append(self.dataset[int(idx[j])])
-        return it, collate(items)
+        return it, tuple(zip(*items))  # (images, targets)
 
 
 def loader(dataset: Dataset, cfg: Train, start: int, device: torch.device, world: World | None = None) -> DataLoader:
@@ -196,16 +192,16 @@ def evaluate(
     mask_threshold: float,
 ) -> metric.Report:
     """Competition metric of the model on ``val``, post-processed as the final score is (one threshold)."""
-    limits = family.limits(model)
-    saved = limits.score_thresh
-    limits.score_thresh = max(saved, score_threshold)  # boxes under it are dropped anyway: don't paste their masks
+    saved = family.limits(model)
+    # detections under the threshold are dropped anyway: don't paste their masks
+    family.set_limits(model, replace(saved, score_thresh=max(saved.score_thresh, score_threshold)))
     try:
         rows = []
         for v in val:
             inst = family.predict(model, v.grey, device=device, mask_threshold=mask_threshold)
             rows.append((v.image_id, v.cell_type, v.truth, postprocess.final(inst.masks, inst.scores, score_threshold, post)))
     finally:
-        limits.score_thresh = saved
+        family.set_limits(model, saved)
     return metric.evaluate(rows)
 
 
@@ -285,7 +281,7 @@ def train(
 ) -> dict[str, Any]:
     """Train ``model`` for ``cfg.iters`` iterations, resuming from ``out_dir/last.pt``.
 
-    Under DDP (``world``: :mod:`cellpipe.distributed`) every process runs this; rank 0
+    Under DDP (``world``: :mod:`cellpipe.training.distributed`) every process runs this; rank 0
     alone evaluates, writes ``best.pt``/``last.pt`` and calls the hooks.
 
     ``data_fingerprint`` (a hash of the training inputs and code) and the configs make

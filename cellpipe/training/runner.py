@@ -2,7 +2,9 @@
 
 Reads and checks the COCO files, builds the model of ``model`` params through its
 family, initialises it, fingerprints everything a resume depends on, and runs the
-engine (:mod:`cellpipe.train`) with a progress bar and dvclive logs under ``out/live``.
+engine (:mod:`cellpipe.training.engine`) with a progress bar and dvclive logs under
+``out/live`` (dvclive writes files only, with ``dvcyaml=False``: the stage's outputs are
+declared in ``dvc.yaml``).
 """
 
 from __future__ import annotations
@@ -13,12 +15,12 @@ from pathlib import Path
 
 import torch
 
-from cellpipe import coco, distributed, folds, models
-from cellpipe import train as engine
+from cellpipe import coco, folds, models
 from cellpipe.config import Model, PostProcess, Train
 from cellpipe.console import console, log, progress
 from cellpipe.errors import CellpipeError
 from cellpipe.io import write_json
+from cellpipe.training import distributed, engine
 
 
 def file_digest(paths: list[Path]) -> str:
@@ -111,15 +113,15 @@ def run_training(
     desc = family.initialise(model, init)
     family.fit_data(model, dataset)
     # resuming is safe only with the same inputs and the same training code (the family's included)
-    import cellpipe.data
-    import cellpipe.train
-
-    code = [Path(m.__file__) for m in (cellpipe.train, cellpipe.data)] + [Path(inspect.getfile(type(family)))]
+    code = [Path(engine.__file__), Path(inspect.getfile(type(family)))] + [
+        Path(inspect.getfile(base))
+        for base in type(family).__mro__[1:-2]  # the family's shared pieces (rcnn.py)
+    ]
     data_fp = file_digest([train_json, val_source, *code] + ([Path(init)] if Path(init).is_file() else []))
     if fold is not None:
         data_fp += f"-fold{fold}"
     world = distributed.from_env()
-    device = distributed.setup(world, engine.default_device().type)
+    device = distributed.setup(world, models.default_device().type)
     if world.main:
         ddp = f", {world.size} processes (DDP), {train_cfg.batch_size // world.size} images each" if world.active else ""
         log(

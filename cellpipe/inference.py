@@ -1,9 +1,11 @@
-"""Inference: a trained Mask R-CNN on full-size images → scored instance masks.
+"""Inference: a trained model of any family on images of any size → scored instance masks.
 
-Instances are returned as sparse ``(n, height*width)`` matrices (see
-:mod:`cellpipe.metric`) with scores and class labels, at the image's own resolution.
-Optional flip test-time augmentation runs the flipped images too and merges the
-passes: matched masks are combined and scores averaged over the passes.
+Instances are sparse ``(n, height·width)`` matrices (see :mod:`cellpipe.instances`) with
+scores and class labels, at each image's own resolution. Flip test-time augmentation
+runs the horizontally and vertically flipped images too and merges the three passes
+(:func:`cellpipe.merging.merge`: matched masks combined, scores averaged over the
+passes), unless the family has its own (cellpose averages its flow maps). Images larger
+than the training images are predicted in overlapping windows (:func:`predict_tiled`).
 """
 
 from __future__ import annotations
@@ -14,10 +16,11 @@ import numpy as np
 import scipy.sparse as sp
 import torch
 
-from cellpipe.data import normalise_image
-from cellpipe.ensemble import merge
+from cellpipe import prediction_table
+from cellpipe.images import read_grey
 from cellpipe.instances import Instances
-from cellpipe.models.masks import paste_sparse
+from cellpipe.merging import merge
+from cellpipe.models import Family
 
 
 def flipped(masks: sp.csr_matrix, shape: tuple[int, int], flip: str) -> sp.csr_matrix:
@@ -31,44 +34,25 @@ def flipped(masks: sp.csr_matrix, shape: tuple[int, int], flip: str) -> sp.csr_m
     return m
 
 
-def mask_geometry(model: torch.nn.Module) -> str:
-    """How a Mask R-CNN's masks go into the image: its transform's geometry (torchvision) or its own."""
-    return getattr(getattr(model, "transform", None), "geometry", None) or getattr(model, "mask_geometry", "exact")
-
-
-def _to_instances(out: dict, shape: tuple[int, int], mask_threshold: float, geometry: str, flip: str | None = None) -> Instances:
-    """A model's raw output (boxes in the image, unpasted ``(N, 1, M, M)`` masks) → sparse instances."""
-    masks = paste_sparse(out["masks"].float(), out["boxes"], shape, mask_threshold, geometry)
-    if flip is not None:
-        masks = flipped(masks, shape, flip)
-    return Instances(masks, out["scores"].float().cpu().numpy(), out["labels"].cpu().numpy(), shape)
-
-
-@torch.no_grad()
 def predict_image(
+    family: Family,
     model: torch.nn.Module,
     grey: np.ndarray,
     *,
-    device: torch.device | str = "cpu",
-    mask_threshold: float = 0.5,
+    device,
+    mask_threshold: float,
     tta: bool = False,
     tta_iou: float = 0.5,
 ) -> Instances:
-    """Detections of one grey image (uint8 H×W) at full resolution."""
-    model.eval()
-    x = normalise_image(grey).to(device)
-    shape = grey.shape
-    geometry = mask_geometry(model)
-    with torch.autocast(device_type="cuda", enabled=str(device).startswith("cuda")):
-        out = model([x])[0]
-    inst = _to_instances(out, shape, mask_threshold, geometry)
+    """One image's instances: a single pass, or with flip test-time augmentation."""
     if not tta:
-        return inst
-    parts = [inst]
-    for flip, dim in (("h", -1), ("v", -2)):
-        with torch.autocast(device_type="cuda", enabled=str(device).startswith("cuda")):
-            o = model([x.flip(dim)])[0]
-        parts.append(_to_instances(o, shape, mask_threshold, geometry, flip))
+        return family.predict(model, grey, device=device, mask_threshold=mask_threshold)
+    if family.own_tta:
+        return family.predict_tta(model, grey, device=device, mask_threshold=mask_threshold)
+    parts = [family.predict(model, grey, device=device, mask_threshold=mask_threshold)]
+    for flip, axis in (("h", 1), ("v", 0)):
+        inst = family.predict(model, np.ascontiguousarray(np.flip(grey, axis)), device=device, mask_threshold=mask_threshold)
+        parts.append(Instances(flipped(inst.masks, grey.shape, flip), inst.scores, inst.labels, inst.shape))
     return merge(parts, tta_iou)
 
 
@@ -102,8 +86,8 @@ def predict_tiled(predict_one, grey: np.ndarray, tile: tuple[int, int], overlap:
         return predict_one(grey)
     ys, xs = tile_starts(height, th, overlap), tile_starts(width, tw, overlap)
     (ylo, yhi), (xlo, xhi) = _cores(ys, th, height), _cores(xs, tw, width)
-    rows, cols, scores, labels = [], [], [], []
-    n_out = 0
+    index = np.int32 if height * width < 2**31 else np.int64
+    sizes, cols, scores, labels = [], [], [], []  # kept detections' pixel counts and pixels (image columns), in order
     for i, y in enumerate(ys):
         for j, x in enumerate(xs):
             inst = predict_one(np.ascontiguousarray(grey[y : y + th, x : x + tw]))
@@ -117,27 +101,25 @@ def predict_tiled(predict_one, grey: np.ndarray, tile: tuple[int, int], overlap:
             cy = np.bincount(which, weights=ty + 0.5, minlength=n) / np.maximum(size, 1) + y
             cx = np.bincount(which, weights=tx + 0.5, minlength=n) / np.maximum(size, 1) + x
             own = (size > 0) & (cy >= ylo[i]) & (cy < yhi[i]) & (cx >= xlo[j]) & (cx < xhi[j])
-            keep = np.flatnonzero(own)
-            if not len(keep):
+            if not own.any():
                 continue
-            new_row = np.full(n, -1, np.int64)
-            new_row[keep] = np.arange(n_out, n_out + len(keep))
-            sel = own[which]
-            rows.append(new_row[which[sel]])
-            cols.append((ty[sel] + y) * width + tx[sel] + x)
-            scores.append(np.asarray(inst.scores)[keep])
-            labels.append(np.asarray(inst.labels)[keep])
-            n_out += len(keep)
-    if not n_out:
-        return Instances(sp.csr_matrix((0, height * width), dtype=np.float32), np.zeros(0, np.float32), np.zeros(0, np.int64),
-                         (height, width))  # fmt: skip
-    r, c = np.concatenate(rows), np.concatenate(cols)
-    masks = sp.csr_matrix((np.ones(len(c), np.float32), (r, c)), shape=(n_out, height * width))
+            sel = own[which]  # the kept detections' pixels, still grouped by detection in order
+            sizes.append(size[own])
+            cols.append(((ty[sel] + y) * width + tx[sel] + x).astype(index))
+            scores.append(np.asarray(inst.scores)[own])
+            labels.append(np.asarray(inst.labels)[own])
+    if not sizes:
+        empty = sp.csr_matrix((0, height * width), dtype=np.float32)
+        return Instances(empty, np.zeros(0, np.float32), np.zeros(0, np.int64), (height, width))
+    counts = np.concatenate(sizes)
+    indptr = np.concatenate([[0], np.cumsum(counts)]).astype(np.int64 if counts.sum() >= 2**31 else index)
+    indices = np.concatenate(cols)
+    masks = sp.csr_matrix((np.ones(len(indices), np.float32), indices, indptr), shape=(len(counts), height * width))
     return Instances(masks, np.concatenate(scores), np.concatenate(labels), (height, width))
 
 
 def predict_images(
-    family,
+    family: Family,
     model: torch.nn.Module,
     paths: dict[str, Path],
     classes: list[str],
@@ -151,17 +133,15 @@ def predict_images(
     max_pixels: int = 100_000_000,
     progress=None,
 ):
-    """Predictions (:class:`cellpipe.predictions.Predictions`) of every image in ``paths`` (id → file).
+    """Predictions (:class:`cellpipe.prediction_table.Predictions`) of every image in ``paths`` (id → file).
 
     Images larger than ``tile`` are predicted window by window (:func:`predict_tiled`);
     one over ``max_pixels`` is refused by name before it is decoded. Each image's
     instances become Parquet-ready rows before the next is read, so memory holds one image.
     """
-    from cellpipe import predictions
-    from cellpipe.images import read_grey
 
     def predict_one(grey: np.ndarray) -> Instances:
-        return family.predict(model, grey, device=device, mask_threshold=mask_threshold, tta=tta, tta_iou=tta_iou)
+        return predict_image(family, model, grey, device=device, mask_threshold=mask_threshold, tta=tta, tta_iou=tta_iou)
 
     def items():
         for k, (image_id, path) in enumerate(paths.items()):
@@ -169,4 +149,4 @@ def predict_images(
             if progress:
                 progress(k + 1)
 
-    return predictions.to_frame(items(), classes)
+    return prediction_table.to_frame(items(), classes)
