@@ -24,7 +24,8 @@ from pathlib import Path
 import torch
 import yaml
 
-from cellpipe import coco, config, models, profiles, tables
+from cellpipe import coco, models, params_file, profiles, tables
+from cellpipe.config import Params
 from cellpipe.images import read_grey
 from cellpipe.training.engine import optimisation, train_step
 
@@ -33,11 +34,11 @@ REPO = HERE.parent
 SAMPLE = REPO.parent / "shared" / "data" / "sartorius-sample"
 
 
-def profile_params(name: str) -> config.Params:
+def profile_params(name: str) -> Params:
     """The committed params with ``profiles/NAME.yaml`` applied (as ``./run.sh profile NAME``)."""
     params = yaml.safe_load((REPO / "params.yaml").read_text())
     profiles.apply(params, (REPO / "profiles" / f"{name}.yaml").read_text())
-    return config.validate(params, where=f"profiles/{name}.yaml")
+    return params_file.validate(params, where=f"profiles/{name}.yaml")
 
 
 def coco_of(kaggle_dir: Path) -> dict:

@@ -1,6 +1,6 @@
 """LIVECell at its real size: ``python -m benchmarks.livecell_scale [--images 5000 --cells 1700000]``.
 
-Generates a LIVECell-sized COCO JSON once (``synth.write_livecell_scale``: the real
+Generates a LIVECell-sized COCO JSON once (``benchmarks.livecell_data.write_livecell_scale``: the real
 layout, dict-form annotations, ≈ 24-vertex polygons, per-image counts up to 2,000) into
 ``benchmarks/.cache/livecell-scale/``, then measures, each as its own process (wall
 time and peak RSS from ``wait4``):
@@ -34,8 +34,8 @@ REPO = HERE.parent
 
 LOADER = """
 import json, random, resource, sys, time
-from cellpipe import coco, config, models
-p = config.validate(__import__("yaml").safe_load(open(sys.argv[1])), where=sys.argv[1])
+from cellpipe import coco, models, params_file
+p = params_file.validate(__import__("yaml").safe_load(open(sys.argv[1])), where=sys.argv[1])
 t = time.perf_counter()
 data = coco.normalise(coco.load_json(sys.argv[2]), where=sys.argv[2], single_class=True)
 ds = models.family(p.model).dataset(data, p.model, p.pretrain)
@@ -71,13 +71,13 @@ def main() -> None:
     ap.add_argument("--load", type=int, default=300, help="images decoded into the loader's cache")
     ap.add_argument("--out", type=Path, default=HERE / "livecell_scale.json")
     args = ap.parse_args()
-    from cellpipe import synth
+    from benchmarks import livecell_data
 
     data = HERE / ".cache" / "livecell-scale"
     src = data / "annotations" / "LIVECell" / "livecell_coco_train.json"
     if not src.is_file():
         print(f"generating {args.images} LIVECell-style images into {data} (once)", flush=True)
-        synth.write_livecell_scale(data, args.images, args.cells, seed=0)
+        livecell_data.write_livecell_scale(data, args.images, args.cells, seed=0)
     work = HERE / ".cache" / "livecell-scale-run"
     work.mkdir(parents=True, exist_ok=True)
     norm = work / "livecell.json"

@@ -15,8 +15,8 @@ from typing import Any
 
 import yaml
 
-from cellpipe.config import parse_yaml
 from cellpipe.errors import CellpipeError
+from cellpipe.params_file import parse_yaml
 
 
 def values(text: str, *, where: str = "profile") -> dict[str, Any]:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from dataclasses import dataclass
 from pathlib import Path
 
 import pandas as pd
@@ -73,31 +74,51 @@ def load_truth(
     return truths, types, sizes
 
 
-def scored_pairs(
-    truth: Path, truth_ids_: list[str], predictions_file: Path, *, truth_where: Path, duplicates: str = "error"
+@dataclass
+class Truth:
+    """True instances, cell type and (height, width) of some images, read once for several scorings."""
+
+    instances: dict[str, sp.csr_matrix]
+    types: dict[str, str]
+    sizes: dict[str, tuple[int, int]]
+    where: str
+
+
+def read_truth(path: Path, image_ids: list[str], duplicates: str = "error") -> Truth:
+    """:class:`Truth` of ``image_ids`` from ``annotations.parquet`` or a ``train.csv`` (an id it lacks is an error)."""
+    return Truth(*load_truth(path, image_ids, duplicates), str(path))
+
+
+def pairs(
+    truth: Truth, truth_ids_: list[str], pred: prediction_table.Predictions, *, truth_where: Path | str
 ) -> tuple[list[tuple[Instances, sp.csr_matrix, str]], prediction_table.Alignment]:
-    """(predictions, truth, cell type) of every image in both the truth and the predictions.
+    """(predictions, truth, cell type) of every image of ``truth_ids_`` that was predicted.
 
     Ids in only one of them are counted and reported as a warning; none in common is an
     error; an image whose predictions and truth differ in size is an error.
     """
-    pred = prediction_table.read(predictions_file)
-    alignment = prediction_table.align(
-        truth_ids_, pred.sizes, truth_where=str(truth_where), predictions_where=str(predictions_file)
-    )
+    alignment = prediction_table.align(truth_ids_, pred.sizes, truth_where=str(truth_where), predictions_where=pred.where)
     if warning := alignment.warning():
         log(f"[yellow]warning: {warning}[/yellow]")
-    truths, types, sizes = load_truth(truth, alignment.scored, duplicates)
     out = []
     for p in pred.select(alignment.scored):
-        if p.shape != sizes[p.image_id]:
+        if p.shape != truth.sizes[p.image_id]:
             raise CellpipeError(
                 f"image {p.image_id} was predicted at {p.shape[1]}×{p.shape[0]} but the truth is "
-                f"{sizes[p.image_id][1]}×{sizes[p.image_id][0]} (width×height)",
-                where=str(predictions_file),
+                f"{truth.sizes[p.image_id][1]}×{truth.sizes[p.image_id][0]} (width×height)",
+                where=pred.where,
             )
-        out.append((p, truths[p.image_id], types[p.image_id]))
+        out.append((p, truth.instances[p.image_id], truth.types[p.image_id]))
     return out, alignment
+
+
+def scored_pairs(
+    truth: Path, truth_ids_: list[str], predictions_file: Path, *, truth_where: Path, duplicates: str = "error"
+) -> tuple[list[tuple[Instances, sp.csr_matrix, str]], prediction_table.Alignment]:
+    """:func:`pairs` of a predictions file and a truth file (the truth read for the predicted images only)."""
+    pred = prediction_table.read(predictions_file)
+    scored = [i for i in truth_ids_ if i in pred.sizes]
+    return pairs(read_truth(truth, scored, duplicates), truth_ids_, pred, truth_where=truth_where)
 
 
 def read_thresholds(path: Path, default: float | None = None) -> tuple[dict[str, float], PostProcess]:

@@ -74,13 +74,6 @@ def aggregate(rows: pd.DataFrame) -> pd.DataFrame:
     )
 
 
-def sweep(
-    preds: Sequence[Instances], truths: Mapping[str, sp.csr_matrix], grid: Sequence[float], pp: PostProcess, default_class: str
-) -> pd.DataFrame:
-    """Mean score per (image class, threshold), with TP/FP/FN at IoU 0.5."""
-    return aggregate(per_image(preds, truths, grid, pp, default_class))
-
-
 def cross_fit(
     rows: pd.DataFrame, fold_of: Mapping[str, int], folds: Sequence[int], classes: Sequence[str], fallback: float
 ) -> dict[int, dict[str, float]]:

@@ -13,10 +13,11 @@ import typer
 from rich.table import Table
 
 from cellpipe import anchors, coco
-from cellpipe.config import PARAMS_HELP, Model, load
+from cellpipe.config import Model
 from cellpipe.console import console, log
 from cellpipe.images import input_size
 from cellpipe.io import write_json
+from cellpipe.params_file import PARAMS_HELP, load
 
 
 def model_scale_boxes(data: dict, mcfg: Model) -> tuple[np.ndarray, np.ndarray]:

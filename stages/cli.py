@@ -20,6 +20,7 @@ from stages import (
     check_submission,
     coco,
     decode,
+    deps,
     ensemble,
     finetune,
     livecell,
@@ -79,6 +80,7 @@ app.command("submit", help="Test detections → non-overlapping masks → submis
 app.command("visualize", help="Draw predictions over val/test images (overlays for dvc plots).")(visualize.run)
 app.command("check-submission", help="Validate a submission.csv against the test image ids.")(check_submission.check)
 app.command("params", help="Print the effective params (or the documented defaults).")(params.show)
+app.command("deps", help="Print each stage's code closure (--fix: write it into dvc.yaml's deps).")(deps.show)
 app.command("profile", help="Print a profile's key=value arguments for dvc exp run -S (./run.sh profile NAME).")(profile.show)
 
 

@@ -8,9 +8,9 @@ import typer
 
 from cellpipe import coco, folds, tables
 from cellpipe.atomic import Outputs
-from cellpipe.config import PARAMS_HELP, load
 from cellpipe.console import log
 from cellpipe.io import read_parquet, write_json
+from cellpipe.params_file import PARAMS_HELP, load
 
 
 def run(

@@ -8,9 +8,9 @@ import typer
 
 from cellpipe import tables
 from cellpipe.atomic import Outputs
-from cellpipe.config import PARAMS_HELP, load
 from cellpipe.console import log, progress
 from cellpipe.io import write_parquet
+from cellpipe.params_file import PARAMS_HELP, load
 
 
 def run(

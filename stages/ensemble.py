@@ -13,8 +13,8 @@ import typer
 
 from cellpipe import ensemble, prediction_table
 from cellpipe.atomic import Outputs
-from cellpipe.config import PARAMS_HELP, load
 from cellpipe.console import log
+from cellpipe.params_file import PARAMS_HELP, load
 
 
 def run(

@@ -13,8 +13,8 @@ from pathlib import Path
 
 import typer
 
-from cellpipe.config import PARAMS_HELP, load
 from cellpipe.errors import CellpipeError
+from cellpipe.params_file import PARAMS_HELP, load
 
 
 def run(

@@ -19,10 +19,10 @@ import typer
 
 from cellpipe import coco, folds
 from cellpipe.atomic import Outputs
-from cellpipe.config import PARAMS_HELP, load
 from cellpipe.console import log, progress
 from cellpipe.errors import CellpipeError
 from cellpipe.images import list_images
+from cellpipe.params_file import PARAMS_HELP, load
 
 
 def fold_images(path: Path, fold: int | None) -> dict:

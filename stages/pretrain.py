@@ -7,7 +7,7 @@ from pathlib import Path
 
 import typer
 
-from cellpipe.config import PARAMS_HELP, load
+from cellpipe.params_file import PARAMS_HELP, load
 
 
 def run(

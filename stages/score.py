@@ -1,9 +1,16 @@
-"""Stage ``score``: predictions scored with the competition metric → small metrics JSON.
+"""Stage ``score``: predictions scored with the competition metric → small metrics JSON and tables.
 
-The DVC stage scores the out-of-fold predictions with cross-fitted thresholds (the
-headline: every image scored by a model and thresholds that never saw it), the same with
-the final thresholds (chosen on those very images: labelled in-sample) and at a fixed
-0.5, and the lockbox with the fold ensemble and with fold 0's model alone. Also scores
+The DVC stage writes the six named reports of :data:`cellpipe.reports.PIPELINE` in one
+command (``--reports-dir metrics``): the out-of-fold predictions with cross-fitted
+thresholds (the headline), with the thresholds chosen on those very images (labelled
+in-sample) and at a fixed 0.5, and the lockbox with the fold ensemble, the same at 0.5
+and fold 0's model alone. One command, not six stages: the reports share their inputs
+(the truth, the thresholds, the folds), so the truth and each predictions table are read
+once and scored six ways in seconds, where six stages would each start Python and read
+them again; and the six describe one model and one set of thresholds, so they are
+replaced together.
+
+By hand, ``cellpipe score --predictions … --truth …`` makes one report from its flags:
 any predictions table against any ``train.csv``-format truth.
 """
 
@@ -12,19 +19,19 @@ from __future__ import annotations
 from enum import StrEnum
 from pathlib import Path
 
-import pandas as pd
 import typer
 from rich.table import Table
 
-from cellpipe import metric, thresholds
+from cellpipe import metric, prediction_table, reports
 from cellpipe.atomic import Outputs
-from cellpipe.config import CELL_TYPES
 from cellpipe.console import console, log
 from cellpipe.errors import CellpipeError
 from cellpipe.io import write_csv, write_json
 from cellpipe.scoring import (
+    pairs,
     read_fold_thresholds,
     read_thresholds,
+    read_truth,
     scored_pairs,
     thresholds_images,
     truth_ids,
@@ -59,89 +66,121 @@ def run(
         Duplicates.error,
         help="rows of a train.csv truth repeating an earlier row's image and mask (the real train.csv has 15): error | drop",
     ),
+    reports_dir: Path | None = typer.Option(
+        None, help="write the pipeline's six named reports into this folder (the DVC stage) instead of one report"
+    ),
+    lockbox: Path = typer.Option(Path("data/coco/lockbox.json"), help="with --reports-dir: COCO JSON of the lockbox images"),
+    lockbox_predictions: Path = typer.Option(
+        Path("data/predictions/lockbox.parquet"), help="with --reports-dir: the fold ensemble's lockbox detections"
+    ),
+    fold0_lockbox: Path = typer.Option(
+        Path("data/predictions/folds/fold0/lockbox.parquet"), help="with --reports-dir: model 0's lockbox detections"
+    ),
 ) -> None:
-    chosen, post = read_thresholds(thresholds_file)
-    label = f"chosen on {thresholds_file}"
-    if fixed_threshold is not None:
-        chosen, label = dict.fromkeys(CELL_TYPES, fixed_threshold), f"fixed {fixed_threshold} for every class"
-    listed = None if all_truth_images else val_image_list(val)
-    ids = truth_ids(truth, duplicates.value) if listed is None else listed["image_id"].tolist()
-    if not ids:  # an empty lockbox (cv.lockbox_fraction: 0): nothing to score, said so
-        with Outputs() as outputs:
-            write_json({"map_iou": None, "images": 0, "thresholds": label, "note": f"{val} lists no images"}, outputs(out))
-            for path in (per_image_out, per_iou_out, per_fold_out):
-                if path is not None:
-                    write_csv(pd.DataFrame(columns=["iou_threshold", "all", *CELL_TYPES]), outputs(path))
-        log(f"[yellow]{val} lists no images: nothing scored[/yellow] → {out}")
+    if reports_dir is not None:
+        files = {"oof": predictions, "lockbox": lockbox_predictions, "lockbox_fold0": fold0_lockbox}
+        pipeline_reports(files, {"folds": val, "lockbox": lockbox}, truth, thresholds_file, reports_dir)
         return
-    pairs, alignment = scored_pairs(
-        truth, ids, predictions, truth_where=truth if all_truth_images else val, duplicates=duplicates.value
+    outs = {"json": out, "per_image": per_image_out, "per_iou": per_iou_out, "per_fold": per_fold_out}
+    one_report(predictions, val, truth, thresholds_file, cross_fitted, fixed_threshold, all_truth_images, duplicates.value, outs)
+
+
+def one_report(
+    predictions: Path,
+    val: Path,
+    truth: Path,
+    thresholds_file: Path,
+    cross_fitted: bool,
+    fixed_threshold: float | None,
+    all_truth_images: bool,
+    duplicates: str,
+    outs: dict[str, Path | None],
+) -> None:
+    """One report from the command-line flags (by hand)."""
+    if cross_fitted and (all_truth_images or fixed_threshold is not None):
+        raise CellpipeError("--cross-fitted needs --val with folds, and no --fixed-threshold")
+    rule: reports.Rule = "fixed" if fixed_threshold is not None else "cross-fitted" if cross_fitted else "chosen"
+    chosen, post = read_thresholds(thresholds_file)
+    listed = None if all_truth_images else val_image_list(val)
+    ids = truth_ids(truth, duplicates) if listed is None else listed["image_id"].tolist()
+    if not ids:  # an empty lockbox (cv.lockbox_fraction: 0): nothing to score, said so
+        label = f"fixed {fixed_threshold} for every class" if rule == "fixed" else f"chosen on {thresholds_file}"
+        with Outputs() as out:
+            write_results(outs, reports.empty(label, f"{val} lists no images"), out)
+        log(f"[yellow]{val} lists no images: nothing scored[/yellow] → {outs['json']}")
+        return
+    scored, alignment = scored_pairs(
+        truth, ids, predictions, truth_where=truth if all_truth_images else val, duplicates=duplicates
     )
-    fold_of = {} if listed is None else dict(zip(listed["image_id"], listed["fold"]))
-    in_sample = len(set(alignment.scored) & thresholds_images(thresholds_file)) if fixed_threshold is None else 0
-    if in_sample and not cross_fitted:
-        label = f"in-sample: thresholds chosen on the predictions of {in_sample} of these images"
-    elif fixed_threshold is None and not cross_fitted:
-        label = f"out-of-sample: thresholds chosen on other images ({thresholds_file})"
-    per_fold_chosen: dict[int, dict[str, float]] = {}
-    if cross_fitted:
-        if listed is None or fixed_threshold is not None:
-            raise CellpipeError("--cross-fitted needs --val with folds, and no --fixed-threshold")
-        per_fold_chosen, honest = read_fold_thresholds(thresholds_file)
-        label = (
-            "cross-fitted: each fold's images with thresholds chosen on the other folds"
-            if honest
-            else "in-sample: K=1, the fold's thresholds were chosen on these images"
-        )
-        in_sample = 0 if honest else len(alignment.scored)
-    rows, voted_right = [], 0
-    for pred, true, cell_type in pairs:
-        use = chosen
-        if cross_fitted:
-            fold = fold_of[pred.image_id]
-            if fold not in per_fold_chosen:
-                raise CellpipeError(f"no thresholds for fold {fold} (image {pred.image_id})", where=str(thresholds_file))
-            use = per_fold_chosen[fold]
-        voted, final = thresholds.apply_chosen(pred, use, post, CELL_TYPES[0])
-        voted_right += voted == cell_type
-        rows.append((pred.image_id, cell_type, true, final))
-    report = metric.evaluate(rows)
-    # the voted cell type picks each image's threshold; on test images it is all there is
-    summary = {
-        **report.to_dict(),
-        "thresholds": label,
-        "thresholds_in_sample": bool(in_sample),
-        "cell_type_vote_accuracy": round(voted_right / len(rows), 6),
-        **alignment.counts(),
-    }
-    per_fold_table = None
-    if fold_of and min(fold_of.values()) >= 0:  # folds, not the lockbox
-        by_fold = report.per_image.assign(fold=report.per_image["image_id"].map(fold_of))
-        summary["per_fold"] = {str(k): round(float(v), 6) for k, v in by_fold.groupby("fold")["score"].mean().items()}
-        wide = by_fold.pivot_table(index="fold", columns="cell_type", values="score", aggfunc="mean")
-        per_fold_table = pd.DataFrame({"fold": wide.index.astype(int), "all": by_fold.groupby("fold")["score"].mean().to_numpy()})
-        for cls in CELL_TYPES:
-            per_fold_table[cls] = wide[cls].to_numpy() if cls in wide.columns else float("nan")
-    per_class = report.per_threshold(by_class=True).T
-    per_iou = pd.DataFrame(
-        {"iou_threshold": [float(c[1:]) for c in per_class.index], "all": report.per_threshold().iloc[0].to_numpy()}
-    )
-    for cls in CELL_TYPES:
-        per_iou[cls] = per_class[cls].to_numpy() if cls in per_class.columns else float("nan")
-    with Outputs() as outputs:  # every file of this report is replaced together or not at all
-        write_json(summary, outputs(out))
-        if per_fold_out is not None and per_fold_table is not None:
-            write_csv(per_fold_table, outputs(per_fold_out))
-        if per_image_out is not None:
-            write_csv(report.per_image, outputs(per_image_out))
-        if per_iou_out is not None:
-            write_csv(per_iou, outputs(per_iou_out))
-    table = Table(title=f"MAP-IoU {summary['map_iou']:.4f} over {summary['images']} images ({label})")
+    per_fold, honest = read_fold_thresholds(thresholds_file) if rule == "cross-fitted" else (None, False)
+    result = reports.score(
+        scored, alignment, rule=rule, chosen=chosen, post=post, thresholds_source=str(thresholds_file),
+        chosen_on=thresholds_images(thresholds_file), per_fold=per_fold, cross_fitted=honest,
+        fold_of={} if listed is None else dict(zip(listed["image_id"], listed["fold"])),
+        fixed=reports.FIXED if fixed_threshold is None else fixed_threshold,
+    )  # fmt: skip
+    with Outputs() as out:  # every file of the report is replaced together or not at all
+        write_results(outs, result, out)
+    show(result, outs["json"])
+
+
+def pipeline_reports(
+    predictions: dict[str, Path], images: dict[str, Path], truth: Path, thresholds_file: Path, folder: Path
+) -> None:
+    """The six reports of :data:`cellpipe.reports.PIPELINE`: the truth and each table read once, all written together."""
+    chosen, post = read_thresholds(thresholds_file)
+    per_fold, honest = read_fold_thresholds(thresholds_file)
+    chosen_on = thresholds_images(thresholds_file)
+    listed = {name: val_image_list(path) for name, path in images.items()}
+    wanted = sorted({i for table in listed.values() for i in table["image_id"]})
+    tables = {name: prediction_table.read(path) for name, path in predictions.items()}
+    the_truth = read_truth(truth, [i for i in wanted if any(i in t.sizes for t in tables.values())])
+    results = {}
+    for spec in reports.PIPELINE:
+        images_ = listed[spec.images]
+        ids = images_["image_id"].tolist()
+        if not ids:
+            results[spec] = reports.empty(
+                "fixed 0.5 for every class" if spec.rule == "fixed" else f"chosen on {thresholds_file}",
+                f"{images[spec.images]} lists no images",
+            )
+            continue
+        scored, alignment = pairs(the_truth, ids, tables[spec.predictions], truth_where=images[spec.images])
+        results[spec] = reports.score(
+            scored, alignment, rule=spec.rule, chosen=chosen, post=post, thresholds_source=str(thresholds_file),
+            chosen_on=chosen_on, per_fold=per_fold, cross_fitted=honest,
+            fold_of=dict(zip(images_["image_id"], images_["fold"])),
+        )  # fmt: skip
+    with Outputs() as out:  # the six reports describe one model and one set of thresholds: replaced together
+        for spec, result in results.items():
+            paths = {"json": folder / f"{spec.name}.json", **{t: folder / f"{spec.name}_{t}.csv" for t in spec.tables}}
+            write_results(paths, result, out)
+    for spec, result in results.items():
+        log(f"{spec.name}: MAP-IoU {result.summary['map_iou']} over {result.summary['images']} images "
+            f"({result.summary['thresholds']})")  # fmt: skip
+    show(results[reports.PIPELINE[0]], folder / f"{reports.PIPELINE[0].name}.json")
+
+
+def write_results(paths: dict[str, Path | None], result: reports.Result, out: Outputs) -> None:
+    """The report's JSON and the tables asked for, into ``out``'s set of outputs."""
+    tables = {"per_image": result.per_image, "per_iou": result.per_iou, "per_fold": result.per_fold}
+    write_json(result.summary, out(paths["json"]))
+    for name, table in tables.items():
+        if paths.get(name) is not None and table is not None:
+            write_csv(table, out(paths[name]))
+
+
+def show(result: reports.Result, out: Path) -> None:
+    """The per-class × per-IoU-threshold table on the console."""
+    summary = result.summary
+    if summary["map_iou"] is None:
+        return
+    table = Table(title=f"MAP-IoU {summary['map_iou']:.4f} over {summary['images']} images ({summary['thresholds']})")
     table.add_column("class")
     for t in metric.THRESHOLDS[::2]:
         table.add_column(f"{t:.2f}")
     table.add_column("mean")
-    per = report.per_threshold(by_class=True)
+    per = result.per_image.groupby("cell_type")[[f"t{t:.2f}" for t in metric.THRESHOLDS]].mean()
     for cls, row in per.iterrows():
         table.add_row(str(cls), *[f"{row[f't{t:.2f}']:.3f}" for t in metric.THRESHOLDS[::2]], f"{summary['per_class'][cls]:.3f}")
     console.print(table)

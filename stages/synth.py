@@ -8,8 +8,8 @@ import typer
 
 from cellpipe import synth
 from cellpipe.atomic import Outputs
-from cellpipe.config import PARAMS_HELP, load
 from cellpipe.console import log, progress
+from cellpipe.params_file import PARAMS_HELP, load
 
 
 def run(

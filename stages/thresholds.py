@@ -15,9 +15,10 @@ import typer
 
 from cellpipe import thresholds
 from cellpipe.atomic import Outputs
-from cellpipe.config import CELL_TYPES, PARAMS_HELP, load
+from cellpipe.config import CELL_TYPES
 from cellpipe.console import log
 from cellpipe.io import write_csv, write_json
+from cellpipe.params_file import PARAMS_HELP, load
 from cellpipe.scoring import scored_pairs, val_image_list
 
 

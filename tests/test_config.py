@@ -7,19 +7,19 @@ import shutil
 import pytest
 import yaml
 
-from cellpipe import config
+from cellpipe import config, params_file
 from cellpipe.errors import CellpipeError
 from tests.conftest import REPO, params_text, run_cli
 
 
 def test_params_yaml_is_the_rendered_defaults():
     """The committed params.yaml (values and comments) is exactly what the models document."""
-    assert params_text() == config.render(), "regenerate it: cellpipe params --defaults > params.yaml"
+    assert params_text() == params_file.render(), "regenerate it: cellpipe params --defaults > params.yaml"
 
 
 def test_render_round_trips():
     params = config.Params()
-    assert config.validate(yaml.safe_load(config.render(params)), where="x") == params
+    assert params_file.validate(yaml.safe_load(params_file.render(params)), where="x") == params
 
 
 def test_every_knob_has_help():
@@ -60,17 +60,17 @@ def test_every_knob_has_help():
 )
 def test_bad_values_are_one_line_naming_the_key(data, message):
     with pytest.raises(CellpipeError, match="^p.yaml: ") as err:
-        config.validate(data, where="p.yaml")
+        params_file.validate(data, where="p.yaml")
     assert message in str(err.value) and "\n" not in str(err.value)
 
 
 def test_keys_a_file_leaves_out_take_the_documented_defaults(tmp_path):
     (tmp_path / "p.yaml").write_text("cv: {seed: 3}\nfinetune: {lr: 0.01}\n")
-    params = config.load(tmp_path / "p.yaml", "cv", "finetune")
+    params = params_file.load(tmp_path / "p.yaml", "cv", "finetune")
     assert params.cv.seed == 3 and params.cv.val_fraction == config.CV().val_fraction and params.cv.folds == [0]
     assert params.finetune.lr == 0.01 and params.finetune.iters == config.Finetune().iters
     with pytest.raises(CellpipeError, match="params section 'model' is missing"):
-        config.load(tmp_path / "p.yaml", "model")
+        params_file.load(tmp_path / "p.yaml", "model")
 
 
 def test_params_command_shows_the_effective_values(tmp_path):
@@ -82,7 +82,7 @@ def test_params_command_shows_the_effective_values(tmp_path):
         shown["cv"] == {"folds": [0], "lockbox_fraction": 0.15, "val_fraction": 0.2, "seed": 3}
         and shown["model"]["backbone"] == "resnet18"
     )
-    assert run_cli("params", "--defaults").stdout == config.render()
+    assert run_cli("params", "--defaults").stdout == params_file.render()
 
 
 @pytest.mark.parametrize("profile", sorted(p.stem for p in (REPO / "profiles").glob("*.yaml")))
@@ -96,7 +96,7 @@ def test_every_profile_is_valid_on_the_committed_params(profile, tmp_path):
     shutil.copy(REPO / "params.yaml", tmp_path / "params.yaml")
     applied = apply_profile(tmp_path, profile)
     assert applied, f"profiles/{profile}.yaml sets nothing"
-    params = config.validate(yaml.safe_load((tmp_path / "params.yaml").read_text()), where="params.yaml")
+    params = params_file.validate(yaml.safe_load((tmp_path / "params.yaml").read_text()), where="params.yaml")
     effective = params.model_dump(by_alias=True)
     for key, value in applied.items():
         node = effective

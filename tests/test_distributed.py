@@ -58,7 +58,7 @@ def test_two_processes_train_the_weights_one_process_trains(split):
     (measured: 1.0 %).
     """
     from cellpipe import models
-    from cellpipe.config import load
+    from cellpipe.params_file import load
 
     deterministic = {"iters": 2, "eval_every": 2, "lr": 0.01}
     every = {"norm": "group", "rpn_batch_per_image": 1_000_000, "roi_batch_per_image": 1_000_000}

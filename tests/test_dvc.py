@@ -320,3 +320,100 @@ def test_real_sample_profile_runs_the_whole_dag_with_two_folds(repo_copy):
     # `dvc repro` would, is test_an_experiment_reruns_only_what_it_affects's)
     shrink_params(repo_copy / "params.yaml", {"finetune": {"lr": 0.01}})
     assert set(ran_stages(dvc(repo_copy, "repro", "--dry").stdout)) == {"finetune@0", "finetune@1"}
+
+
+EVERY = {"synth", "decode", "coco", "anchors", "livecell", "pretrain", "finetune", "predict", "ensemble", "thresholds", "score",
+         "submit", "visualize"}  # fmt: skip
+# module → the stages an edit to it makes stale (matrix stages by their base name). Training stages never
+# import ensembling, submission writing or drawing (an edit there retrains nothing); predict imports no
+# training engine. A new import that widens a closure shows up here by name; a new module needs a row.
+STALE_WHEN_EDITED = {
+    "cellpipe/__init__.py": EVERY,
+    "cellpipe/anchors.py": {"anchors"},
+    "cellpipe/atomic.py": EVERY,
+    "cellpipe/checkpoints.py": {"finetune", "predict", "pretrain"},
+    "cellpipe/coco.py": EVERY - {"decode", "ensemble", "synth"},
+    "cellpipe/config.py": EVERY,
+    "cellpipe/console.py": EVERY,
+    "cellpipe/ensemble.py": {"ensemble"},
+    "cellpipe/errors.py": EVERY,
+    "cellpipe/folds.py": {"coco", "finetune", "predict", "pretrain", "score", "submit", "thresholds", "visualize"},
+    "cellpipe/images.py": EVERY - {"ensemble"},
+    "cellpipe/inference.py": {"predict"},
+    "cellpipe/instances.py": {"ensemble", "finetune", "predict", "pretrain", "score", "submit", "thresholds", "visualize"},
+    "cellpipe/io.py": EVERY - {"ensemble", "livecell", "synth"},
+    "cellpipe/livecell.py": {"livecell"},
+    "cellpipe/merging.py": {"ensemble", "predict"},
+    "cellpipe/metric.py": {"ensemble", "finetune", "predict", "pretrain", "score", "submit", "thresholds", "visualize"},
+    "cellpipe/models/__init__.py": {"finetune", "predict", "pretrain"},
+    "cellpipe/models/cellpose_flow.py": {"finetune", "predict", "pretrain"},
+    "cellpipe/models/detectron2_maskrcnn.py": {"finetune", "predict", "pretrain"},
+    "cellpipe/models/masks.py": {"finetune", "predict", "pretrain"},
+    "cellpipe/models/rcnn.py": {"finetune", "predict", "pretrain"},
+    "cellpipe/models/torchvision_maskrcnn.py": {"finetune", "predict", "pretrain"},
+    "cellpipe/overlay.py": {"visualize"},
+    "cellpipe/params_file.py": EVERY - {"livecell", "score", "submit", "visualize"},
+    "cellpipe/paths.py": EVERY,
+    "cellpipe/postprocess.py": {"finetune", "predict", "pretrain", "score", "submit", "thresholds", "visualize"},
+    "cellpipe/prediction_table.py": {"ensemble", "predict", "score", "submit", "thresholds", "visualize"},
+    "cellpipe/reports.py": {"score"},
+    "cellpipe/rle.py": EVERY - {"anchors", "finetune", "livecell", "pretrain"},
+    "cellpipe/samples.py": {"finetune", "predict", "pretrain"},
+    "cellpipe/scoring.py": {"predict", "score", "submit", "thresholds", "visualize"},
+    "cellpipe/submission.py": {"predict", "submit"},
+    "cellpipe/synth.py": {"synth"},
+    "cellpipe/tables.py": {"coco", "decode", "predict", "score", "submit", "synth", "thresholds", "visualize"},
+    "cellpipe/thresholds.py": {"predict", "score", "submit", "thresholds", "visualize"},
+    "cellpipe/training/__init__.py": {"finetune", "pretrain"},
+    "cellpipe/training/distributed.py": {"finetune", "pretrain"},
+    "cellpipe/training/engine.py": {"finetune", "pretrain"},
+    "cellpipe/training/runner.py": {"finetune", "pretrain"},
+    "stages/__init__.py": EVERY,
+    "stages/__main__.py": set(),  # the dispatcher every command passes through: computes nothing
+    "stages/cli.py": set(),
+    "stages/entry.py": set(),
+    "stages/check_submission.py": set(),  # commands that are no stage
+    "stages/deps.py": set(),
+    "stages/params.py": set(),
+    "stages/profile.py": set(),
+    "cellpipe/profiles.py": set(),
+    "stages/anchors.py": {"anchors"},
+    "stages/coco.py": {"coco"},
+    "stages/decode.py": {"decode"},
+    "stages/ensemble.py": {"ensemble"},
+    "stages/finetune.py": {"finetune"},
+    "stages/livecell.py": {"livecell"},
+    "stages/predict.py": {"predict"},
+    "stages/pretrain.py": {"pretrain"},
+    "stages/score.py": {"score"},
+    "stages/submit.py": {"submit"},
+    "stages/synth.py": {"synth"},
+    "stages/thresholds.py": {"thresholds"},
+    "stages/visualize.py": {"visualize"},
+}
+
+
+@pytest.mark.slow
+@pytest.mark.xdist_group("dag")
+def test_an_edit_reruns_only_the_stages_it_can_change(dag):
+    """After touching each module of the repo, ``dvc status`` on the tiny DAG lists exactly the stages of its row."""
+    from dvc.repo import Repo
+
+    repo, _ = dag
+    modules = sorted(p.relative_to(repo).as_posix() for folder in ("cellpipe", "stages") for p in (repo / folder).rglob("*.py"))
+    assert sorted(STALE_WHEN_EDITED) == modules, "a module without a row (or a row without a module)"
+    wrong = {}
+    with Repo(str(repo)) as dvc_repo:
+        assert not dvc_repo.status()
+        for module, expected in STALE_WHEN_EDITED.items():
+            path = repo / module
+            original = path.read_bytes()
+            path.write_bytes(original + b"\n# an edit\n")
+            try:
+                stale = {name.rsplit(":", 1)[-1].split("@")[0] for name in dvc_repo.status()}
+            finally:
+                path.write_bytes(original)
+            if stale != expected:
+                wrong[module] = {"more": sorted(stale - expected), "fewer": sorted(expected - stale)}
+        assert not dvc_repo.status()
+    assert not wrong, wrong

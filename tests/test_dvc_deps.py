@@ -4,7 +4,8 @@ A stage is reused when its deps, params and command are unchanged. So every repo
 its command imports (the transitive closure, imports inside functions included) must
 be a dep, and nothing else of ours (an edit to plotting must not retrain a model);
 every file it reads must be on its command line and a dep; no stage code hard-codes
-an input path. Run ``python -m tests.test_dvc_deps`` to print each stage's closure.
+an input path. ``cellpipe deps`` prints each stage's closure (``--fix`` writes it into
+``dvc.yaml``).
 """
 
 from __future__ import annotations
@@ -17,100 +18,12 @@ from pathlib import Path
 import pytest
 import yaml
 
+from stages.deps import closure, dvc_stages, imported_modules, stage_modules, subcommand
 from tests.conftest import REPO
 
-PACKAGES = ("cellpipe", "stages")
-# The dispatcher every command passes through: it maps errors to exit codes and calls
-# the stage's function; its module-level imports of the other stages compute nothing.
-DISPATCH = {"stages/cli.py", "stages/__main__.py", "stages/entry.py"}
 NUMERICS = "requirements.lock"  # the resolved torch/torchvision/numpy versions
 MODEL_STAGES = {"pretrain", "finetune", "predict"}
 REPO_FOLDERS = ("data/", "models/", "metrics/", "plots/")
-
-
-def module_file(name: str) -> Path | None:
-    """The repo file of module ``name`` (a package's ``__init__.py``), or None when not ours."""
-    parts = name.split(".")
-    if parts[0] not in PACKAGES:
-        return None
-    base = REPO.joinpath(*parts)
-    if (base / "__init__.py").is_file():
-        return base / "__init__.py"
-    if base.with_suffix(".py").is_file():
-        return base.with_suffix(".py")
-    return None
-
-
-def _type_checking(test: ast.expr) -> bool:
-    return (isinstance(test, ast.Name) and test.id == "TYPE_CHECKING") or (
-        isinstance(test, ast.Attribute) and test.attr == "TYPE_CHECKING"
-    )
-
-
-def imported_modules(tree: ast.AST) -> set[str]:
-    """Every module an AST imports when run, anywhere (functions too), except under ``if TYPE_CHECKING``."""
-    found: set[str] = set()
-
-    def visit(node: ast.AST) -> None:
-        if isinstance(node, ast.If) and _type_checking(node.test):
-            for child in node.orelse:
-                visit(child)
-            return
-        if isinstance(node, ast.Import):
-            found.update(alias.name for alias in node.names)
-        elif isinstance(node, ast.ImportFrom) and node.module and node.level == 0:
-            found.add(node.module)
-            found.update(f"{node.module}.{alias.name}" for alias in node.names)  # submodules; others drop out
-        for child in ast.iter_child_nodes(node):
-            visit(child)
-
-    visit(tree)
-    # importing a.b.c runs a/__init__.py and a/b/__init__.py first
-    return {".".join(m.split(".")[:k]) for m in found for k in range(1, m.count(".") + 2)}
-
-
-def closure(start: Path) -> set[str]:
-    """Repo-relative paths of ``start`` and every repo file it imports, transitively."""
-    seen: set[Path] = set()
-    todo = [start]
-    while todo:
-        f = todo.pop()
-        if f in seen:
-            continue
-        seen.add(f)
-        for name in imported_modules(ast.parse(f.read_text(), str(f))):
-            dep = module_file(name)
-            if dep is not None and dep not in seen:
-                todo.append(dep)
-    # the stages package's __init__ runs too, as the stage module is stages.<name>
-    seen.add(REPO / "stages" / "__init__.py")
-    return {p.relative_to(REPO).as_posix() for p in seen} - DISPATCH
-
-
-def stage_modules() -> dict[str, Path]:
-    """``cellpipe`` subcommand → the file of the function it runs."""
-    from stages.cli import app
-
-    out = {}
-    for command in app.registered_commands:
-        module = command.callback.__module__
-        out[command.name] = module_file(module)
-    return out
-
-
-def dvc_stages() -> dict[str, dict]:
-    return yaml.safe_load((REPO / "dvc.yaml").read_text())["stages"]
-
-
-def subcommand(cmd: str | list[str]) -> str:
-    """The one ``cellpipe`` subcommand a stage runs (a list of commands: all the same subcommand)."""
-    names = set()
-    for one in [cmd] if isinstance(cmd, str) else cmd:
-        words = one.split()
-        assert words[0] == "cellpipe", f"stage command does not start with cellpipe: {one}"
-        names.add(words[1])
-    assert len(names) == 1, f"a stage's commands run different subcommands: {sorted(names)}"
-    return names.pop()
 
 
 def test_every_stage_depends_on_exactly_the_code_it_imports():
@@ -231,26 +144,12 @@ def test_the_check_fails_when_a_dependency_is_missing(stage, monkeypatch):
         test_every_stage_depends_on_exactly_the_code_it_imports()
 
 
-def rewrite_code_deps(text: str) -> str:
-    """``dvc.yaml`` text with each stage's ``.py`` deps replaced by its closure (other deps and order kept)."""
-    stages, modules = yaml.safe_load(text)["stages"], stage_modules()
-    out, stage, in_deps = [], None, False
-    for line in text.split("\n"):
-        if line.startswith("  ") and not line.startswith("   ") and line.rstrip().endswith(":") and line.strip()[:-1] in stages:
-            stage = line.strip()[:-1]
-        if in_deps and not line.startswith("      - "):
-            out += [f"      - {f}" for f in sorted(closure(modules[subcommand(stages[stage]["cmd"])]))]
-            in_deps = False
-        if in_deps and line.endswith(".py"):
-            continue
-        in_deps = in_deps or line == "    deps:"
-        out.append(line)
-    return "\n".join(out)
+def test_every_lock_entry_is_a_stage_of_the_dag():
+    """``dvc.lock`` keeps no entry of a stage ``dvc.yaml`` no longer has (the pre-matrix ``finetune``/``predict``
+    entries lingered with deps that no longer matched the code)."""
+    from dvc.repo import Repo
 
-
-if __name__ == "__main__":  # python -m tests.test_dvc_deps [--fix]
-    if "--fix" in sys.argv:
-        (REPO / "dvc.yaml").write_text(rewrite_code_deps((REPO / "dvc.yaml").read_text()))
-    mods = stage_modules()
-    for name, stage in dvc_stages().items():
-        print(name, sorted(closure(mods[subcommand(stage["cmd"])])))
+    lock = yaml.safe_load((REPO / "dvc.lock").read_text())["stages"]
+    with Repo(str(REPO)) as repo:
+        names = {stage.name for stage in repo.index.stages}
+    assert set(lock) <= names, sorted(set(lock) - names)

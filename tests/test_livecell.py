@@ -12,7 +12,8 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 from pycocotools import mask as mask_util
 
-from cellpipe import coco, livecell, synth
+from benchmarks import livecell_data
+from cellpipe import coco, livecell
 from cellpipe.errors import CellpipeError
 from cellpipe.models.rcnn import CocoInstances
 from cellpipe.samples import SampleCache
@@ -110,9 +111,9 @@ def test_a_truncated_file_is_an_error_with_no_output(tmp_path):
 
 
 def test_livecell_scale_generator_writes_consistent_images_and_counts(tmp_path):
-    counts = synth.livecell_scale_counts(1000, 340_000, 2000, seed=0)
+    counts = livecell_data.livecell_scale_counts(1000, 340_000, 2000, seed=0)
     assert counts.min() >= 5 and counts.max() <= 2000 and abs(counts.sum() - 340_000) < 0.01 * 340_000
-    got = synth.write_livecell_scale(tmp_path / "lc", 12, 1200, max_cells=400, pool=4, seed=0)
+    got = livecell_data.write_livecell_scale(tmp_path / "lc", 12, 1200, max_cells=400, pool=4, seed=0)
     assert got["images"] == 12 and got["cells"] > 0
     out = tmp_path / "norm.json"
     n_images, n_cells = livecell.normalise_file(got["json"], out, image_root=got["images_dir"])

@@ -31,6 +31,7 @@ from torch import nn
 from cellpipe import checkpoints
 from cellpipe.config import Model
 from cellpipe.errors import CellpipeError
+from cellpipe.params_file import checkpoint_model
 
 if TYPE_CHECKING:  # only the annotations need these here
     import numpy as np
@@ -195,7 +196,7 @@ def from_checkpoint(path: str | Path, device: Any = "cpu") -> tuple[Family, nn.M
     for key in ("model_config", "classes"):
         if key not in ckpt:
             raise CellpipeError(f"checkpoint lacks '{key}': not written by cellpipe's training", where=str(path))
-    cfg = Model.from_checkpoint(ckpt["model_config"], where=str(path))
+    cfg = checkpoint_model(ckpt["model_config"], where=str(path))
     classes = ckpt["classes"]
     if not isinstance(classes, list | tuple) or not classes or not all(isinstance(c, str) and c for c in classes):
         raise CellpipeError("its 'classes' must be a non-empty list of class names", where=str(path))

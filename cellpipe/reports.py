@@ -1,0 +1,164 @@
+"""Score reports: predictions scored with the competition metric under one way of choosing thresholds.
+
+A report scores a set of images (out of fold, the lockbox) with one predictions table
+and one threshold rule, and says in its ``thresholds`` label where the thresholds came
+from and whether they were chosen on the scored images (``thresholds_in_sample``):
+
+- ``cross-fitted``: each image gets the thresholds of its fold, chosen on the other
+  folds (the ``thresholds`` stage's ``per_fold``); with K = 1 these were chosen on the
+  fold itself and the report says so;
+- ``chosen``: the final thresholds (chosen on all out-of-fold predictions): honest for
+  the lockbox, in-sample for the out-of-fold images themselves;
+- ``fixed``: one threshold for every class.
+
+:data:`PIPELINE` names the six reports the ``score`` stage writes; :func:`score` makes
+any report (``cellpipe score`` by hand makes one from its flags).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+from typing import Literal
+
+import pandas as pd
+import scipy.sparse as sp
+
+from cellpipe import metric, thresholds
+from cellpipe.config import CELL_TYPES, PostProcess
+from cellpipe.errors import CellpipeError
+from cellpipe.instances import Instances
+from cellpipe.prediction_table import Alignment
+
+Rule = Literal["cross-fitted", "chosen", "fixed"]
+
+
+@dataclass(frozen=True)
+class Spec:
+    """One report of the pipeline: which predictions, which images, which threshold rule, which tables."""
+
+    name: str
+    predictions: Literal["oof", "lockbox", "lockbox_fold0"]
+    images: Literal["folds", "lockbox"]
+    rule: Rule
+    tables: tuple[str, ...] = ()  # of "per_image", "per_iou", "per_fold"
+    doc: str = ""
+
+
+PIPELINE: tuple[Spec, ...] = (
+    Spec("oof", "oof", "folds", "cross-fitted", ("per_image", "per_iou", "per_fold"),
+         "the headline: every training image scored by a model and thresholds that never saw it"),
+    Spec("oof_in_sample", "oof", "folds", "chosen", (), "thresholds chosen on these images: only to show the inflation"),
+    Spec("oof_fixed", "oof", "folds", "fixed", (), "every class at 0.5"),
+    Spec("lockbox", "lockbox", "lockbox", "chosen", ("per_iou",), "the fold ensemble on images no step saw"),
+    Spec("lockbox_fixed", "lockbox", "lockbox", "fixed", (), "the ensemble at 0.5 for every class"),
+    Spec("lockbox_fold0", "lockbox_fold0", "lockbox", "chosen", ("per_iou",), "model 0 alone"),
+)  # fmt: skip
+FIXED = 0.5
+
+
+@dataclass
+class Result:
+    """A report's metrics JSON and its tables."""
+
+    summary: dict
+    per_image: pd.DataFrame
+    per_iou: pd.DataFrame
+    per_fold: pd.DataFrame | None
+
+
+def empty(label: str, note: str) -> Result:
+    """The report of a set with no images (an empty lockbox): said, never a 0."""
+    table = pd.DataFrame(columns=["iou_threshold", "all", *CELL_TYPES])
+    return Result({"map_iou": None, "images": 0, "thresholds": label, "note": note}, table, table, table)
+
+
+def score(
+    pairs: Sequence[tuple[Instances, sp.csr_matrix, str]],
+    alignment: Alignment,
+    *,
+    rule: Rule,
+    chosen: Mapping[str, float],
+    post: PostProcess,
+    thresholds_source: str,
+    chosen_on: set[str],
+    per_fold: Mapping[int, Mapping[str, float]] | None = None,
+    cross_fitted: bool = False,
+    fold_of: Mapping[str, int] | None = None,
+    fixed: float = FIXED,
+) -> Result:
+    """Score ``(predictions, truth, cell type)`` pairs under ``rule``.
+
+    ``chosen``: the final per-class thresholds; ``chosen_on``: the images they were chosen
+    on (a score on those is labelled in-sample); ``per_fold`` / ``cross_fitted``: the
+    thresholds for each fold's images and whether they came from the other folds;
+    ``fold_of``: each image's fold (out-of-fold images; a per-fold table and ``per_fold``
+    scores come with it).
+    """
+    fold_of = fold_of or {}
+    label, in_sample = _label(rule, alignment, thresholds_source, chosen_on, cross_fitted, fixed)
+    if rule == "cross-fitted" and (per_fold is None or not fold_of):
+        raise CellpipeError("cross-fitted thresholds need images with folds and the thresholds stage's per_fold")
+    rows, voted_right = [], 0
+    for pred, true, cell_type in pairs:
+        if rule == "fixed":
+            use = dict.fromkeys(CELL_TYPES, fixed)
+        elif rule == "cross-fitted":
+            fold = fold_of[pred.image_id]
+            if fold not in per_fold:
+                raise CellpipeError(f"no thresholds for fold {fold} (image {pred.image_id})", where=thresholds_source)
+            use = per_fold[fold]
+        else:
+            use = chosen
+        voted, final = thresholds.apply_chosen(pred, use, post, CELL_TYPES[0])
+        voted_right += voted == cell_type
+        rows.append((pred.image_id, cell_type, true, final))
+    report = metric.evaluate(rows)
+    # the voted cell type picks each image's threshold; on test images it is all there is
+    summary = {
+        **report.to_dict(),
+        "thresholds": label,
+        "thresholds_in_sample": bool(in_sample),
+        "cell_type_vote_accuracy": round(voted_right / len(rows), 6),
+        **alignment.counts(),
+    }
+    table = None
+    if fold_of and min(fold_of.values()) >= 0:  # folds, not the lockbox
+        by_fold = report.per_image.assign(fold=report.per_image["image_id"].map(fold_of))
+        summary["per_fold"] = {str(k): round(float(v), 6) for k, v in by_fold.groupby("fold")["score"].mean().items()}
+        table = _per_fold_table(by_fold)
+    return Result(summary, report.per_image, _per_iou_table(report), table)
+
+
+def _label(
+    rule: Rule, alignment: Alignment, source: str, chosen_on: set[str], cross_fitted: bool, fixed: float
+) -> tuple[str, int]:
+    """The report's ``thresholds`` label and how many scored images chose its thresholds."""
+    if rule == "fixed":
+        return f"fixed {fixed} for every class", 0
+    if rule == "cross-fitted":
+        if cross_fitted:
+            return "cross-fitted: each fold's images with thresholds chosen on the other folds", 0
+        return "in-sample: K=1, the fold's thresholds were chosen on these images", len(alignment.scored)
+    in_sample = len(set(alignment.scored) & chosen_on)
+    if in_sample:
+        return f"in-sample: thresholds chosen on the predictions of {in_sample} of these images", in_sample
+    return f"out-of-sample: thresholds chosen on other images ({source})", 0
+
+
+def _per_fold_table(by_fold: pd.DataFrame) -> pd.DataFrame:
+    wide = by_fold.pivot_table(index="fold", columns="cell_type", values="score", aggfunc="mean")
+    table = pd.DataFrame({"fold": wide.index.astype(int), "all": by_fold.groupby("fold")["score"].mean().to_numpy()})
+    for cls in CELL_TYPES:
+        table[cls] = wide[cls].to_numpy() if cls in wide.columns else float("nan")
+    return table
+
+
+def _per_iou_table(report: metric.Report) -> pd.DataFrame:
+    per_class = report.per_threshold(by_class=True).T
+    table = pd.DataFrame(
+        {"iou_threshold": [float(c[1:]) for c in per_class.index], "all": report.per_threshold().iloc[0].to_numpy()}
+    )
+    for cls in CELL_TYPES:
+        table[cls] = per_class[cls].to_numpy() if cls in per_class.columns else float("nan")
+    return table
