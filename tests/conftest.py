@@ -12,6 +12,11 @@ REPO = Path(__file__).resolve().parents[1]
 SHARED = REPO.parent / "shared" / "data"
 SAMPLE = SHARED / "sartorius-sample"
 os.environ.setdefault("CELLPIPE_NO_PROGRESS", "1")
+# One compute thread per process: the suite runs as 2 workers on 2 cores, each starting
+# subprocesses (stages, dvc); torch's default of one thread per core oversubscribes the
+# cores and OpenMP's spin-waiting then makes a 2 s training test take a minute. Set
+# before torch is imported anywhere (tests that compare thread counts set their own).
+os.environ.setdefault("OMP_NUM_THREADS", "1")
 
 
 _CLI_HOME: Path | None = None
@@ -122,12 +127,13 @@ def tiny_model(**kw):
 TINY_MODEL = tiny_model()
 
 
-def cellpipe_checkpoint(path: Path, cfg, classes: list[str]) -> None:
-    """A checkpoint as cellpipe's training writes it, of an untrained ``cfg`` model."""
+def cellpipe_checkpoint(path: Path, cfg, classes: list[str], seed: int = 0) -> None:
+    """A checkpoint as cellpipe's training writes it, of an untrained ``cfg`` model (initialised from ``seed``)."""
     import torch
 
     from cellpipe import models
 
+    torch.manual_seed(seed)
     model = models.build(cfg, len(classes))
     torch.save(
         {"model": model.state_dict(), "model_config": cfg.model_dump(mode="json"), "classes": classes, "iteration": 1}, path
@@ -143,6 +149,16 @@ def tiny_coco(tmp_path_factory) -> dict:
     synth.write_kaggle(out, {"shsy5y": 1, "astro": 1, "cort": 2}, 0, 0.05, seed=2, images_per_sample=1)
     ann, images = tables.build_tables(tables.read_train_csv(out / "train.csv"), out / "train")
     return coco.build(images, ann)
+
+
+@pytest.fixture(scope="session")
+def trained_dag(tmp_path_factory) -> tuple[Path, str]:
+    """The tiny DAG after ``dvc repro`` from clean, built once per session (tests that change it work on a copy:
+    ``helpers.copy_repo``; its tests all live in test_dvc.py, which ``--dist loadfile`` gives to one worker)."""
+    from tests.helpers import SHARED_DAG, dvc, repo_from_applied_workspace
+
+    repo = repo_from_applied_workspace(tmp_path_factory.mktemp("dag"), SHARED_DAG)
+    return repo, dvc(repo, "repro").stdout
 
 
 def requires_shared():

@@ -139,7 +139,7 @@ def apply_profile(workspace: Path, name: str) -> dict:
     return applied
 
 
-def repo_from_applied_workspace(root: Path) -> Path:
+def repo_from_applied_workspace(root: Path, overrides: dict | None = None) -> Path:
     """A tiny repo made from a workspace where an experiment was applied (``./run.sh profile real-sample``):
     what the DAG tests see must not depend on what the workspace holds."""
     workspace = root / "workspace"
@@ -153,7 +153,7 @@ def repo_from_applied_workspace(root: Path) -> Path:
         subprocess.run(cmd, cwd=workspace, check=True, capture_output=True)
     applied = apply_profile(workspace, "real-sample")
     assert applied["decode.duplicates"] == "drop"
-    repo = make_repo(root, source=workspace)
+    repo = make_repo(root, overrides, source=workspace)
     params = yaml.safe_load((repo / "params.yaml").read_text())
     assert params["decode"]["duplicates"] == "error" and params["data"]["kaggle"]["kaggle-dir"] == "data/raw/kaggle"
     return repo
@@ -169,3 +169,14 @@ def stale_stages(repo: Path) -> set[str]:
 
 def ran_stages(output: str) -> list[str]:
     return [line.split("'")[1] for line in output.splitlines() if line.startswith("Running stage")]
+
+
+# the tiny DAG every DAG test shares: fine-tuned long enough (24 iterations, evaluated every 4) for the
+# kill test to interrupt it between checkpoints and resume
+SHARED_DAG = {"finetune": {"iters": 24, "eval_every": 4}}
+
+
+def copy_repo(repo: Path, dst: Path) -> Path:
+    """A copy of a reproduced repo (git, DVC cache, outputs) for a test that changes it."""
+    shutil.copytree(repo, dst, symlinks=True)
+    return dst

@@ -15,8 +15,6 @@ import torch
 
 from tests.conftest import REPO, TINY_MODEL, decode_and_split, run_cli, write_params
 
-pytestmark = pytest.mark.xdist_group("ddp")  # two training processes each: not beside another such test
-
 
 def params_for(tmp_path: Path, name: str, nproc: int, model: dict | None = None, **finetune) -> Path:
     def edit(p: dict) -> None:

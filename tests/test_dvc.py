@@ -1,36 +1,43 @@
-"""The DAG under DVC on a temp copy of the repo: repro from clean, then a no-op."""
+"""The DAG under DVC on the shared tiny repo (``conftest.trained_dag``, built once): repro from clean then a
+no-op, plots, experiments, remotes, the queue, which stages an edit makes stale, and SIGKILL at random moments.
+
+Every test of the shared repo lives in this file: ``./run.sh test`` distributes tests by file
+(``--dist loadfile``), so one worker builds the repo and runs them all."""
 
 import csv
+import hashlib
 import io
 import json
 import os
+import random
 import re
-import shlex
 import shutil
+import signal
 import subprocess
+import sys
+import time
 from pathlib import Path
 
 import pytest
+import torch
 import yaml
 
-from tests.conftest import SAMPLE, SHARED, requires_shared
-from tests.helpers import dvc, git, ran_stages, repo_from_applied_workspace, shrink_params, stale_stages
+from tests.helpers import SHARED_DAG, copy_repo, dvc, git, ran_stages, stale_stages
 
 
 @pytest.fixture
-def repo_copy(tmp_path) -> Path:
-    return repo_from_applied_workspace(tmp_path)
+def dag(trained_dag) -> tuple[Path, str]:
+    """The shared tiny DAG (``conftest.trained_dag``), for tests that only read it (or undo what they change)."""
+    return trained_dag
 
 
-@pytest.fixture(scope="module")
-def dag(tmp_path_factory) -> tuple[Path, str]:
-    """The tiny DAG after ``dvc repro`` from clean: the repo and what that repro printed."""
-    repo = repo_from_applied_workspace(tmp_path_factory.mktemp("dag"))
-    return repo, dvc(repo, "repro").stdout
+@pytest.fixture
+def dag_copy(trained_dag, tmp_path) -> Path:
+    """A copy of the shared tiny DAG, for a test that changes it (experiments, remotes, queues)."""
+    return copy_repo(trained_dag[0], tmp_path / "repo")
 
 
 @pytest.mark.slow
-@pytest.mark.xdist_group("dag")
 def test_repro_from_clean_then_noop(dag):
     repo_copy, first = dag
     assert set(ran_stages(first)) == {
@@ -86,7 +93,6 @@ def declared_plots(repo: Path) -> tuple[int, list[str]]:
 
 
 @pytest.mark.slow
-@pytest.mark.xdist_group("dag")
 def test_plots_page_loads_nothing_from_the_network(dag, tmp_path):
     """``dvc plots show`` uses the repo's template: Vega inlined, no http(s) script or style source."""
     repo, _ = dag
@@ -122,7 +128,6 @@ def chromium() -> str | None:
 
 
 @pytest.mark.slow
-@pytest.mark.xdist_group("dag")
 @pytest.mark.skipif(chromium() is None, reason="no Chromium (Debian package 'chromium') to render the page with")
 def test_plots_page_renders_offline_in_a_browser(dag, tmp_path):
     """A headless Chromium with no network draws every plot: non-white pixels inside each plot's area."""
@@ -167,9 +172,8 @@ def test_plots_page_renders_offline_in_a_browser(dag, tmp_path):
 
 
 @pytest.mark.slow
-@pytest.mark.xdist_group("dag")
-def test_an_experiment_reruns_only_what_it_affects(dag):
-    repo_copy, _ = dag
+def test_an_experiment_reruns_only_what_it_affects(dag_copy):
+    repo_copy = dag_copy
     # an experiment on a finetune knob reruns finetune and what follows, nothing upstream
     exp = dvc(repo_copy, "exp", "run", "-S", "finetune.lr=0.01")
     assert set(ran_stages(exp.stdout)) == {"finetune@0", "predict@0", "ensemble", "thresholds", "score", "submit", "visualize"}
@@ -177,11 +181,10 @@ def test_an_experiment_reruns_only_what_it_affects(dag):
 
 
 @pytest.mark.slow
-@pytest.mark.xdist_group("dag")
-def test_a_clone_pulls_every_output_from_a_shared_remote_and_has_nothing_to_run(dag, tmp_path):
+def test_a_clone_pulls_every_output_from_a_shared_remote_and_has_nothing_to_run(dag_copy, tmp_path):
     """A teammate's clone: ``dvc pull`` from a shared (here: local-folder) remote brings every output,
     checkpoints included, and ``dvc repro`` then runs nothing; the run-cache travels too."""
-    repo, _ = dag
+    repo = dag_copy
     remote = tmp_path / "remote"
     dvc(repo, "remote", "add", "--force", "--default", "shared", str(remote))
     git(repo, "add", "-A")
@@ -199,12 +202,11 @@ def test_a_clone_pulls_every_output_from_a_shared_remote_and_has_nothing_to_run(
 
 
 @pytest.mark.slow
-@pytest.mark.xdist_group("dag")
-def test_an_experiment_travels_through_git_and_dvc_remotes(dag, tmp_path):
+def test_an_experiment_travels_through_git_and_dvc_remotes(dag_copy, tmp_path):
     """``dvc exp push``: the experiment's git ref to a (bare) git remote, its outputs to the DVC
     remote; a teammate's clone ``dvc exp pull``s it, applies it and has its metrics and outputs
     with nothing to run."""
-    repo, _ = dag
+    repo = dag_copy
     origin, remote = tmp_path / "origin.git", tmp_path / "remote"
     git(tmp_path, "init", "-q", "--bare", str(origin))
     dvc(repo, "remote", "add", "--force", "--default", "shared", str(remote))
@@ -241,11 +243,10 @@ def queue_status(repo: Path, timeout: float = 900) -> dict[str, str]:
 
 
 @pytest.mark.slow
-@pytest.mark.xdist_group("dag")
-def test_queued_experiments_run_in_parallel_workers_and_a_failure_stays_its_own(dag):
+def test_queued_experiments_run_in_parallel_workers_and_a_failure_stays_its_own(dag_copy):
     """``dvc exp run --queue`` × 3 and ``dvc queue start -j 2``: two succeed with their params and
     metrics in ``dvc exp show``, the one with an impossible param fails alone, its log says why."""
-    repo, _ = dag
+    repo = dag_copy
     git(repo, "add", "-A")
     git(repo, "commit", "-qm", "before queueing", "--allow-empty")
     for name, grid in (("grid-a", "[0.1,0.5]"), ("grid-bad", "[2.0]"), ("grid-b", "[0.3,0.7]")):
@@ -259,67 +260,6 @@ def test_queued_experiments_run_in_parallel_workers_and_a_failure_stays_its_own(
     for name, grid in (("grid-a", [0.1, 0.5]), ("grid-b", [0.3, 0.7])):
         assert json.loads(rows[name]["thresholds.grid"]) == grid, rows[name]
         assert any(k.endswith("map_iou") and v != "" for k, v in rows[name].items()), rows[name]
-
-
-@pytest.mark.slow
-@requires_shared()
-def test_real_sample_profile_runs_the_whole_dag_with_two_folds(repo_copy):
-    """The README's real-data path on the shared real samples (6 Kaggle + 5 LIVECell images), K = 2:
-    the matrix stages run once per fold, a second repro is a no-op, a fine-tune change reruns every fold."""
-    # the data sit in a folder whose name is shell syntax: it must stay one argument, never run
-    weird = repo_copy.parent / "my data's; touch PWNED"
-    shutil.copytree(SAMPLE, weird / "kaggle")
-    shutil.copytree(SHARED / "livecell", weird / "live cell")
-    shrink_params(
-        repo_copy / "params.yaml",
-        {
-            "data": {
-                "kaggle": {"kaggle-dir": str(weird / "kaggle")},
-                "livecell": {
-                    "livecell-json": str(weird / "live cell" / "livecell_coco_val_subset5img.json"),
-                    "livecell-images": str(weird / "live cell" / "images"),
-                },
-            },
-            "decode": {"duplicates": "drop"},
-            "cv": {"folds": [0, 1]},
-        },
-    )
-    subprocess.run(
-        ["git", "commit", "-qam", "real data"],
-        cwd=repo_copy,
-        check=True,
-        capture_output=True,
-        env={
-            **os.environ,
-            "GIT_AUTHOR_NAME": "t",
-            "GIT_AUTHOR_EMAIL": "t@t",
-            "GIT_COMMITTER_NAME": "t",
-            "GIT_COMMITTER_EMAIL": "t@t",
-        },
-    )
-    first = ran_stages(dvc(repo_copy, "repro").stdout)
-    assert {"finetune@0", "finetune@1", "predict@0", "predict@1", "ensemble"} <= set(first)
-    assert ran_stages(dvc(repo_copy, "repro").stdout) == []
-    assert not list(repo_copy.rglob("PWNED")) and not list(repo_copy.parent.glob("PWNED"))
-    decode_cmd = yaml.safe_load((repo_copy / "dvc.lock").read_text())["stages"]["decode"]["cmd"]
-    assert str(weird / "kaggle") in shlex.split(decode_cmd)  # one argument, as recorded
-    test_ids = {p.stem for p in (SAMPLE / "test").glob("*.png")}
-    sub = (repo_copy / "data/submission/submission.csv").read_text().splitlines()
-    assert sub[0] == "id,predicted" and {line.split(",")[0] for line in sub[1:]} == test_ids
-    overlays = {p.name for p in (repo_copy / "plots/overlays").iterdir()}
-    assert {f"test_{i}.png" for i in test_ids} <= overlays
-    assert len([o for o in overlays if o.startswith("val_")]) >= 1
-    folds = json.loads((repo_copy / "data/coco/folds.json").read_text())["images"]
-    metrics = json.loads((repo_copy / "metrics/oof.json").read_text())
-    assert metrics["images"] == len(folds) == 3 and set(metrics["per_fold"]) == {"0", "1"}
-    assert not metrics["thresholds_in_sample"] and metrics["thresholds"].startswith("cross-fitted")
-    assert json.loads((repo_copy / "metrics/oof_in_sample.json").read_text())["thresholds_in_sample"]
-    assert json.loads((repo_copy / "metrics/lockbox.json").read_text())["images"] == 3
-    # a fine-tune knob makes every fold stale and nothing upstream (a dry run lists the stages
-    # whose own inputs changed; that what follows reruns, and that `dvc exp run` runs what
-    # `dvc repro` would, is test_an_experiment_reruns_only_what_it_affects's)
-    shrink_params(repo_copy / "params.yaml", {"finetune": {"lr": 0.01}})
-    assert set(ran_stages(dvc(repo_copy, "repro", "--dry").stdout)) == {"finetune@0", "finetune@1"}
 
 
 EVERY = {"synth", "decode", "coco", "anchors", "livecell", "pretrain", "finetune", "predict", "ensemble", "thresholds", "score",
@@ -394,7 +334,6 @@ STALE_WHEN_EDITED = {
 
 
 @pytest.mark.slow
-@pytest.mark.xdist_group("dag")
 def test_an_edit_reruns_only_the_stages_it_can_change(dag):
     """After touching each module of the repo, ``dvc status`` on the tiny DAG lists exactly the stages of its row."""
     from dvc.repo import Repo
@@ -417,3 +356,163 @@ def test_an_edit_reruns_only_the_stages_it_can_change(dag):
                 wrong[module] = {"more": sorted(stale - expected), "fewer": sorted(expected - stale)}
         assert not dvc_repo.status()
     assert not wrong, wrong
+
+
+# ---------------------------------------------------------------- SIGKILL at random moments: every stage leaves
+# complete outputs or none; training resumes. Each stage's command is replayed exactly as dvc.lock recorded it.
+
+KILL_POINTS = int(os.environ.get("KILL_POINTS", "2"))  # per stage
+TRAINING = {"pretrain", "finetune"}
+
+
+FINETUNE_ITERS = SHARED_DAG["finetune"]["iters"]
+
+
+@pytest.fixture
+def killable_dag(trained_dag, tmp_path) -> tuple[Path, dict, dict]:
+    """A copy of the shared tiny repo after an uninterrupted ``dvc repro``: its metrics and final fine-tune weights."""
+    repo = copy_repo(trained_dag[0], tmp_path / "repo")
+    metrics = json.loads((repo / "metrics/oof.json").read_text())
+    weights = torch.load(repo / "models/finetune/fold0/last.pt", weights_only=True)["model"]
+    return repo, metrics, weights
+
+
+def kill_env() -> dict[str, str]:
+    return {
+        **os.environ,
+        "PATH": f"{Path(sys.executable).parent}{os.pathsep}{os.environ['PATH']}",
+        "CELLPIPE_NO_PROGRESS": "1",
+        "DVC_NO_ANALYTICS": "1",
+    }
+
+
+def digest(path: Path) -> dict[str, str] | None:
+    """Content of an output: {relative file: sha256}; None when absent."""
+    if not path.exists():
+        return None
+    files = [path] if path.is_file() else sorted(p for p in path.rglob("*") if p.is_file())
+    return {str(p.relative_to(path)) if p != path else ".": hashlib.sha256(p.read_bytes()).hexdigest() for p in files}
+
+
+def check_training_folder(folder: Path) -> list[str]:
+    """What is wrong in a (possibly interrupted) checkpoint folder: every checkpoint loads."""
+    problems = []
+    if not folder.exists():
+        return problems
+    for p in folder.glob("*.pt"):
+        try:
+            ckpt = torch.load(p, weights_only=True)
+            assert "model" in ckpt and "iteration" in ckpt
+        except Exception as exc:  # noqa: BLE001 - any failure is the finding
+            problems.append(f"{p.name}: {exc.__class__.__name__}")
+    if (folder / "summary.json").exists():
+        json.loads((folder / "summary.json").read_text())
+    return problems
+
+
+def run_killed(cmd: str, cwd: Path, delay: float) -> int:
+    proc = subprocess.Popen(
+        cmd, shell=True, cwd=cwd, env=kill_env(), stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True
+    )
+    try:
+        proc.wait(timeout=delay)
+    except subprocess.TimeoutExpired:
+        os.killpg(proc.pid, signal.SIGKILL)
+    return proc.wait()
+
+
+@pytest.mark.slow
+def test_every_stage_killed_at_random_moments_leaves_complete_outputs_or_none(killable_dag, tmp_path):
+    repo = killable_dag[0]
+    lock = yaml.safe_load((repo / "dvc.lock").read_text())["stages"]
+    rng = random.Random(0)
+    tried, problems = 0, []
+    for key, stage in lock.items():
+        name = key.split("@")[0]  # a matrix stage (finetune@0) is its stage's kind
+        cmd = stage["cmd"] if isinstance(stage["cmd"], str) else " && ".join(stage["cmd"])
+        outs = [repo / o["path"] for o in stage.get("outs", [])]
+        complete = {o: digest(o) for o in outs}
+        backup = tmp_path / "backup" / name
+        for o in outs:
+            (backup / o.relative_to(repo)).parent.mkdir(parents=True, exist_ok=True)
+            subprocess.run(["cp", "-a", str(o), str(backup / o.relative_to(repo))], check=True)
+        t = time.perf_counter()
+        subprocess.run(cmd, shell=True, cwd=repo, env=kill_env(), check=True, capture_output=True)
+        full = time.perf_counter() - t
+        if name not in TRAINING:  # a rerun on the same inputs writes the same bytes
+            assert {o: digest(o) for o in outs} == complete, f"{name} is not deterministic"
+        for k in range(KILL_POINTS):
+            if k % 2 == 0 and name not in TRAINING:  # half the tries start without the old output
+                for o in outs:
+                    subprocess.run(["rm", "-rf", str(o)], check=True)
+            # most of a short stage's time is Python importing: aim at the second half
+            rc = run_killed(cmd, repo, rng.uniform(0.4, 1.0) * full)
+            tried += 1
+            for o in outs:
+                if name in TRAINING:
+                    problems += [f"{name} ({rc}): {p}" for p in check_training_folder(o)]
+                elif digest(o) not in (None, complete[o]):
+                    problems.append(f"{name} (rc {rc}): {o.relative_to(repo)} is partial or different")
+        for o in outs:  # complete outputs again for the stages after it
+            subprocess.run(["rm", "-rf", str(o)], check=True)
+            subprocess.run(["cp", "-a", str(backup / o.relative_to(repo)), str(o)], check=True)
+    assert not problems, problems
+    assert tried == KILL_POINTS * len(lock)
+    # stale temporaries of killed writers never sit inside an output folder
+    assert not [p for p in (repo / "models").rglob("*.tmp")]
+    assert "up to date" in dvc(repo, "status").stdout
+
+
+def flat(d: dict, prefix: str = "") -> dict[str, float]:
+    out = {}
+    for k, v in d.items():
+        out.update(flat(v, f"{prefix}{k}.") if isinstance(v, dict) else {f"{prefix}{k}": v})
+    return out
+
+
+def wait_for_checkpoint(path: Path, at_least: int, proc: subprocess.Popen, timeout: float = 300) -> int:
+    end = time.monotonic() + timeout
+    while time.monotonic() < end:
+        if proc.poll() is not None:
+            raise AssertionError("dvc repro ended before it could be interrupted")
+        if path.is_file():
+            try:
+                it = torch.load(path, weights_only=True)["iteration"]
+            except Exception:  # noqa: BLE001 - being replaced right now
+                it = 0
+            if it >= at_least:
+                return it
+        time.sleep(0.05)
+    raise AssertionError(f"no checkpoint at iteration ≥ {at_least} within {timeout} s")
+
+
+@pytest.mark.slow
+def test_finetune_killed_then_dvc_repro_resumes_to_the_same_result(killable_dag):
+    """Kill ``dvc repro`` during finetune, rerun it: it resumes and ends where an uninterrupted run ends."""
+    repo, uninterrupted, weights = killable_dag
+    iters = FINETUNE_ITERS
+
+    subprocess.run(["rm", "-rf", str(repo / "models/finetune/fold0")], check=True)
+    proc = subprocess.Popen(
+        [str(Path(sys.executable).parent / "dvc"), "repro"],
+        cwd=repo,
+        env=kill_env(),
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        start_new_session=True,
+    )
+    killed_at = wait_for_checkpoint(repo / "models/finetune/fold0/last.pt", 8, proc)
+    os.killpg(proc.pid, signal.SIGKILL)
+    proc.wait()
+    assert 8 <= killed_at < iters
+
+    second = dvc(repo, "repro")
+    assert "finetune@0" in ran_stages(second.stdout)
+    summary = json.loads((repo / "models/finetune/fold0/summary.json").read_text())
+    assert summary["resumed_from"] >= killed_at and summary["iterations"] == iters
+    resumed = torch.load(repo / "models/finetune/fold0/last.pt", weights_only=True)
+    assert resumed["iteration"] == iters
+    for key, value in weights.items():
+        assert torch.allclose(resumed["model"][key].float(), value.float(), atol=1e-5), key
+    assert flat(json.loads((repo / "metrics/oof.json").read_text())) == pytest.approx(flat(uninterrupted), abs=1e-6)
+    assert "up to date" in dvc(repo, "status").stdout

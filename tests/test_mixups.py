@@ -146,15 +146,11 @@ def test_a_sample_submission_that_is_not_utf8_is_one_line(tmp_path, tiny_kaggle,
 
 def overlay_cells(tmp_path, tiny_kaggle, threshold):
     """``cellpipe visualize`` with every class at ``threshold``: each overlay's cell count (PNG text chunk)."""
-    pred = predicted_test_folder(tmp_path, tiny_kaggle)
-    val_pred = tmp_path / "val.parquet"
-    run_cli("predict", "--checkpoint", str(tmp_path / "m.pt"), "--skip-val", "--test-dir", str(tiny_kaggle / "train"),
-            "--test-out", str(val_pred), "--params", str(tmp_path / "p.yaml"), check=True)  # fmt: skip
     (tmp_path / "th.json").write_text(json.dumps({"score_threshold": dict.fromkeys(["shsy5y", "astro", "cort"], threshold)}))
     out = tmp_path / f"overlays{threshold}"
     proc = run_cli(
-        "visualize", "--val-predictions", str(val_pred), "--test-predictions", str(pred), "--val", str(tmp_path / "folds.json"),
-        "--truth", str(tiny_kaggle / "train.csv"), "--test-dir", str(tiny_kaggle / "test"),
+        "visualize", "--val-predictions", str(tmp_path / "val.parquet"), "--test-predictions", str(tmp_path / "test.parquet"),
+        "--val", str(tmp_path / "folds.json"), "--truth", str(tiny_kaggle / "train.csv"), "--test-dir", str(tiny_kaggle / "test"),
         "--thresholds", str(tmp_path / "th.json"), "--out", str(out),
     )  # fmt: skip
     assert proc.returncode == 0, proc.stderr
@@ -164,6 +160,9 @@ def overlay_cells(tmp_path, tiny_kaggle, threshold):
 def test_overlays_follow_the_chosen_thresholds(tmp_path, tiny_kaggle):
     """The bug: every overlay was drawn at 0.5 whatever the thresholds said. Low thresholds draw more cells."""
     decode_and_split(tiny_kaggle, tmp_path, write_params(tmp_path / "cv.yaml", lambda p: p["cv"].update(folds=[0, 1])))
+    predicted_test_folder(tmp_path, tiny_kaggle)
+    run_cli("predict", "--checkpoint", str(tmp_path / "m.pt"), "--skip-val", "--test-dir", str(tiny_kaggle / "train"),
+            "--test-out", str(tmp_path / "val.parquet"), "--params", str(tmp_path / "p.yaml"), check=True)  # fmt: skip
     # an untrained model scores its detections around 1/4: thresholds 0.05 and 0.9 differ
     low, high = overlay_cells(tmp_path, tiny_kaggle, 0.05), overlay_cells(tmp_path, tiny_kaggle, 0.9)
     assert low.keys() == high.keys() and any(k.startswith("val_") for k in low) and any(k.startswith("test_") for k in low)
@@ -209,9 +208,7 @@ def test_a_yaml_alias_bomb_is_refused_at_once(tmp_path):
 
 
 def test_a_huge_value_is_named_not_echoed(tmp_path):
-    params = yaml.safe_load(params_text())
-    params["synth"]["seed"] = "x" * 50_000_000
-    (tmp_path / "p.yaml").write_text(yaml.safe_dump(params, width=10**9))
+    (tmp_path / "p.yaml").write_text("synth: {seed: " + "x" * 50_000_000 + "}\n")
     proc = run_cli("synth", "--params", str(tmp_path / "p.yaml"), "--kaggle-out", str(tmp_path / "k"),
                    "--livecell-out", str(tmp_path / "l"))  # fmt: skip
     one_line_error(proc, "synth.seed must be an integer", "(50,000,002 characters)")

@@ -132,11 +132,8 @@ def predict_folder(tmp_path, checkpoint, images, out):
 
 def test_ensemble_refuses_a_fold_whose_tables_come_from_two_models(tmp_path, tiny_kaggle):
     """A new val.parquet beside an old test.parquet of another checkpoint: named, not mixed."""
-    import torch
-
     for seed, name in ((0, "a.pt"), (1, "b.pt")):
-        torch.manual_seed(seed)
-        cellpipe_checkpoint(tmp_path / name, TINY_MODEL, ["shsy5y", "astro", "cort"])
+        cellpipe_checkpoint(tmp_path / name, TINY_MODEL, ["shsy5y", "astro", "cort"], seed=seed)
     fold = tmp_path / "folds" / "fold0"
     predict_folder(tmp_path, tmp_path / "a.pt", tiny_kaggle / "test", fold / "val.parquet")
     predict_folder(tmp_path, tmp_path / "a.pt", tiny_kaggle / "test", fold / "lockbox.parquet")

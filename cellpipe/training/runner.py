@@ -16,6 +16,7 @@ from pathlib import Path
 import torch
 
 from cellpipe import coco, folds, models
+from cellpipe.atomic import atomic_path
 from cellpipe.config import Model, PostProcess, Train
 from cellpipe.console import console, log, progress
 from cellpipe.errors import CellpipeError
@@ -44,8 +45,11 @@ class LiveLogger:
         if self.live is None:
             from dvclive import Live
 
-            resume = (self.out / "live" / "metrics.json").is_file() and step > 1
-            self.live = Live(dir=str(self.out / "live"), resume=resume, dvcyaml=False, save_dvc_exp=False, report=None)
+            folder = self.out / "live"
+            resume = step > 1 and folder.is_dir()
+            if resume:
+                trim_history(folder, step)
+            self.live = Live(dir=str(folder), resume=resume, dvcyaml=False, save_dvc_exp=False, report=None)
         self.live.step = step
         for k, v in metrics.items():
             self.live.log_metric(k, v)
@@ -54,6 +58,35 @@ class LiveLogger:
     def close(self) -> None:
         if self.live is not None:
             self.live.end()
+
+
+def trim_history(folder: Path, step: int) -> None:
+    """Make a killed run's dvclive logs fit a resume at ``step``.
+
+    dvclive writes its summary and its ``.tsv`` histories in place: a run killed while
+    writing leaves a truncated ``metrics.json`` (which dvclive cannot read back) or a
+    partial last line, and rows logged after the last checkpoint are logged again when
+    training resumes from it. So the summary is dropped when it does not parse (dvclive
+    rewrites it at the next log) and every history keeps its complete rows before ``step``.
+    """
+    import json
+
+    summary = folder / "metrics.json"
+    try:
+        json.loads(summary.read_text(encoding="utf-8"))
+    except FileNotFoundError:
+        pass
+    except (ValueError, UnicodeDecodeError):
+        summary.unlink()
+    for tsv in folder.rglob("*.tsv"):
+        lines = tsv.read_text(encoding="utf-8", errors="replace").split("\n")
+        header, rows = lines[0], lines[1:]
+        width = header.count("\t")
+        kept = [r for r in rows if r.count("\t") == width and r.split("\t", 1)[0].isdigit() and int(r.split("\t", 1)[0]) < step]
+        text = "\n".join([header, *kept]) + "\n"
+        if text != tsv.read_text(encoding="utf-8", errors="replace"):
+            with atomic_path(tsv) as tmp:
+                tmp.write_text(text, encoding="utf-8")
 
 
 def run_training(
