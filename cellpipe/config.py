@@ -137,7 +137,9 @@ class Model(Section):
     )
     d2_config: str = Field("", description="detectron2 only: model-zoo config or YAML path; '' = the knobs below")
     backbone: Literal["resnet18", "resnet34", "resnet50", "resnet101"] = Field("resnet18", description="ResNet depth")
-    norm: Literal["group", "batch", "frozen"] = Field("batch", description="backbone norm (frozen: only with pretrained weights)")
+    norm: Literal["group", "batch", "frozen"] = Field(
+        "batch", description="backbone norm (frozen: only with pretrained weights, refused without)"
+    )
     head_norm: Literal["group", "none"] = Field("group", description="GroupNorm in FPN and heads (helps training from scratch)")
     box_head_convs: int = Field(0, ge=0, description="conv layers before the box head's FC layer")
     fpn_channels: int = Field(64, gt=0, description="FPN width")
@@ -156,6 +158,17 @@ class Model(Section):
         "exact", description="exact: pixel-centre mask targets and paste (detectron2's) | torchvision: its stock ones"
     )
     mask_resolution: Literal[28, 56] = Field(28, description="predicted mask side")
+    roi_align: Literal["torchvision", "aligned"] = Field(
+        "torchvision",
+        description="RoI features of both heads: torchvision's half-cell offset | aligned (detectron2's ROIAlignV2)",
+    )
+    head_init: Literal["torchvision", "detectron2"] = Field(
+        "torchvision",
+        description="box/mask head initialisation: PyTorch's defaults | detectron2's",
+    )
+    box_loss_beta: float = Field(
+        1 / 9, ge=0, description="smooth-L1 β of the RPN and RoI box losses (torchvision 1/9; 0 = L1, detectron2)"
+    )
     min_size: int = Field(520, gt=0, le=8192, description="input short side (520 = full size) ...")
     max_size: int = Field(704, gt=0, le=8192, description="... and long side at most; training crops come from this scale")
     detections_per_img: int = Field(1000, gt=0, description="LIVECell images hold 2000+ cells, shsy5y up to 790")
@@ -203,6 +216,9 @@ class Train(Section):
     lr: float = Field(0.02, gt=0, description="SGD learning rate")
     momentum: float = Field(0.9, ge=0, le=1, description="SGD momentum")
     weight_decay: float = Field(0.0001, ge=0, description="SGD weight decay")
+    weight_decay_norm: float | None = Field(
+        None, ge=0, description="weight decay of the norm layers' scale and shift (detectron2: 0); null = weight_decay"
+    )
     warmup_iters: int = Field(30, ge=0, description="linear warm-up iterations (then cosine decay to 0)")
     warmup_factor: float = Field(0.001, ge=0, le=1, description="lr factor at iteration 0")
     clip_grad: float = Field(10.0, gt=0, description="gradient norm clip")
@@ -219,6 +235,9 @@ class Train(Section):
     hflip: bool = Field(True, description="random horizontal flips")
     vflip: bool = Field(True, description="random vertical flips")
     crop_size: int = Field(256, ge=0, description="random training window (px at the model's scale); 0 = whole image")
+    fill_holes: list[str] = Field(
+        default_factory=list, description="classes whose training masks get their holes filled (astro truth is filled contours)"
+    )
     workers: int = Field(0, ge=0, description="DataLoader worker processes building batches (0: in the main process)")
     cache_gb: float = Field(
         4.0,
@@ -337,6 +356,18 @@ class Params(Section):
     def _rpn(self) -> Params:
         if self.model.rpn_bg_iou > self.model.rpn_fg_iou:
             raise ValueError("model.rpn_bg_iou must be ≤ model.rpn_fg_iou")
+        return self
+
+    @model_validator(mode="after")
+    def _frozen_needs_weights(self) -> Params:
+        # FrozenBatchNorm keeps a pretrained network's batch statistics: from random weights it normalises nothing
+        frozen = self.model.arch == "maskrcnn" and self.model.norm == "frozen"
+        if frozen and "none" in (self.pretrain.init, self.finetune.init):
+            raise ValueError(
+                "model.norm frozen keeps pretrained batch statistics fixed and needs pretrained weights: set "
+                "pretrain.init to imagenet or coco (and finetune.init to checkpoint), or train from scratch with "
+                "model.norm group (profiles/gpu-offline.yaml)"
+            )
         return self
 
 

@@ -147,6 +147,11 @@ class Report:
             "images": int(len(pi)),
             "per_class": {k: round(v, 6) for k, v in self.per_class().items()},
             "per_threshold": {c[1:]: round(float(v), 6) for c, v in self.per_threshold().iloc[0].items()},
+            # each class at the IoU thresholds that tell finding a cell (0.5) from outlining it (0.75, 0.9)
+            "per_class_at_iou": {
+                str(cls): {c[1:]: round(float(row[c]), 6) for c in ("t0.50", "t0.75", "t0.90") if c in row}
+                for cls, row in self.per_threshold(by_class=True).iterrows()
+            },
             "counts": {
                 "tp@0.5": int(pi["tp@0.50"].sum()),
                 "fp@0.5": int(pi["fp@0.50"].sum()),

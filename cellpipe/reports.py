@@ -99,7 +99,7 @@ def score(
     label, in_sample = _label(rule, alignment, thresholds_source, chosen_on, cross_fitted, fixed)
     if rule == "cross-fitted" and (per_fold is None or not fold_of):
         raise CellpipeError("cross-fitted thresholds need images with folds and the thresholds stage's per_fold")
-    rows, voted_right = [], 0
+    rows, voted = [], []
     for pred, true, cell_type in pairs:
         if rule == "fixed":
             use = dict.fromkeys(CELL_TYPES, fixed)
@@ -110,16 +110,22 @@ def score(
             use = per_fold[fold]
         else:
             use = chosen
-        voted, final = thresholds.apply_chosen(pred, use, post, CELL_TYPES[0])
-        voted_right += voted == cell_type
+        image_type, final = thresholds.apply_chosen(pred, use, post, CELL_TYPES[0])
+        voted.append(image_type)
         rows.append((pred.image_id, cell_type, true, final))
     report = metric.evaluate(rows)
+    # which type each image was given (it chose the image's thresholds): a wrong type and a weak model look alike
+    report.per_image.insert(2, "voted_type", voted)
+    right = report.per_image["voted_type"] == report.per_image["cell_type"]
     # the voted cell type picks each image's threshold; on test images it is all there is
     summary = {
         **report.to_dict(),
         "thresholds": label,
         "thresholds_in_sample": bool(in_sample),
-        "cell_type_vote_accuracy": round(voted_right / len(rows), 6),
+        "cell_type_vote_accuracy": round(float(right.mean()), 6),
+        "cell_type_vote_accuracy_per_type": {
+            str(k): round(float(v), 6) for k, v in right.groupby(report.per_image["cell_type"]).mean().items()
+        },
         **alignment.counts(),
     }
     table = None

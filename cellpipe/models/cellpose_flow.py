@@ -31,6 +31,7 @@ import numpy as np
 import scipy.sparse as sp
 import torch
 import torch.nn.functional as F
+from scipy import ndimage as ndi
 from torch import nn
 from torch.utils.data import Dataset
 
@@ -90,12 +91,20 @@ class FlowNet(nn.Module):
         return float(self.cfg.diameter / float(self.diameters[cls]))
 
 
-def label_image(anns: list[dict], height: int, width: int) -> np.ndarray:
-    """int32 (H, W) labels 1..n of an image's annotations (a later cell wins a shared pixel)."""
+def label_image(anns: list[dict], height: int, width: int, fill: bool = False) -> np.ndarray:
+    """int32 (H, W) labels 1..n of an image's annotations (a later cell wins a shared pixel); ``fill``:
+    each mask's holes filled first."""
     masks = coco.instances(anns, height, width)
     labels = np.zeros(height * width, np.int32)
     for k in range(masks.shape[0]):
-        labels[masks.indices[masks.indptr[k] : masks.indptr[k + 1]]] = k + 1
+        pix = masks.indices[masks.indptr[k] : masks.indptr[k + 1]]
+        if fill and len(pix):
+            ys, xs = np.divmod(pix, width)
+            box = np.zeros((ys.max() - ys.min() + 1, xs.max() - xs.min() + 1), bool)
+            box[ys - ys.min(), xs - xs.min()] = True
+            fy, fx = np.nonzero(ndi.binary_fill_holes(box))
+            pix = (fy + ys.min()) * width + fx + xs.min()
+        labels[pix] = k + 1
     return labels.reshape(height, width)
 
 
@@ -110,8 +119,9 @@ class FlowSamples(Dataset):
 
     def __init__(self, data: dict, cfg: Model, *, crop_size: int, hflip: bool, vflip: bool,
                  image_ids: list[int] | None = None, diameters: np.ndarray | None = None,
-                 cache_gb: float = 4.0) -> None:  # fmt: skip
+                 cache_gb: float = 4.0, fill_holes: tuple[str, ...] = ()) -> None:  # fmt: skip
         self.cfg = cfg.cellpose
+        self.fill_ids = {int(c["id"]) for c in data.get("categories", []) if c.get("name") in set(fill_holes)}
         self.crop = crop_size or 256
         self.hflip, self.vflip = hflip, vflip
         wanted = None if image_ids is None else set(image_ids)
@@ -144,7 +154,7 @@ class FlowSamples(Dataset):
         size = (max(1, round(h * scale)), max(1, round(w * scale)))
         image = F.interpolate(normalise(read_grey(im["path"], (h, w)))[None], size=size, mode="bilinear",
                               align_corners=False, antialias=scale < 1)[0]  # fmt: skip
-        labels = label_image(self.by_image.get(im["id"], []), h, w)
+        labels = label_image(self.by_image.get(im["id"], []), h, w, fill=cls + 1 in self.fill_ids)
         labels = resize_labels(labels, size)
         if labels.max() > 0:
             flows = dynamics.masks_to_flows(labels, device=torch.device("cpu"))  # (2, h, w): dy, dx
@@ -253,7 +263,8 @@ class CellposeFlow(Family):
 
     def dataset(self, data: dict, cfg: Model, train_cfg: Any, image_ids: list[int] | None = None) -> FlowSamples:
         return FlowSamples(data, cfg, crop_size=train_cfg.crop_size, hflip=train_cfg.hflip, vflip=train_cfg.vflip,
-                           image_ids=image_ids, cache_gb=train_cfg.cache_gb)  # fmt: skip
+                           image_ids=image_ids, cache_gb=train_cfg.cache_gb,
+                           fill_holes=tuple(train_cfg.fill_holes))  # fmt: skip
 
     def fit_data(self, model: nn.Module, dataset: FlowSamples) -> None:
         model.diameters.copy_(torch.from_numpy(dataset.diameters))

@@ -21,7 +21,6 @@ import torch
 import torch.nn.functional as F
 from torchvision.models.detection import MaskRCNN
 from torchvision.models.detection import roi_heads as tv_roi_heads
-from torchvision.models.detection.roi_heads import RoIHeads
 from torchvision.models.detection.transform import GeneralizedRCNNTransform, resize_boxes
 from torchvision.ops import roi_align
 
@@ -199,22 +198,6 @@ def sparse_transform(model: MaskRCNN, geometry: str) -> None:
     )
 
 
-class ExactRoIHeads(RoIHeads):
-    """torchvision's RoI heads with :func:`mask_loss` as the mask loss.
-
-    torchvision calls its module-level ``maskrcnn_loss`` from inside ``forward``; it is
-    swapped for this model's forward only, and put back after, whatever happens.
-    """
-
-    def forward(self, *args, **kwargs):
-        original = tv_roi_heads.maskrcnn_loss
-        tv_roi_heads.maskrcnn_loss = mask_loss
-        try:
-            return super().forward(*args, **kwargs)
-        finally:
-            tv_roi_heads.maskrcnn_loss = original
-
-
 def exact_geometry(model: MaskRCNN) -> None:
     """Give a torchvision Mask R-CNN exact mask targets, exact pasting and small initial mask logits.
 
@@ -222,8 +205,7 @@ def exact_geometry(model: MaskRCNN) -> None:
     them): a cell's first mask predictions are uncertain everywhere instead of carrying
     the random structure of a Kaiming-initialised layer.
     """
-    sparse_transform(model, "exact")
-    model.roi_heads.__class__ = ExactRoIHeads  # adds no state: only the loss differs
+    sparse_transform(model, "exact")  # the exact mask loss: torchvision_heads.CellRoIHeads (exact_masks)
     logits = model.roi_heads.mask_predictor.mask_fcn_logits
     torch.nn.init.normal_(logits.weight, std=0.001)
     torch.nn.init.zeros_(logits.bias)

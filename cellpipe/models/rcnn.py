@@ -25,6 +25,7 @@ from pathlib import Path
 import numpy as np
 import torch
 from pycocotools import mask as mask_util
+from scipy import ndimage as ndi
 from torch.utils.data import Dataset
 from torchvision import tv_tensors
 from torchvision.transforms import v2 as T
@@ -80,8 +81,10 @@ class CocoInstances(Dataset):
         image_ids: list[int] | None = None,
         crop_size: int = 0,
         cache_gb: float = 4.0,
+        fill_holes: tuple[str, ...] = (),
     ) -> None:
         self.coco = coco
+        self.fill_ids = {int(c["id"]) for c in coco.get("categories", []) if c.get("name") in set(fill_holes)}
         self.min_size, self.max_size = min_size, max_size
         self.crop_size = crop_size
         wanted = None if image_ids is None else set(image_ids)
@@ -125,8 +128,11 @@ class CocoInstances(Dataset):
                 y, x, bh, bw = ys.min(), xs.min(), ys.max() - ys.min() + 1, xs.max() - xs.min() + 1
             else:
                 m = full.astype(bool)
+            crop = m[y : y + bh, x : x + bw]
+            if int(a["category_id"]) in self.fill_ids:
+                crop = ndi.binary_fill_holes(crop)
             corners.append((y, x))
-            crops.append(np.ascontiguousarray(m[y : y + bh, x : x + bw]))
+            crops.append(np.ascontiguousarray(crop))
             labels.append(int(a["category_id"]))
         sample = Sample(grey, size, np.asarray(corners, dtype=np.int64).reshape(-1, 2), crops, np.asarray(labels, dtype=np.int64))
         self.cache.put(index, sample)
@@ -229,7 +235,8 @@ class RCNNFamily(Family):
 
     def dataset(self, data: dict, cfg: Model, train_cfg, image_ids: list[int] | None = None) -> CocoInstances:
         return CocoInstances(data, cfg.min_size, cfg.max_size, hflip=train_cfg.hflip, vflip=train_cfg.vflip,
-                             image_ids=image_ids, crop_size=train_cfg.crop_size, cache_gb=train_cfg.cache_gb)  # fmt: skip
+                             image_ids=image_ids, crop_size=train_cfg.crop_size, cache_gb=train_cfg.cache_gb,
+                             fill_holes=tuple(train_cfg.fill_holes))  # fmt: skip
 
     def train_step(self, model: torch.nn.Module, images: list[torch.Tensor], targets: list[dict]) -> dict[str, torch.Tensor]:
         return model(images, targets)

@@ -21,7 +21,7 @@ from torchvision.ops.feature_pyramid_network import LastLevelMaxPool
 
 from cellpipe.config import Model
 from cellpipe.errors import CellpipeError
-from cellpipe.models import masks
+from cellpipe.models import masks, torchvision_heads
 from cellpipe.models.rcnn import RCNNFamily
 
 
@@ -104,6 +104,7 @@ def build(cfg: Model, num_classes: int) -> MaskRCNN:
         masks.exact_geometry(model)
     else:
         masks.sparse_transform(model, "torchvision")
+    torchvision_heads.apply(model, cfg)
     # training inputs arrive at the model's scale already (cellpipe.models.rcnn crops them);
     # only inference resizes, from the full image to min_size/max_size
     model.transform._skip_resize = True

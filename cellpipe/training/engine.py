@@ -130,9 +130,27 @@ def precision(cfg: Train, device: torch.device) -> torch.dtype | None:
     return torch.bfloat16 if cfg.amp == "bf16" else torch.float16
 
 
+NORMS = (torch.nn.GroupNorm, torch.nn.LayerNorm, torch.nn.modules.batchnorm._NormBase)
+
+
+def parameter_groups(model: torch.nn.Module, cfg: Train) -> list[dict]:
+    """SGD's parameter groups: norm layers' scale and shift at ``weight_decay_norm`` when it is set and differs.
+
+    One group otherwise, as before the knob existed (the same optimiser state and steps).
+    """
+    params = [p for p in model.parameters() if p.requires_grad]
+    if cfg.weight_decay_norm is None or cfg.weight_decay_norm == cfg.weight_decay:
+        return [{"params": params}]
+    norm = {id(p) for m in model.modules() if isinstance(m, NORMS) for p in m.parameters(recurse=False)}
+    return [
+        {"params": [p for p in params if id(p) not in norm]},
+        {"params": [p for p in params if id(p) in norm], "weight_decay": cfg.weight_decay_norm},
+    ]
+
+
 def optimisation(model: torch.nn.Module, cfg: Train, device: torch.device) -> Optimisation:
     params = [p for p in model.parameters() if p.requires_grad]
-    optimizer = torch.optim.SGD(params, lr=cfg.lr, momentum=cfg.momentum, weight_decay=cfg.weight_decay)
+    optimizer = torch.optim.SGD(parameter_groups(model, cfg), lr=cfg.lr, momentum=cfg.momentum, weight_decay=cfg.weight_decay)
     scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda it: lr_factor(it, cfg))
     fp16 = precision(cfg, device) == torch.float16  # bf16 keeps fp32's range: no scaler
     return Optimisation(params, optimizer, scheduler, torch.amp.GradScaler("cuda") if fp16 else None)

@@ -89,6 +89,20 @@ def trim_history(folder: Path, step: int) -> None:
                 tmp.write_text(text, encoding="utf-8")
 
 
+def check_frozen_init(model_cfg: Model, init: str) -> None:
+    """``model.norm: frozen`` from a checkpoint that was itself trained from random weights would freeze
+    statistics nobody computed: refused by name (a pretrained init is what ``frozen`` is for)."""
+    if model_cfg.norm != "frozen" or init in ("imagenet", "coco") or not Path(init).is_file() or Path(init).suffix != ".pt":
+        return
+    meta = models.load_checkpoint(init)
+    if meta.get("init") == "random initialisation" and (meta.get("model_config") or {}).get("norm") == "frozen":
+        raise CellpipeError(
+            "model.norm frozen needs pretrained weights, but this checkpoint was trained with frozen norms from random "
+            "weights: pretrain from imagenet/coco, or use model.norm group",
+            where=init,
+        )
+
+
 def run_training(
     *,
     stage: str,
@@ -143,6 +157,7 @@ def run_training(
     val = engine.val_images(val_coco)
     torch.manual_seed(train_cfg.seed)
     model = family.build(model_cfg, len(class_names))
+    check_frozen_init(model_cfg, init)
     desc = family.initialise(model, init)
     family.fit_data(model, dataset)
     # resuming is safe only with the same inputs and the same training code (the family's included)

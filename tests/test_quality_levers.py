@@ -1,0 +1,72 @@
+"""Model-quality levers on tiny data: holes filled in training masks, what the score reports say per type."""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pandas as pd
+from pycocotools import mask as mask_util
+
+from cellpipe.models.cellpose_flow import label_image
+from cellpipe.models.rcnn import CocoInstances
+from tests.conftest import TINY_MODEL, cellpipe_checkpoint, run_cli, score_cli
+
+
+def ring_coco(tmp_path) -> dict:
+    """One 40×50 image holding one 'astro' cell drawn as a ring (a filled contour with a hole)."""
+    from PIL import Image
+
+    Image.fromarray(np.full((40, 50), 100, np.uint8)).save(tmp_path / "a.png")
+    yy, xx = np.mgrid[:40, :50]
+    r = np.hypot(yy - 20, xx - 25)
+    ring = ((r <= 12) & (r > 5)).astype(np.uint8)
+    rle_ = mask_util.encode(np.asfortranarray(ring))
+    rle_["counts"] = rle_["counts"].decode()
+    return (
+        {
+            "images": [{"id": 1, "file_name": "a.png", "height": 40, "width": 50, "path": str(tmp_path / "a.png")}],
+            "annotations": [
+                {
+                    "id": 1,
+                    "image_id": 1,
+                    "category_id": 2,
+                    "segmentation": rle_,
+                    "area": int(ring.sum()),
+                    "bbox": [13, 8, 25, 25],
+                    "iscrowd": 0,
+                }
+            ],  # fmt: skip
+            "categories": [{"id": 1, "name": "shsy5y"}, {"id": 2, "name": "astro"}, {"id": 3, "name": "cort"}],
+        },
+        int(ring.sum()),
+        int((r <= 12).sum()),
+    )
+
+
+def test_training_masks_of_the_chosen_classes_get_their_holes_filled(tmp_path):
+    data, ring, disc = ring_coco(tmp_path)
+    plain = CocoInstances(data, 40, 50).load(0)
+    filled = CocoInstances(data, 40, 50, fill_holes=("astro",)).load(0)
+    other = CocoInstances(data, 40, 50, fill_holes=("cort",)).load(0)
+    assert plain.masks[0].sum() == ring == other.masks[0].sum()
+    assert filled.masks[0].sum() == disc > ring
+    assert (label_image(data["annotations"], 40, 50, fill=True) > 0).sum() == disc
+    assert (label_image(data["annotations"], 40, 50) > 0).sum() == ring
+
+
+def test_the_score_says_which_type_each_image_was_given_and_each_class_at_iou_0_5_and_0_75(tmp_path, tiny_kaggle):
+    cellpipe_checkpoint(tmp_path / "m.pt", TINY_MODEL, ["shsy5y", "astro", "cort"])
+    (tmp_path / "p.yaml").write_text("predict: {}\n")
+    run_cli("predict", "--checkpoint", str(tmp_path / "m.pt"), "--skip-val", "--test-dir", str(tiny_kaggle / "train"),
+            "--test-out", str(tmp_path / "pred.parquet"), "--params", str(tmp_path / "p.yaml"), check=True)  # fmt: skip
+    proc = score_cli(tmp_path, tmp_path / "pred.parquet", tiny_kaggle / "train.csv",
+                     thresholds={"score_threshold": dict.fromkeys(["shsy5y", "astro", "cort"], 0.05)})  # fmt: skip
+    assert proc.returncode == 0, proc.stderr
+    per_image = pd.read_csv(tmp_path / "pi.csv")
+    assert set(per_image["voted_type"]) <= {"shsy5y", "astro", "cort"} and len(per_image) == 6
+    summary = json.loads((tmp_path / "s.json").read_text())
+    right = (per_image["voted_type"] == per_image["cell_type"]).groupby(per_image["cell_type"]).mean()
+    assert summary["cell_type_vote_accuracy_per_type"] == {k: round(float(v), 6) for k, v in right.items()}
+    assert set(summary["per_class_at_iou"]) == {"shsy5y", "astro", "cort"}
+    assert set(summary["per_class_at_iou"]["astro"]) == {"0.50", "0.75", "0.90"}
