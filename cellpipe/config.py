@@ -290,6 +290,9 @@ class Predict(Section):
     )
     tile_overlap: int = Field(128, ge=0, description="pixels shared by neighbouring windows (more than the largest cell)")
     max_image_pixels: int = Field(100_000_000, gt=0, description="an image with more pixels is refused by name, undecoded")
+    box_nms_thresh: float = Field(
+        0.0, ge=0, le=1, description="the model's box NMS IoU at predict time; 0 = the checkpoint's model.box_nms_thresh"
+    )
 
     @model_validator(mode="after")
     def _tiles(self) -> Predict:
@@ -318,6 +321,9 @@ class PostProcess(Section):
         1.0, ge=0, le=1, description="drop cells that lost more than this share of their pixels to better ones (1 = keep)"
     )
     mask_nms_iou: float = Field(1.0, ge=0, le=1, description="class-agnostic mask NMS above this IoU (1 = off)")
+    box_nms_iou: float = Field(
+        1.0, gt=0, le=1, description="class-agnostic NMS of the masks' boxes above this IoU (1 = off; chosen per class)"
+    )
     vote_min_score: float = Field(
         0.0, ge=0, le=1, description="detections at least this confident vote for the image's cell type"
     )
@@ -330,8 +336,16 @@ class Thresholds(Section):
         default_factory=lambda: [round(0.05 * k, 2) for k in range(1, 20)], min_length=1, description="score thresholds tried"
     )
     fallback: float = Field(0.5, ge=0, le=1, description="threshold for a class without out-of-fold images")
+    box_nms_ious: list[float] = Field(
+        default_factory=lambda: [1.0],
+        min_length=1,
+        description="box-NMS IoUs tried per class with the thresholds (above the model's own: predict.box_nms_thresh)",
+    )
+    min_sizes: list[int] = Field(
+        default_factory=list, description="minimum cell sizes tried per class (empty: postprocess.min_size only)"
+    )
 
-    @field_validator("grid")
+    @field_validator("grid", "box_nms_ious")
     @classmethod
     def _unit(cls, v: list[float]) -> list[float]:
         if any(not 0 <= x <= 1 for x in v):

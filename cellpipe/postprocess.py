@@ -5,9 +5,11 @@ the overlays all call :func:`final`, so a checkpoint is chosen with exactly the
 post-processing its predictions will be scored with. The steps, in order:
 
 1. detections under the score threshold are dropped;
-2. class-agnostic mask NMS: torchvision's box NMS runs per class, so one cell can
-   come out once per class; a detection whose mask overlaps a higher-scored one above
-   ``mask_nms_iou`` is dropped;
+2. class-agnostic NMS: torchvision's box NMS runs per class, so one cell can come
+   out once per class; a detection whose box (of its mask) overlaps a higher-scored
+   one above ``box_nms_iou`` is dropped (chosen per cell type by the ``thresholds``
+   stage: astro's boxes overlap where its masks do not), then one whose mask does above
+   ``mask_nms_iou``;
 3. overlap removal (the competition wants disjoint masks): each pixel goes to the
    highest-scored instance; an instance left with fewer than ``min_size`` pixels, or
    that lost more than ``max_lost`` of its pixels, is dropped — such a fragment is
@@ -80,10 +82,53 @@ def mask_nms(masks: sp.csr_matrix, scores: np.ndarray, iou: float) -> np.ndarray
     return order[keep]
 
 
-def final(masks: sp.csr_matrix, scores: np.ndarray, threshold: float, pp: PostProcess) -> sp.csr_matrix:
-    """The final, non-overlapping instances of one image (ordered by descending score)."""
+def mask_boxes(masks: sp.csr_matrix, width: int) -> np.ndarray:
+    """``(n, 4)`` boxes (x0, y0, x1, y1, exclusive) of sparse masks (an empty mask: a zero box)."""
+    m = sp.csr_matrix(masks)
+    n = m.shape[0]
+    out = np.zeros((n, 4), np.float64)
+    sizes = np.diff(m.indptr)
+    full = np.flatnonzero(sizes)
+    if len(full):
+        ys, xs = np.divmod(m.indices.astype(np.int64), width)
+        starts = m.indptr[:-1][full]
+        out[full, 0] = np.minimum.reduceat(xs, starts)
+        out[full, 1] = np.minimum.reduceat(ys, starts)
+        out[full, 2] = np.maximum.reduceat(xs, starts) + 1
+        out[full, 3] = np.maximum.reduceat(ys, starts) + 1
+    return out
+
+
+def box_nms(boxes: np.ndarray, scores: np.ndarray, iou: float) -> np.ndarray:
+    """Indices kept by greedy class-agnostic box NMS (in descending score)."""
+    order = np.argsort(-np.asarray(scores), kind="stable")
+    if len(order) < 2 or iou >= 1.0:
+        return order
+    b = boxes[order]
+    area = (b[:, 2] - b[:, 0]) * (b[:, 3] - b[:, 1])
+    w = np.clip(np.minimum(b[:, None, 2], b[None, :, 2]) - np.maximum(b[:, None, 0], b[None, :, 0]), 0, None)
+    h = np.clip(np.minimum(b[:, None, 3], b[None, :, 3]) - np.maximum(b[:, None, 1], b[None, :, 1]), 0, None)
+    inter = w * h
+    over = inter > iou * (area[:, None] + area[None, :] - inter)
+    np.fill_diagonal(over, False)
+    keep = np.ones(len(order), bool)
+    for i in range(len(order)):
+        if keep[i]:
+            keep[i + 1 :] &= ~over[i, i + 1 :]
+    return order[keep]
+
+
+def final(masks: sp.csr_matrix, scores: np.ndarray, threshold: float, pp: PostProcess, width: int | None = None) -> sp.csr_matrix:
+    """The final, non-overlapping instances of one image (ordered by descending score).
+
+    ``width``: the image's width, needed by box NMS (``pp.box_nms_iou`` < 1) to find the boxes.
+    """
     scores = np.asarray(scores, dtype=np.float64)
     keep = np.flatnonzero(scores >= threshold)
+    if pp.box_nms_iou < 1.0 and len(keep) > 1:
+        if width is None:
+            raise ValueError("box NMS needs the image's width")
+        keep = keep[box_nms(mask_boxes(masks[keep], width), scores[keep], pp.box_nms_iou)]
     if pp.mask_nms_iou < 1.0 and len(keep) > 1:
         keep = keep[mask_nms(masks[keep], scores[keep], pp.mask_nms_iou)]
     clean, _ = resolve_overlaps(masks[keep], scores[keep], pp.min_size, pp.max_lost)

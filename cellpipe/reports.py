@@ -25,7 +25,7 @@ import pandas as pd
 import scipy.sparse as sp
 
 from cellpipe import metric, thresholds
-from cellpipe.config import CELL_TYPES, PostProcess
+from cellpipe.config import CELL_TYPES
 from cellpipe.errors import CellpipeError
 from cellpipe.instances import Instances
 from cellpipe.prediction_table import Alignment
@@ -78,20 +78,19 @@ def score(
     alignment: Alignment,
     *,
     rule: Rule,
-    chosen: Mapping[str, float],
-    post: PostProcess,
+    choice: thresholds.Choice,
     thresholds_source: str,
     chosen_on: set[str],
-    per_fold: Mapping[int, Mapping[str, float]] | None = None,
+    per_fold: Mapping[int, thresholds.Choice] | None = None,
     cross_fitted: bool = False,
     fold_of: Mapping[str, int] | None = None,
     fixed: float = FIXED,
 ) -> Result:
     """Score ``(predictions, truth, cell type)`` pairs under ``rule``.
 
-    ``chosen``: the final per-class thresholds; ``chosen_on``: the images they were chosen
-    on (a score on those is labelled in-sample); ``per_fold`` / ``cross_fitted``: the
-    thresholds for each fold's images and whether they came from the other folds;
+    ``choice``: the final per-class thresholds and post-processing; ``chosen_on``: the
+    images they were chosen on (a score on those is labelled in-sample); ``per_fold`` /
+    ``cross_fitted``: the choice for each fold's images and whether it came from the other folds;
     ``fold_of``: each image's fold (out-of-fold images; a per-fold table and ``per_fold``
     scores come with it).
     """
@@ -102,15 +101,15 @@ def score(
     rows, voted = [], []
     for pred, true, cell_type in pairs:
         if rule == "fixed":
-            use = dict.fromkeys(CELL_TYPES, fixed)
+            use = choice.fixed(fixed)
         elif rule == "cross-fitted":
             fold = fold_of[pred.image_id]
             if fold not in per_fold:
                 raise CellpipeError(f"no thresholds for fold {fold} (image {pred.image_id})", where=thresholds_source)
             use = per_fold[fold]
         else:
-            use = chosen
-        image_type, final = thresholds.apply_chosen(pred, use, post, CELL_TYPES[0])
+            use = choice
+        image_type, final = thresholds.apply_chosen(pred, use, CELL_TYPES[0])
         voted.append(image_type)
         rows.append((pred.image_id, cell_type, true, final))
     report = metric.evaluate(rows)

@@ -15,6 +15,7 @@ from cellpipe.errors import CellpipeError
 from cellpipe.folds import TRAIN_ONLY
 from cellpipe.instances import Instances
 from cellpipe.io import read_json, read_parquet
+from cellpipe.thresholds import Choice
 
 DUPLICATES_HINT = "--duplicates drop drops them"
 DEFAULT_THRESHOLDS = Path("metrics/thresholds.json")
@@ -121,8 +122,8 @@ def scored_pairs(
     return pairs(read_truth(truth, scored, duplicates), truth_ids_, pred, truth_where=truth_where)
 
 
-def read_thresholds(path: Path, default: float | None = None) -> tuple[dict[str, float], PostProcess]:
-    """The ``thresholds`` stage's per-class thresholds and post-processing.
+def read_thresholds(path: Path, default: float | None = None) -> Choice:
+    """The ``thresholds`` stage's choice for lockbox and test images: per-class thresholds and post-processing.
 
     Without the file: ``default`` for every class (and no post-processing beyond overlap
     removal) when a default is given or the path is the default one (a model applied
@@ -134,26 +135,34 @@ def read_thresholds(path: Path, default: float | None = None) -> tuple[dict[str,
         if default is None:
             raise CellpipeError("thresholds file is missing", where=str(path))
         log(f"[yellow]{path} not found: score threshold {default} for every class[/yellow]")
-        return {}, PostProcess()
+        return Choice({}, PostProcess(), {}, default)
     data = read_json(path, "thresholds file")
     if not isinstance(data, dict) or not isinstance(data.get("score_threshold"), dict):
         raise CellpipeError("not a thresholds file (no 'score_threshold' mapping)", where=str(path))
     try:
         post = PostProcess.model_validate(data.get("postprocess", {}))
-    except ValueError as exc:
+        per_class = {c: dict(v) for c, v in (data.get("postprocess_per_class") or {}).items()}
+        for overrides in per_class.values():  # each class's post-processing must be a valid one
+            PostProcess.model_validate({**post.model_dump(), **overrides})
+    except (ValueError, TypeError) as exc:
         raise CellpipeError(f"its postprocess is not valid ({str(exc).splitlines()[0]})", where=str(path)) from None
-    return data["score_threshold"], post
+    return Choice(data["score_threshold"], post, per_class, BUILTIN_THRESHOLD if default is None else default)
 
 
-def read_fold_thresholds(path: Path) -> tuple[dict[int, dict[str, float]], bool]:
-    """The thresholds file's per-fold thresholds (for fold k's images) and whether they are cross-fitted."""
+def read_fold_thresholds(path: Path) -> tuple[dict[int, Choice], bool]:
+    """The thresholds file's per-fold choices (for fold k's images) and whether they are cross-fitted."""
     data = read_json(path, "thresholds file")
     per_fold = data.get("per_fold") if isinstance(data, dict) else None
     if not isinstance(per_fold, dict):
         raise CellpipeError(
             "no 'per_fold' thresholds (written by the thresholds stage from out-of-fold predictions)", where=str(path)
         )
-    return {int(k): v for k, v in per_fold.items()}, bool(data.get("cross_fitted"))
+    base = read_thresholds(path)
+    posts = data.get("per_fold_postprocess") or {}
+    return {
+        int(k): Choice(v, base.post, {c: dict(o) for c, o in (posts.get(str(k)) or {}).items()}, base.fallback)
+        for k, v in per_fold.items()
+    }, bool(data.get("cross_fitted"))
 
 
 def thresholds_images(path: Path) -> set[str]:

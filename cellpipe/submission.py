@@ -119,8 +119,7 @@ def write(
     a temporary that a caller commits with its other outputs. Predicted images that ``ids`` lacks are left out, with
     a warning.
     """
-    chosen, post = read_thresholds(thresholds_file, default_threshold)
-    fallback = default_threshold if default_threshold is not None else 0.5
+    choice = read_thresholds(thresholds_file, default_threshold)
     missing = [i for i in ids if i not in pred.sizes]
     if missing and not allow_missing:
         raise CellpipeError(
@@ -142,7 +141,7 @@ def write(
         )
     final = []
     for p in pred.select([i for i in ids if i in pred.sizes]):
-        _, cells = thresholds.apply_chosen(p, chosen, post, CELL_TYPES[0], fallback)
+        _, cells = thresholds.apply_chosen(p, choice, CELL_TYPES[0])
         final.append((p.image_id, cells, np.arange(cells.shape[0], 0, -1, dtype=np.float64)))  # already disjoint
     final += [(i, None, None) for i in missing]
     df = build(final, ids)

@@ -16,6 +16,7 @@ on all out-of-fold predictions.
 from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
 
 import pandas as pd
 import scipy.sparse as sp
@@ -25,59 +26,106 @@ from cellpipe.config import PostProcess
 from cellpipe.errors import CellpipeError
 from cellpipe.instances import Instances
 
+SETTINGS = ("box_nms_iou", "min_size")  # post-processing chosen per class, beside the score threshold
+
+
+@dataclass(frozen=True)
+class Choice:
+    """Per-class score thresholds and post-processing: what the ``thresholds`` stage chose.
+
+    ``per_class`` overrides fields of ``post`` (:data:`SETTINGS`) for an image of that
+    class; a class without a threshold gets ``fallback``.
+    """
+
+    thresholds: Mapping[str, float]
+    post: PostProcess
+    per_class: Mapping[str, Mapping[str, float]] = field(default_factory=dict)
+    fallback: float = 0.5
+
+    def threshold(self, cls: str) -> float:
+        return float(self.thresholds.get(cls, self.fallback))
+
+    def post_for(self, cls: str) -> PostProcess:
+        overrides = self.per_class.get(cls)
+        return self.post.model_copy(update=dict(overrides)) if overrides else self.post
+
+    def fixed(self, threshold: float) -> Choice:
+        """Every class at ``threshold``, with the shared post-processing (nothing chosen per class)."""
+        return Choice({}, self.post, {}, threshold)
+
 
 def apply(pred: Instances, threshold: float, pp: PostProcess) -> sp.csr_matrix:
     """Final non-overlapping instances of an image at a score threshold."""
-    return postprocess.final(pred.masks, pred.scores, threshold, pp)
+    return postprocess.final(pred.masks, pred.scores, threshold, pp, pred.shape[1])
 
 
 def voted_class(pred: Instances, pp: PostProcess, default_class: str) -> str:
     return postprocess.image_class(pred.labels, pred.scores, default_class, pp.vote_min_score)
 
 
-def apply_chosen(
-    pred: Instances, chosen: Mapping[str, float], pp: PostProcess, default_class: str, fallback: float = 0.5
-) -> tuple[str, sp.csr_matrix]:
-    """The image's voted class and its final instances under the chosen per-class thresholds."""
-    cls = voted_class(pred, pp, default_class)
-    return cls, apply(pred, chosen.get(cls, fallback), pp)
+def apply_chosen(pred: Instances, choice: Choice, default_class: str) -> tuple[str, sp.csr_matrix]:
+    """The image's voted class and its final instances under that class's threshold and post-processing."""
+    cls = voted_class(pred, choice.post, default_class)
+    return cls, apply(pred, choice.threshold(cls), choice.post_for(cls))
+
+
+def variants(pp: PostProcess, box_nms_ious: Sequence[float] = (), min_sizes: Sequence[int] = ()) -> list[PostProcess]:
+    """The post-processings tried per class: ``pp`` with each box-NMS IoU × minimum size (empty: ``pp``'s own)."""
+    return [
+        pp.model_copy(update={"box_nms_iou": float(u), "min_size": int(m)})
+        for u in (box_nms_ious or [pp.box_nms_iou])
+        for m in (min_sizes or [pp.min_size])
+    ]
 
 
 def per_image(
-    preds: Sequence[Instances], truths: Mapping[str, sp.csr_matrix], grid: Sequence[float], pp: PostProcess, default_class: str
+    preds: Sequence[Instances],
+    truths: Mapping[str, sp.csr_matrix],
+    grid: Sequence[float],
+    pp: PostProcess,
+    default_class: str,
+    posts: Sequence[PostProcess] | None = None,
 ) -> pd.DataFrame:
-    """Score of every image at every threshold of the grid, with its voted class and TP/FP/FN at IoU 0.5."""
+    """Score of every image at every threshold of the grid (× every post-processing of ``posts``), with its
+    voted class and TP/FP/FN at IoU 0.5. The class is voted with ``pp``."""
     rows = []
     for p in preds:
         cls = voted_class(p, pp, default_class)
         truth = truths[p.image_id]
-        for t in grid:
-            s = metric.score_image(truth, apply(p, t, pp))
-            rows.append(
-                {
-                    "image_id": p.image_id,
-                    "cell_type": cls,
-                    "threshold": round(float(t), 4),
-                    "score": s.score,
-                    "tp": int(s.tp[0]),
-                    "fp": int(s.fp[0]),
-                    "fn": int(s.fn[0]),
-                }
-            )
-    return pd.DataFrame(rows, columns=["image_id", "cell_type", "threshold", "score", "tp", "fp", "fn"])
+        for post in posts or [pp]:
+            for t in grid:
+                s = metric.score_image(truth, apply(p, t, post))
+                rows.append(
+                    {
+                        "image_id": p.image_id,
+                        "cell_type": cls,
+                        "threshold": round(float(t), 4),
+                        "box_nms_iou": float(post.box_nms_iou),
+                        "min_size": int(post.min_size),
+                        "score": s.score,
+                        "tp": int(s.tp[0]),
+                        "fp": int(s.fp[0]),
+                        "fn": int(s.fn[0]),
+                    }
+                )
+    return pd.DataFrame(rows, columns=["image_id", "cell_type", "threshold", *SETTINGS, "score", "tp", "fp", "fn"])
+
+
+KEYS = ["cell_type", "threshold", *SETTINGS]
 
 
 def aggregate(rows: pd.DataFrame) -> pd.DataFrame:
-    """Mean score per (image class, threshold), with TP/FP/FN at IoU 0.5 summed."""
-    return rows.groupby(["cell_type", "threshold"], as_index=False).agg(
+    """Mean score per (image class, threshold, post-processing), with TP/FP/FN at IoU 0.5 summed."""
+    return rows.groupby(KEYS, as_index=False).agg(
         score=("score", "mean"), tp=("tp", "sum"), fp=("fp", "sum"), fn=("fn", "sum"), images=("image_id", "nunique")
     )
 
 
 def cross_fit(
-    rows: pd.DataFrame, fold_of: Mapping[str, int], folds: Sequence[int], classes: Sequence[str], fallback: float
-) -> dict[int, dict[str, float]]:
-    """For each fold k, the thresholds chosen on the *other* folds' images only (``rows``: :func:`per_image`).
+    rows: pd.DataFrame, fold_of: Mapping[str, int], folds: Sequence[int], classes: Sequence[str], fallback: float,
+    pp: PostProcess | None = None,
+) -> dict[int, Choice]:  # fmt: skip
+    """For each fold k, the choice made on the *other* folds' images only (``rows``: :func:`per_image`).
 
     Applied to fold k's images, they score those images out of sample: neither the
     model nor the thresholds saw them. A class absent from the other folds gets ``fallback``.
@@ -86,17 +134,33 @@ def cross_fit(
     if fold.isna().any():
         missing = rows.loc[fold.isna(), "image_id"].iloc[0]
         raise CellpipeError(f"image {missing} has no fold")
-    return {int(k): choose(aggregate(rows[fold != k]), classes, fallback) for k in folds}
+    return {int(k): choose(aggregate(rows[fold != k]), classes, fallback, pp) for k in folds}
 
 
-def choose(table: pd.DataFrame, classes: Sequence[str], fallback: float) -> dict[str, float]:
-    """Best threshold per class (the lowest among ties); ``fallback`` for classes without val images."""
-    out = {}
+def choose(table: pd.DataFrame, classes: Sequence[str], fallback: float, pp: PostProcess | None = None) -> Choice:
+    """Best threshold and post-processing per class; ``fallback`` for classes without val images.
+
+    Among ties: the lowest threshold, then the least suppression (the highest box-NMS IoU),
+    then the smallest minimum size.
+    """
+    pp = pp or PostProcess()
+    thresholds, per_class = {}, {}
     for c in classes:
         sub = table[table["cell_type"] == c]
         if sub.empty:
-            out[c] = fallback
+            thresholds[c] = fallback
             continue
-        best = sub["score"].max()
-        out[c] = float(sub.loc[sub["score"] >= best - 1e-12, "threshold"].min())
-    return out
+        best = sub[sub["score"] >= sub["score"].max() - 1e-12]
+        pick = best.sort_values(["threshold", "box_nms_iou", "min_size"], ascending=[True, False, True]).iloc[0]
+        thresholds[c] = float(pick["threshold"])
+        per_class[c] = {"box_nms_iou": float(pick["box_nms_iou"]), "min_size": int(pick["min_size"])}
+    return Choice(thresholds, pp, per_class, fallback)
+
+
+def sweep_at_choice(table: pd.DataFrame, choice: Choice) -> pd.DataFrame:
+    """Each class's score per threshold at the post-processing chosen for it (for the sweep plot)."""
+    keep = []
+    for c, sub in table.groupby("cell_type"):
+        post = choice.post_for(str(c))
+        keep.append(sub[(sub["box_nms_iou"] == post.box_nms_iou) & (sub["min_size"] == post.min_size)])
+    return pd.concat(keep) if keep else table.iloc[:0]

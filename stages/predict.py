@@ -94,6 +94,12 @@ def run(
         # a predict-time cap, so that trying another cap does not retrain the model
         family.set_limits(model, replace(family.limits(model), detections_per_img=p.detections_per_img))
         log(f"detections per image capped at {p.detections_per_img} (checkpoint: {mcfg.detections_per_img})")
+    if p.box_nms_thresh:
+        # a looser box NMS than the model's, so that the thresholds stage can choose a class's own below it
+        if family.limits(model).nms_thresh is None:
+            raise CellpipeError(f"predict.box_nms_thresh: {family.name} has no box NMS")
+        family.set_limits(model, replace(family.limits(model), nms_thresh=p.box_nms_thresh))
+        log(f"box NMS at IoU {p.box_nms_thresh} (checkpoint: {mcfg.box_nms_thresh})")
     source = prediction_table.model_digest(checkpoint)
     outputs_ = ([] if skip_val else [("val", val_paths, val_out)]) + [("test", test_paths, test_out)]
     if lockbox_paths is not None:

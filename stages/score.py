@@ -100,7 +100,7 @@ def one_report(
     if cross_fitted and (all_truth_images or fixed_threshold is not None):
         raise CellpipeError("--cross-fitted needs --val with folds, and no --fixed-threshold")
     rule: reports.Rule = "fixed" if fixed_threshold is not None else "cross-fitted" if cross_fitted else "chosen"
-    chosen, post = read_thresholds(thresholds_file)
+    choice = read_thresholds(thresholds_file)
     listed = None if all_truth_images else val_image_list(val)
     ids = truth_ids(truth, duplicates) if listed is None else listed["image_id"].tolist()
     if not ids:  # an empty lockbox (cv.lockbox_fraction: 0): nothing to score, said so
@@ -114,7 +114,7 @@ def one_report(
     )
     per_fold, honest = read_fold_thresholds(thresholds_file) if rule == "cross-fitted" else (None, False)
     result = reports.score(
-        scored, alignment, rule=rule, chosen=chosen, post=post, thresholds_source=str(thresholds_file),
+        scored, alignment, rule=rule, choice=choice, thresholds_source=str(thresholds_file),
         chosen_on=thresholds_images(thresholds_file), per_fold=per_fold, cross_fitted=honest,
         fold_of={} if listed is None else dict(zip(listed["image_id"], listed["fold"])),
         fixed=reports.FIXED if fixed_threshold is None else fixed_threshold,
@@ -128,7 +128,7 @@ def pipeline_reports(
     predictions: dict[str, Path], images: dict[str, Path], truth: Path, thresholds_file: Path, folder: Path
 ) -> None:
     """The six reports of :data:`cellpipe.reports.PIPELINE`: the truth and each table read once, all written together."""
-    chosen, post = read_thresholds(thresholds_file)
+    choice = read_thresholds(thresholds_file)
     per_fold, honest = read_fold_thresholds(thresholds_file)
     chosen_on = thresholds_images(thresholds_file)
     listed = {name: val_image_list(path) for name, path in images.items()}
@@ -147,7 +147,7 @@ def pipeline_reports(
             continue
         scored, alignment = pairs(the_truth, ids, tables[spec.predictions], truth_where=images[spec.images])
         results[spec] = reports.score(
-            scored, alignment, rule=spec.rule, chosen=chosen, post=post, thresholds_source=str(thresholds_file),
+            scored, alignment, rule=spec.rule, choice=choice, thresholds_source=str(thresholds_file),
             chosen_on=chosen_on, per_fold=per_fold, cross_fitted=honest,
             fold_of=dict(zip(images_["image_id"], images_["fold"])),
         )  # fmt: skip

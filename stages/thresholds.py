@@ -39,28 +39,36 @@ def run(
     pairs, _ = scored_pairs(truth, images["image_id"].tolist(), predictions, truth_where=val)
     preds = [pred for pred, _, _ in pairs]
     truths = {pred.image_id: t for pred, t, _ in pairs}
-    rows = thresholds.per_image(preds, truths, p.grid, post, default_class=CELL_TYPES[0])
+    posts = thresholds.variants(post, p.box_nms_ious, p.min_sizes)  # tried per class beside the thresholds
+    rows = thresholds.per_image(preds, truths, p.grid, post, default_class=CELL_TYPES[0], posts=posts)
     table = thresholds.aggregate(rows)
-    chosen = thresholds.choose(table, list(CELL_TYPES), p.fallback)
+    choice = thresholds.choose(table, list(CELL_TYPES), p.fallback, post)
     fold_of = dict(zip(images["image_id"], images["fold"]))
     folds = sorted({fold_of[i] for i in truths})
     cross_fitted = len(folds) > 1
-    per_fold = thresholds.cross_fit(rows, fold_of, folds, list(CELL_TYPES), p.fallback) if cross_fitted else {folds[0]: chosen}
-    wide = table.pivot(index="threshold", columns="cell_type", values="score").reset_index()
+    per_fold = (
+        thresholds.cross_fit(rows, fold_of, folds, list(CELL_TYPES), p.fallback, post) if cross_fitted else {folds[0]: choice}
+    )
+    at_choice = thresholds.sweep_at_choice(table, choice)
+    wide = at_choice.pivot(index="threshold", columns="cell_type", values="score").reset_index()
     with Outputs() as outputs:  # the three files are replaced together or not at all
         write_csv(wide.reindex(columns=["threshold", *CELL_TYPES]), outputs(sweep_out))
-        write_csv(table.groupby("threshold", as_index=False)[["tp", "fp", "fn"]].sum(), outputs(counts_out))
+        write_csv(at_choice.groupby("threshold", as_index=False)[["tp", "fp", "fn"]].sum(), outputs(counts_out))
         write_json(
             {
-                "score_threshold": chosen,
+                "score_threshold": dict(choice.thresholds),
                 "chosen_on": f"out-of-fold predictions of {len(preds)} images ({len(folds)} fold(s))",
                 "chosen_on_images": sorted(truths),  # so that a score on these images is labelled in-sample
-                "per_fold": {str(k): v for k, v in per_fold.items()},
+                "per_fold": {str(k): dict(v.thresholds) for k, v in per_fold.items()},
                 "cross_fitted": cross_fitted,
                 "postprocess": post.model_dump(),
+                # each class's box-NMS IoU and minimum size, chosen with its threshold (and per fold, cross-fitted)
+                "postprocess_per_class": {c: dict(v) for c, v in choice.per_class.items()},
+                "per_fold_postprocess": {str(k): {c: dict(o) for c, o in v.per_class.items()} for k, v in per_fold.items()},
             },
             outputs(out),
         )
-    log(f"thresholds {chosen} → {out}")
+    log(f"thresholds {dict(choice.thresholds)}, per class {dict(choice.per_class)} → {out}")
     for k, v in per_fold.items():
-        log(f"fold {k}: {v} ({'chosen on the other folds' if cross_fitted else 'K=1: chosen on the fold itself'})")
+        how = "chosen on the other folds" if cross_fitted else "K=1: chosen on the fold itself"
+        log(f"fold {k}: {dict(v.thresholds)} ({how})")

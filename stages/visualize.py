@@ -31,7 +31,7 @@ def run(
     per_type: int = typer.Option(2, help="val images drawn per cell type"),
     out: Path = typer.Option(Path("plots/overlays"), help="folder of overlay PNGs"),
 ) -> None:
-    chosen, post = read_thresholds(thresholds_file)
+    choice = read_thresholds(thresholds_file)
     images = val_image_list(val)
     drawn_val = images.sort_values("image_id").groupby("cell_type").head(per_type)
     paths = coco.image_paths(coco.load_json(val), val)
@@ -43,12 +43,12 @@ def run(
         log(f"[yellow]warning: {len(test) - len(drawn)} test image(s) were not predicted and are not drawn[/yellow]")
     with atomic_path(out, directory=True) as tmp:
         for pred, true, cell_type in pairs:
-            voted, final = thresholds.apply_chosen(pred, chosen, post, CELL_TYPES[0])
+            voted, final = thresholds.apply_chosen(pred, choice, CELL_TYPES[0])
             title = f"val {pred.image_id} ({cell_type}, voted {voted}): truth vs prediction"
             panel = overlay.draw(read_grey(paths[pred.image_id]), true, final, title=title)
             overlay.save(panel, tmp / f"val_{cell_type}_{pred.image_id}.png", cells=final.shape[0], voted=voted)
         for pred in test_pred.select(drawn):
-            cls, final = thresholds.apply_chosen(pred, chosen, post, CELL_TYPES[0])
+            cls, final = thresholds.apply_chosen(pred, choice, CELL_TYPES[0])
             title = f"test {pred.image_id} (predicted {cls}): {final.shape[0]} cells"
             panel = overlay.draw(read_grey(test[pred.image_id]), None, final, title=title)
             overlay.save(panel, tmp / f"test_{pred.image_id}.png", cells=final.shape[0], voted=cls)

@@ -82,8 +82,8 @@ def sweep_rows(best: dict[str, float]) -> pd.DataFrame:
     rows = []
     for image_id, t_best in best.items():
         for t in (0.1, 0.5, 0.9):
-            rows.append({"image_id": image_id, "cell_type": "cort", "threshold": t, "score": 1.0 - abs(t - t_best),
-                         "tp": 0, "fp": 0, "fn": 0})  # fmt: skip
+            rows.append({"image_id": image_id, "cell_type": "cort", "threshold": t, "box_nms_iou": 1.0, "min_size": 0,
+                         "score": 1.0 - abs(t - t_best), "tp": 0, "fp": 0, "fn": 0})  # fmt: skip
     return pd.DataFrame(rows)
 
 
@@ -94,10 +94,10 @@ def test_cross_fitted_thresholds_never_use_the_fold_s_own_predictions():
     best = {i: (0.9 if f == 0 else 0.1) for i, f in fold_of.items()}
     rows = sweep_rows(best)
     per_fold = thresholds.cross_fit(rows, fold_of, [0, 1, 2], list(CELL_TYPES), fallback=0.5)
-    assert per_fold[0]["cort"] == 0.1  # chosen on folds 1 and 2 only
-    assert thresholds.choose(thresholds.aggregate(rows), list(CELL_TYPES), 0.5)["cort"] == 0.9  # all folds: fold 0 wins
-    assert per_fold[1]["cort"] == 0.9 and per_fold[2]["cort"] == 0.9  # the others see fold 0
-    assert per_fold[0]["astro"] == 0.5  # no astro images anywhere: the fallback
+    assert per_fold[0].threshold("cort") == 0.1  # chosen on folds 1 and 2 only
+    assert thresholds.choose(thresholds.aggregate(rows), list(CELL_TYPES), 0.5).threshold("cort") == 0.9  # fold 0 wins
+    assert per_fold[1].threshold("cort") == 0.9 and per_fold[2].threshold("cort") == 0.9  # the others see fold 0
+    assert per_fold[0].threshold("astro") == 0.5  # no astro images anywhere: the fallback
     with pytest.raises(CellpipeError, match="has no fold"):
         thresholds.cross_fit(rows, {"a0": 0}, [0], list(CELL_TYPES), 0.5)
 

@@ -45,6 +45,7 @@ class Limits:
 
     score_thresh: float
     detections_per_img: int
+    nms_thresh: float | None = None  # the per-class box NMS IoU (None: the family has none)
 
 
 class Family(ABC):

@@ -177,6 +177,14 @@ class Detectron2MaskRCNN(nn.Module):
     def detections_per_img(self, value: int) -> None:
         self.net.roi_heads.box_predictor.test_topk_per_image = value
 
+    @property
+    def nms_thresh(self) -> float:
+        return self.net.roi_heads.box_predictor.test_nms_thresh
+
+    @nms_thresh.setter
+    def nms_thresh(self, value: float) -> None:
+        self.net.roi_heads.box_predictor.test_nms_thresh = value
+
     def forward(self, images: list[torch.Tensor], targets: list[dict] | None = None) -> Any:
         if self.training:
             if targets is None:

@@ -250,12 +250,14 @@ class RCNNFamily(Family):
 
     @abstractmethod
     def _limits_holder(self, model: torch.nn.Module):
-        """The object carrying ``score_thresh`` and ``detections_per_img``."""
+        """The object carrying ``score_thresh``, ``detections_per_img`` and ``nms_thresh``."""
 
     def limits(self, model: torch.nn.Module) -> Limits:
         holder = self._limits_holder(model)
-        return Limits(float(holder.score_thresh), int(holder.detections_per_img))
+        return Limits(float(holder.score_thresh), int(holder.detections_per_img), float(holder.nms_thresh))
 
     def set_limits(self, model: torch.nn.Module, limits: Limits) -> None:
         holder = self._limits_holder(model)
         holder.score_thresh, holder.detections_per_img = limits.score_thresh, limits.detections_per_img
+        if limits.nms_thresh is not None:
+            holder.nms_thresh = limits.nms_thresh

@@ -217,7 +217,14 @@ def evaluate(
         rows = []
         for v in val:
             inst = family.predict(model, v.grey, device=device, mask_threshold=mask_threshold)
-            rows.append((v.image_id, v.cell_type, v.truth, postprocess.final(inst.masks, inst.scores, score_threshold, post)))
+            rows.append(
+                (
+                    v.image_id,
+                    v.cell_type,
+                    v.truth,
+                    postprocess.final(inst.masks, inst.scores, score_threshold, post, v.grey.shape[1]),
+                )
+            )
     finally:
         family.set_limits(model, saved)
     return metric.evaluate(rows)

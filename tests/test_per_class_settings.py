@@ -1,0 +1,100 @@
+"""Each cell type with its own box-NMS IoU and minimum size, chosen out of fold beside its threshold."""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pandas as pd
+import scipy.sparse as sp
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from cellpipe import postprocess, thresholds
+from cellpipe.config import CELL_TYPES, PostProcess
+from cellpipe.instances import Instances
+from tests.conftest import run_cli
+
+
+def rect_masks(rects, shape=(40, 60)) -> sp.csr_matrix:
+    rows = []
+    for y0, y1, x0, x1 in rects:
+        m = np.zeros(shape, bool)
+        m[y0:y1, x0:x1] = True
+        rows.append(m.ravel())
+    return sp.csr_matrix(np.array(rows, dtype=np.float32))
+
+
+@settings(max_examples=50, deadline=None)
+@given(
+    st.lists(st.tuples(st.integers(0, 30), st.integers(1, 10), st.integers(0, 50), st.integers(1, 10)), min_size=1, max_size=8)
+)
+def test_mask_boxes_enclose_each_mask(rects):
+    rects = [(y, y + h, x, x + w) for y, h, x, w in rects]
+    boxes = postprocess.mask_boxes(rect_masks(rects), 60)
+    assert boxes.tolist() == [[x0, y0, min(x1, 60), min(y1, 40)] for y0, y1, x0, x1 in rects]
+
+
+def test_box_nms_drops_a_box_overlapping_a_better_one_above_the_iou():
+    masks = rect_masks([(0, 10, 0, 10), (0, 10, 2, 12), (20, 30, 20, 30)])  # boxes 0 and 1: IoU 8·10 / 12·10 = 0.67
+    scores = np.array([0.9, 0.8, 0.7])
+    for iou, kept in ((0.5, 2), (0.7, 3), (1.0, 3)):
+        final = postprocess.final(masks, scores, 0.0, PostProcess(box_nms_iou=iou, max_lost=1.0), width=60)
+        assert final.shape[0] == kept, iou
+
+
+def test_the_choice_is_made_per_class():
+    """Planted: astro scores best with box NMS at 0.5 and min size 10, cort without either."""
+    rows = []
+    for cls, best in (("astro", (0.5, 10)), ("cort", (1.0, 0))):
+        for u in (0.5, 1.0):
+            for m in (0, 10):
+                for t in (0.3, 0.6):
+                    rows.append({"image_id": f"{cls}1", "cell_type": cls, "threshold": t, "box_nms_iou": u, "min_size": m,
+                                 "score": 0.8 if (u, m) == best and t == 0.6 else 0.4, "tp": 0, "fp": 0, "fn": 0})  # fmt: skip
+    choice = thresholds.choose(thresholds.aggregate(pd.DataFrame(rows)), list(CELL_TYPES), 0.5, PostProcess())
+    assert choice.threshold("astro") == 0.6 and choice.post_for("astro").box_nms_iou == 0.5
+    assert choice.post_for("astro").min_size == 10 and choice.post_for("cort").box_nms_iou == 1.0
+    assert choice.threshold("shsy5y") == 0.5 and choice.post_for("shsy5y") == PostProcess()  # no images: defaults
+
+
+def test_thresholds_choose_a_class_nms_and_score_applies_it(tmp_path, tiny_kaggle):
+    """Through the CLI: predictions holding each true cell twice (a shifted copy, boxes at IoU ≈ 0.7, masks
+    apart by overlap removal) score best with box NMS at 0.5, which the stage chooses and score applies."""
+    from cellpipe import prediction_table, rle, tables
+
+    df = tables.read_train_csv(tiny_kaggle / "train.csv")
+    items = []
+    for image_id, g in df.groupby("id"):
+        h, w = int(g["height"].iloc[0]), int(g["width"].iloc[0])
+        truth = rle.to_csr(rle.parse_many(g["annotation"].tolist(), h * w), h * w)
+        shifted = []
+        for k in range(truth.shape[0]):
+            y, x = np.divmod(truth[k].indices, w)
+            dx = max(1, (x.max() - x.min() + 1) // 6)
+            keep = x + dx < w
+            cols = y[keep] * w + x[keep] + dx
+            shifted.append(sp.csr_matrix((np.ones(len(cols), np.float32), (np.zeros(len(cols), int), cols)), shape=(1, h * w)))
+        masks = sp.vstack([truth, *shifted]).tocsr()
+        n = truth.shape[0]
+        labels = np.full(2 * n, list(CELL_TYPES).index(g["cell_type"].iloc[0]) + 1)
+        items.append((image_id, Instances(masks, np.r_[np.full(n, 0.9), np.full(n, 0.8)], labels, (h, w))))
+    prediction_table.write(prediction_table.to_frame(items, list(CELL_TYPES)), tmp_path / "p.parquet")
+    (tmp_path / "p.yaml").write_text("thresholds: {grid: [0.5], box_nms_ious: [0.5, 1.0]}\npostprocess: {}\n")
+    ids = sorted(df["id"].unique())
+    (tmp_path / "val.json").write_text(json.dumps({
+        "images": [{"id": k + 1, "file_name": f"{i}.png", "kaggle_id": i, "height": 520, "width": 704, "fold": 0,
+                    "cell_type": df.loc[df["id"] == i, "cell_type"].iloc[0], "path": str(tiny_kaggle / "train" / f"{i}.png")}
+                   for k, i in enumerate(ids)], "annotations": [], "categories": []}))  # fmt: skip
+    proc = run_cli("thresholds", "--predictions", str(tmp_path / "p.parquet"), "--val", str(tmp_path / "val.json"),
+                   "--truth", str(tiny_kaggle / "train.csv"), "--out", str(tmp_path / "th.json"),
+                   "--sweep-out", str(tmp_path / "sw.csv"), "--counts-out", str(tmp_path / "c.csv"),
+                   "--params", str(tmp_path / "p.yaml"))  # fmt: skip
+    assert proc.returncode == 0, proc.stderr
+    chosen = json.loads((tmp_path / "th.json").read_text())
+    assert {v["box_nms_iou"] for v in chosen["postprocess_per_class"].values()} == {0.5}
+    proc = run_cli("score", "--predictions", str(tmp_path / "p.parquet"), "--val", str(tmp_path / "val.json"),
+                   "--truth", str(tiny_kaggle / "train.csv"), "--thresholds", str(tmp_path / "th.json"),
+                   "--out", str(tmp_path / "s.json"))  # fmt: skip
+    assert proc.returncode == 0, proc.stderr
+    assert json.loads((tmp_path / "s.json").read_text())["map_iou"] > 0.9  # the copies are gone: the truth is left
