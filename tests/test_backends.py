@@ -71,7 +71,7 @@ def test_predict_gives_full_size_instances_and_obeys_test_limits(backend):
     assert inst.masks.shape == (len(inst.scores), 520 * 704) and len(inst.labels) == len(inst.scores)
     assert set(np.unique(inst.labels)) <= {1, 2, 3}
     family.set_limits(model, Limits(score_thresh=0.0, detections_per_img=5))
-    assert family.limits(model) == Limits(0.0, 5)
+    assert family.limits(model) == Limits(0.0, 5, 0.5)
     assert len(family.predict(model, grey, device="cpu", mask_threshold=0.5).scores) <= 5
     family.set_limits(model, Limits(score_thresh=1.01, detections_per_img=50))
     assert len(family.predict(model, grey, device="cpu", mask_threshold=0.5).scores) == 0
