@@ -290,6 +290,7 @@ STALE_WHEN_EDITED = {
     "cellpipe/models/detectron2_maskrcnn.py": {"finetune", "predict", "pretrain"},
     "cellpipe/models/masks.py": {"finetune", "predict", "pretrain"},
     "cellpipe/models/rcnn.py": {"finetune", "predict", "pretrain"},
+    "cellpipe/models/torchvision_heads.py": {"finetune", "predict", "pretrain"},
     "cellpipe/models/torchvision_maskrcnn.py": {"finetune", "predict", "pretrain"},
     "cellpipe/overlay.py": {"visualize"},
     "cellpipe/params_file.py": EVERY - {"livecell", "score", "submit", "visualize"},
