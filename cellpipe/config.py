@@ -238,6 +238,10 @@ class Train(Section):
     fill_holes: list[str] = Field(
         default_factory=list, description="classes whose training masks get their holes filled (astro truth is filled contours)"
     )
+    rotate: bool = Field(False, description="random rotations by any angle (model.arch cellpose, as cellpose trains)")
+    scale_jitter: float = Field(
+        0.0, ge=0, lt=1, description="random rescaling by 1 ± this (model.arch cellpose; cellpose trains with 0.25)"
+    )
     workers: int = Field(0, ge=0, description="DataLoader worker processes building batches (0: in the main process)")
     cache_gb: float = Field(
         4.0,
@@ -370,6 +374,16 @@ class Params(Section):
     def _rpn(self) -> Params:
         if self.model.rpn_bg_iou > self.model.rpn_fg_iou:
             raise ValueError("model.rpn_bg_iou must be ≤ model.rpn_fg_iou")
+        return self
+
+    @model_validator(mode="after")
+    def _warps_need_flows(self) -> Params:
+        # Mask R-CNN's targets are boxes: a box turned by 30° is no longer the box of its cell
+        for name in ("pretrain", "finetune"):
+            section = getattr(self, name)
+            if self.model.arch != "cellpose" and (section.rotate or section.scale_jitter):
+                raise ValueError(f"{name}.rotate and {name}.scale_jitter are for model.arch cellpose (flows turn "
+                                 f"with the image; Mask R-CNN's boxes do not): set them to false / 0")  # fmt: skip
         return self
 
     @model_validator(mode="after")

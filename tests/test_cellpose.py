@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import math
 
 import numpy as np
 import pandas as pd
@@ -130,6 +131,72 @@ def test_flipped_targets_are_the_targets_of_the_flipped_cells(dim):
     inside = direct[0] > 0
     close = ((mirrored[1:] - direct[1:]).abs() < 0.15).all(0)[inside]
     assert close.float().mean() > 0.9
+
+
+def _two_cells() -> np.ndarray:
+    yy, xx = np.mgrid[:60, :80]
+    labels = np.zeros((60, 80), np.int32)
+    labels[((yy - 20) / 9) ** 2 + ((xx - 25) / 15) ** 2 <= 1] = 1  # an ellipse, off-centre
+    labels[(yy > 35) & (yy < 55) & (xx > 40) & (xx < 48 + (yy - 35))] = 2  # a slanted blob
+    return labels
+
+
+def _targets(lab: np.ndarray) -> torch.Tensor:
+    from cellpose import dynamics
+
+    flows = dynamics.masks_to_flows(lab, device=torch.device("cpu"))
+    return torch.from_numpy(np.concatenate([(lab > 0)[None], flows]).astype(np.float32))
+
+
+def test_an_unturned_unscaled_window_is_the_plain_crop():
+    from cellpipe.models.cellpose_flow import warp
+
+    image, target = torch.rand(1, 60, 80), _targets(_two_cells())
+    out_image, out_target = warp(image, target, angle=0.0, scale=1.0, centre=(30.0, 40.0), size=32)
+    assert torch.allclose(out_image, image[:, 14:46, 24:56], atol=1e-5)
+    assert torch.allclose(out_target, target[:, 14:46, 24:56], atol=1e-5)
+
+
+@pytest.mark.parametrize(("angle", "scale"), [(0.7, 1.0), (2.0, 1.2), (4.0, 0.8), (math.pi / 2, 1.0)])
+def test_turned_and_rescaled_targets_are_the_targets_of_the_turned_cells(angle, scale):
+    """Warping flows (vectors turned with the image) gives, inside the cells, the flows
+    cellpose computes for the warped label image: a sign or axis slip would point them away."""
+    from cellpipe.models.cellpose_flow import warp, window_grid
+
+    labels = _two_cells()
+    _, warped = warp(torch.zeros(1, 60, 80), _targets(labels), angle=angle, scale=scale, centre=(31.0, 37.0), size=64)
+    grid = window_grid((60, 80), angle=angle, scale=scale, centre=(31.0, 37.0), size=64)
+    lab = torch.nn.functional.grid_sample(torch.from_numpy(labels).float()[None, None], grid, mode="nearest",
+                                          align_corners=False)[0, 0].round().int().numpy()  # fmt: skip
+    assert set(np.unique(lab)) == {0, 1, 2}
+    direct = _targets(lab)
+    inside = (direct[0] > 0) & (warped[0] > 0)
+    assert (warped[0] == direct[0]).float().mean() > 0.97  # the cell probability follows the cells
+    cosine = (warped[1:] * direct[1:]).sum(0)[inside]
+    assert cosine.mean() > 0.9 and (cosine > 0).float().mean() > 0.95, (cosine.mean(), (cosine > 0).float().mean())
+
+
+def test_rotations_and_rescaling_draw_windows_of_the_crop_size(tiny_coco):
+    cfg = Train(crop_size=96, rotate=True, scale_jitter=0.25)
+    ds = FAMILY.dataset(tiny_coco, TINY_CP, cfg)
+    assert ds.rotate and ds.scale_jitter == 0.25
+    torch.manual_seed(0)
+    plain = FAMILY.dataset(tiny_coco, TINY_CP, Train(crop_size=96))
+    for k in range(len(ds)):
+        image, target = ds[k]
+        assert image.shape[-2:] == (96, 96) and target["flows"].shape == (3, 96, 96)
+        assert torch.isfinite(target["flows"]).all() and set(target["flows"][0].unique().tolist()) <= {0.0, 1.0}
+    assert plain[0][0].shape == ds[0][0].shape
+
+
+def test_rotations_are_refused_for_mask_rcnn():
+    from cellpipe.config import Params
+
+    with pytest.raises(ValueError, match="finetune.rotate"):
+        Params.model_validate({"finetune": {"rotate": True}})
+    with pytest.raises(ValueError, match="pretrain.rotate"):
+        Params.model_validate({"pretrain": {"scale_jitter": 0.25}})
+    assert Params.model_validate({"model": {"arch": "cellpose"}, "finetune": {"rotate": True, "scale_jitter": 0.25}})
 
 
 @pytest.mark.slow

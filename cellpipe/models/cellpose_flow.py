@@ -114,16 +114,19 @@ class FlowSamples(Dataset):
     Each image is rescaled so its cells have the nominal diameter (its class's median
     diameter on the training data), its flows computed once, and every step draws a
     random ``crop_size`` window and flips from torch's RNG (seeded per iteration by the
-    engine).
+    engine) — with ``rotate`` / ``scale_jitter``, a window turned by any angle and rescaled
+    by 1 ± ``scale_jitter`` (:func:`warp`).
     """
 
     def __init__(self, data: dict, cfg: Model, *, crop_size: int, hflip: bool, vflip: bool,
                  image_ids: list[int] | None = None, diameters: np.ndarray | None = None,
-                 cache_gb: float = 4.0, fill_holes: tuple[str, ...] = ()) -> None:  # fmt: skip
+                 cache_gb: float = 4.0, fill_holes: tuple[str, ...] = (), rotate: bool = False,
+                 scale_jitter: float = 0.0) -> None:  # fmt: skip
         self.cfg = cfg.cellpose
         self.fill_ids = {int(c["id"]) for c in data.get("categories", []) if c.get("name") in set(fill_holes)}
         self.crop = crop_size or 256
         self.hflip, self.vflip = hflip, vflip
+        self.rotate, self.scale_jitter = rotate, scale_jitter
         wanted = None if image_ids is None else set(image_ids)
         self.images = [im for im in data["images"] if wanted is None or im["id"] in wanted]
         self.by_image: dict[int, list[dict]] = {}
@@ -172,15 +175,59 @@ class FlowSamples(Dataset):
             pad = (0, max(0, c - w), 0, max(0, c - h))
             image, target = F.pad(image, pad), F.pad(target, pad)
             h, w = image.shape[-2:]
-        top = int(torch.randint(0, h - c + 1, ()).item())
-        left = int(torch.randint(0, w - c + 1, ()).item())
-        image = image[:, top : top + c, left : left + c]
-        target = target[:, top : top + c, left : left + c].clone()
+        if self.rotate or self.scale_jitter:
+            angle = float(torch.rand(()) * 2 * math.pi) if self.rotate else 0.0
+            scale = 1.0 + float(torch.rand(()) * 2 - 1) * self.scale_jitter
+            half = c / (2 * scale)  # the window's half side in the image's pixels
+            cy = float(half + torch.rand(()) * max(0.0, h - 2 * half)) if h > 2 * half else h / 2
+            cx = float(half + torch.rand(()) * max(0.0, w - 2 * half)) if w > 2 * half else w / 2
+            image, target = warp(image, target, angle=angle, scale=scale, centre=(cy, cx), size=c)
+        else:
+            top = int(torch.randint(0, h - c + 1, ()).item())
+            left = int(torch.randint(0, w - c + 1, ()).item())
+            image = image[:, top : top + c, left : left + c]
+            target = target[:, top : top + c, left : left + c].clone()
         if self.hflip and torch.rand(()) < 0.5:
             image, target = flip(image, target, -1)
         if self.vflip and torch.rand(()) < 0.5:
             image, target = flip(image, target, -2)
         return image.contiguous(), {"flows": target.contiguous(), "label": torch.tensor(cls)}
+
+
+def warp(image: torch.Tensor, target: torch.Tensor, *, angle: float, scale: float, centre: tuple[float, float],
+         size: int) -> tuple[torch.Tensor, torch.Tensor]:  # fmt: skip
+    """A ``size``² window of an image and its (cell probability, dy, dx) targets, rotated and rescaled.
+
+    cellpose's own training draws every crop rotated by any angle and rescaled by 0.75–1.25
+    (``transforms.random_rotate_and_resize``): cells are seen in every orientation and at
+    sizes around the nominal diameter, which the network must tolerate at inference
+    since real cells vary in size within a type. The window's centre sits at ``centre``
+    (y, x, in the image's pixels); an output pixel ``q`` (from the window's centre) reads
+    the image at ``centre + R(-angle) q / scale``, bilinearly, zeros outside. The flows are
+    unit vectors toward their cell's centre, so each is turned by ``angle`` like the image
+    (their length is kept); the cell probability is re-binarised at 0.5.
+    """
+    grid = window_grid(tuple(image.shape[-2:]), angle=angle, scale=scale, centre=centre, size=size)
+    cos, sin = math.cos(angle), math.sin(angle)
+    both = torch.cat([image, target])[None]
+    out = F.grid_sample(both, grid, mode="bilinear", padding_mode="zeros", align_corners=False)[0]
+    n = image.shape[0]
+    image, prob, dy, dx = out[:n], out[n], out[n + 1], out[n + 2]
+    # a vector (dx, dy) in the image becomes R(angle)(dx, dy) in the window, the inverse of the sampling map
+    rx, ry = cos * dx - sin * dy, sin * dx + cos * dy
+    return image.contiguous(), torch.stack([(prob > 0.5).float(), ry, rx])
+
+
+def window_grid(shape: tuple[int, int], *, angle: float, scale: float, centre: tuple[float, float],
+                size: int) -> torch.Tensor:  # fmt: skip
+    """``grid_sample``'s grid (1, size, size, 2) of :func:`warp`'s window in an image of ``shape``."""
+    h, w = shape
+    cos, sin = math.cos(angle), math.sin(angle)
+    r = (torch.arange(size, dtype=torch.float32) - (size - 1) / 2) / scale
+    qy, qx = torch.meshgrid(r, r, indexing="ij")
+    px = centre[1] - 0.5 + cos * qx + sin * qy  # pixel coordinates (pixel centres at integers)
+    py = centre[0] - 0.5 - sin * qx + cos * qy
+    return torch.stack([(2 * px + 1) / w - 1, (2 * py + 1) / h - 1], dim=-1)[None]
 
 
 def flip(image: torch.Tensor, target: torch.Tensor, dim: int) -> tuple[torch.Tensor, torch.Tensor]:
@@ -264,7 +311,8 @@ class CellposeFlow(Family):
     def dataset(self, data: dict, cfg: Model, train_cfg: Any, image_ids: list[int] | None = None) -> FlowSamples:
         return FlowSamples(data, cfg, crop_size=train_cfg.crop_size, hflip=train_cfg.hflip, vflip=train_cfg.vflip,
                            image_ids=image_ids, cache_gb=train_cfg.cache_gb,
-                           fill_holes=tuple(train_cfg.fill_holes))  # fmt: skip
+                           fill_holes=tuple(train_cfg.fill_holes), rotate=train_cfg.rotate,
+                           scale_jitter=train_cfg.scale_jitter)  # fmt: skip
 
     def fit_data(self, model: nn.Module, dataset: FlowSamples) -> None:
         model.diameters.copy_(torch.from_numpy(dataset.diameters))
