@@ -91,14 +91,19 @@ def read_truth(path: Path, image_ids: list[str], duplicates: str = "error") -> T
 
 
 def pairs(
-    truth: Truth, truth_ids_: list[str], pred: prediction_table.Predictions, *, truth_where: Path | str
-) -> tuple[list[tuple[Instances, sp.csr_matrix, str]], prediction_table.Alignment]:
+    truth: Truth, truth_ids_: list[str], pred: prediction_table.Predictions, *, truth_where: Path | str,
+    chosen: bool = False,
+) -> tuple[list[tuple[Instances, sp.csr_matrix, str]], prediction_table.Alignment]:  # fmt: skip
     """(predictions, truth, cell type) of every image of ``truth_ids_`` that was predicted.
 
     Ids in only one of them are counted and reported as a warning; none in common is an
-    error; an image whose predictions and truth differ in size is an error.
+    error; an image whose predictions and truth differ in size is an error. ``chosen``:
+    ``truth_ids_`` is a handful picked from the predicted images (overlays), so the
+    predictions of the others are no mismatch; a chosen image that was not predicted is.
     """
-    alignment = prediction_table.align(truth_ids_, pred.sizes, truth_where=str(truth_where), predictions_where=pred.where)
+    wanted = set(truth_ids_)
+    predicted = [i for i in pred.sizes if i in wanted] if chosen else pred.sizes
+    alignment = prediction_table.align(truth_ids_, predicted, truth_where=str(truth_where), predictions_where=pred.where)
     if warning := alignment.warning():
         log(f"[yellow]warning: {warning}[/yellow]")
     out = []
@@ -114,12 +119,13 @@ def pairs(
 
 
 def scored_pairs(
-    truth: Path, truth_ids_: list[str], predictions_file: Path, *, truth_where: Path, duplicates: str = "error"
-) -> tuple[list[tuple[Instances, sp.csr_matrix, str]], prediction_table.Alignment]:
+    truth: Path, truth_ids_: list[str], predictions_file: Path, *, truth_where: Path, duplicates: str = "error",
+    chosen: bool = False,
+) -> tuple[list[tuple[Instances, sp.csr_matrix, str]], prediction_table.Alignment]:  # fmt: skip
     """:func:`pairs` of a predictions file and a truth file (the truth read for the predicted images only)."""
     pred = prediction_table.read(predictions_file)
     scored = [i for i in truth_ids_ if i in pred.sizes]
-    return pairs(read_truth(truth, scored, duplicates), truth_ids_, pred, truth_where=truth_where)
+    return pairs(read_truth(truth, scored, duplicates), truth_ids_, pred, truth_where=truth_where, chosen=chosen)
 
 
 def read_thresholds(path: Path, default: float | None = None) -> Choice:

@@ -35,7 +35,7 @@ def run(
     images = val_image_list(val)
     drawn_val = images.sort_values("image_id").groupby("cell_type").head(per_type)
     paths = coco.image_paths(coco.load_json(val), val)
-    pairs, _ = scored_pairs(truth, drawn_val["image_id"].tolist(), val_predictions, truth_where=val)
+    pairs, _ = scored_pairs(truth, drawn_val["image_id"].tolist(), val_predictions, truth_where=val, chosen=True)
     test = list_images(test_dir or kaggle_dir / "test")
     test_pred = prediction_table.read(test_predictions)
     drawn = [i for i in test if i in test_pred.sizes]
