@@ -12,6 +12,7 @@ larger than ``predict.tile_size`` are predicted in overlapping windows.
 
 from __future__ import annotations
 
+import time
 from dataclasses import replace
 from pathlib import Path
 
@@ -106,6 +107,7 @@ def run(
         outputs_.insert(1, ("lockbox", lockbox_paths, lockbox_out))
     with Outputs() as out:  # every table of this model is replaced together or not at all
         for label, paths, target in outputs_:
+            wall, cpu = time.perf_counter(), time.process_time()
             with progress(f"predict {label}", total=len(paths)) as bar:
                 pred = predict_images(
                     family,
@@ -123,7 +125,10 @@ def run(
                 )
             pred.model = source
             prediction_table.write(pred, out(target))
-            log(f"predicted {len(pred.detections)} {label} detections on {len(paths)} images → {target}")
+            wall, cpu = time.perf_counter() - wall, time.process_time() - cpu
+            per = max(1, len(paths))  # the cost per image, so that caps and settings are measured, not guessed
+            log(f"predicted {len(pred.detections)} {label} detections on {len(paths)} images "
+                f"({wall / per:.2f} s/image, {cpu / per:.2f} s of CPU) → {target}")  # fmt: skip
         if submission_out is not None:
             from cellpipe import submission
 
