@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import signal
 import sys
+from pathlib import Path
 
 
 class Interrupted(BaseException):
@@ -31,10 +32,32 @@ def stopped(exc: BaseException) -> int:
     return 128 + signum
 
 
+def run_this_checkout(cwd: Path) -> bool:
+    """Import the code of the cellpipe checkout the command runs in, not of the installed one.
+
+    The package is installed in editable mode from one checkout, so the ``cellpipe`` script
+    imports that checkout's code wherever it runs. ``dvc exp run --queue``/``--temp`` runs
+    every command in a copy of the repository (``.dvc/tmp/exps/…``) and records the hashes
+    of the copy's files as the stage's dependencies; without this it would run the
+    original checkout's code as it is at that moment — an edit made while a queued
+    experiment waits would then be cached under the hashes of the code it was queued with.
+    Returns whether the imports were redirected.
+    """
+    root = cwd.resolve()
+    marks = (root / "dvc.yaml", root / "cellpipe" / "__init__.py", root / "stages" / "cli.py")
+    if not all(m.is_file() for m in marks) or Path(__file__).resolve().parent.parent == root:
+        return False
+    sys.path.insert(0, str(root))
+    for name in [m for m in sys.modules if m.split(".")[0] in ("stages", "cellpipe") and m != __name__]:
+        del sys.modules[name]  # (this module stays: it only installs the handlers and dispatches)
+    return True
+
+
 def main() -> None:
     signal.signal(signal.SIGINT, _raise_interrupted)
     signal.signal(signal.SIGTERM, _raise_interrupted)
     try:
+        run_this_checkout(Path.cwd())
         from stages import cli
     except (Interrupted, KeyboardInterrupt) as exc:
         sys.exit(stopped(exc))

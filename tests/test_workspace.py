@@ -44,3 +44,29 @@ def test_stage_tests_pass_with_every_profile_applied_to_the_workspace(tmp_path):
     )  # fmt: skip
     assert proc.returncode == 0, proc.stdout[-4000:]
     assert " passed" in proc.stdout and "skipped" not in proc.stdout.split("\n")[-2], proc.stdout[-500:]
+
+
+def test_cellpipe_runs_the_code_of_the_checkout_it_runs_in(tmp_path):
+    """``dvc exp run --queue``/``--temp`` runs every command in a copy of the repository and
+    records the copy's files as the stages' dependencies; the ``cellpipe`` script (an
+    editable install of one checkout) ran the original checkout's code instead — whatever it
+    held by then. Found when a queued experiment's log showed a change made after queueing."""
+    import shutil
+
+    copy = tmp_path / "copy"
+    skip = shutil.ignore_patterns("__pycache__")
+    for folder in ("cellpipe", "stages"):
+        shutil.copytree(REPO / folder, copy / folder, ignore=skip)
+    for name in ("dvc.yaml", "params.yaml"):
+        shutil.copy(REPO / name, copy / name)
+    init = copy / "cellpipe" / "__init__.py"
+    init.write_text(init.read_text() + "\nimport sys\n\nprint('code of the copy', file=sys.stderr)\n")
+    script = os.path.join(os.path.dirname(sys.executable), "cellpipe")
+    if not os.path.isfile(script):
+        pytest.skip("no cellpipe script beside this Python (not installed with pip install -e)")
+    env = {**os.environ, "CELLPIPE_NO_PROGRESS": "1"}
+    there = subprocess.run([script, "params"], cwd=copy, env=env, capture_output=True, text=True, timeout=120)
+    assert there.returncode == 0 and "code of the copy" in there.stderr, there.stderr
+    elsewhere = subprocess.run([script, "params", "--defaults"], cwd=tmp_path, env=env, capture_output=True, text=True,
+                               timeout=120)  # fmt: skip
+    assert elsewhere.returncode == 0 and "code of the copy" not in elsewhere.stderr, elsewhere.stderr
