@@ -103,3 +103,16 @@ def test_every_profile_is_valid_on_the_committed_params(profile, tmp_path):
         for part in key.split("."):
             node = node[part]
         assert node == value, f"{key}: {node!r} != {value!r}"
+
+
+def test_the_real_profile_is_the_settings_of_its_family():
+    """`real` is what a new user runs: the family that scores best on the real lockbox, with that
+    family's profile's settings exactly (so a lever measured on one is not missing from the other)."""
+    from cellpipe import profiles
+
+    def settings(name: str) -> dict:
+        return profiles.values((REPO / "profiles" / f"{name}.yaml").read_text(), where=name)
+
+    real = settings("real")
+    family = {"maskrcnn": "real-maskrcnn", "cellpose": "real-cellpose"}[real.get("model.arch", "maskrcnn")]
+    assert real == settings(family)
