@@ -144,6 +144,14 @@ def make_config(mc: Model, num_classes: int):
     return cfg
 
 
+def _predictor_knob(name: str) -> property:
+    """A run-time setting of detectron2's box predictor, read and set on the wrapper."""
+    return property(
+        lambda self: getattr(self.net.roi_heads.box_predictor, name),
+        lambda self, value: setattr(self.net.roi_heads.box_predictor, name, value),
+    )
+
+
 class Detectron2MaskRCNN(nn.Module):
     """detectron2's Mask R-CNN with torchvision's inputs and outputs (see the module doc)."""
 
@@ -160,30 +168,10 @@ class Detectron2MaskRCNN(nn.Module):
         self.min_size, self.max_size = mc.min_size, mc.max_size
         self._iteration = 0
 
-    # -- the two knobs the engine and predict change at run time
-    @property
-    def score_thresh(self) -> float:
-        return self.net.roi_heads.box_predictor.test_score_thresh
-
-    @score_thresh.setter
-    def score_thresh(self, value: float) -> None:
-        self.net.roi_heads.box_predictor.test_score_thresh = value
-
-    @property
-    def detections_per_img(self) -> int:
-        return self.net.roi_heads.box_predictor.test_topk_per_image
-
-    @detections_per_img.setter
-    def detections_per_img(self, value: int) -> None:
-        self.net.roi_heads.box_predictor.test_topk_per_image = value
-
-    @property
-    def nms_thresh(self) -> float:
-        return self.net.roi_heads.box_predictor.test_nms_thresh
-
-    @nms_thresh.setter
-    def nms_thresh(self, value: float) -> None:
-        self.net.roi_heads.box_predictor.test_nms_thresh = value
+    # -- the knobs the engine and predict change at run time, under torchvision's names
+    score_thresh = _predictor_knob("test_score_thresh")
+    detections_per_img = _predictor_knob("test_topk_per_image")
+    nms_thresh = _predictor_knob("test_nms_thresh")
 
     def forward(self, images: list[torch.Tensor], targets: list[dict] | None = None) -> Any:
         if self.training:
