@@ -171,6 +171,13 @@ class Model(Section):
     )
     min_size: int = Field(520, gt=0, le=8192, description="input short side (520 = full size) ...")
     max_size: int = Field(704, gt=0, le=8192, description="... and long side at most; training crops come from this scale")
+    class_scales: dict[str, float] = Field(
+        default_factory=dict,
+        description="Mask R-CNN: a type's images at × this in training and in a second predict pass, e.g. {astro: 0.667}",
+    )
+    class_scale_vote: float = Field(
+        0.5, ge=0, le=1, description="... the first pass's detections voting the type score at least this"
+    )
     detections_per_img: int = Field(1000, gt=0, description="LIVECell images hold 2000+ cells, shsy5y up to 790")
     rpn_batch_per_image: int = Field(256, gt=0, description="RPN anchors sampled per image")
     roi_batch_per_image: int = Field(128, gt=0, description="RoIs sampled per image")
@@ -192,6 +199,28 @@ class Model(Section):
                 "must list 5 FPN levels, each a positive integer size or a list of them, with the same number of sizes per level"
             )
         return v
+
+    @field_validator("class_scales")
+    @classmethod
+    def _scales(cls, v: dict[str, float]) -> dict[str, float]:
+        bad = {k: f for k, f in v.items() if not 0.1 <= f <= 8}
+        if bad:
+            raise ValueError(f"each scale must lie in [0.1, 8] (× min_size/max_size); got {bad}")
+        return v
+
+    @model_validator(mode="after")
+    def _scaled_sizes(self) -> Model:
+        if self.class_scales and self.arch != "maskrcnn":
+            raise ValueError("class_scales is for model.arch maskrcnn (the flow U-Net scales each class to "
+                             "model.cellpose.diameter already)")  # fmt: skip
+        top = max(self.class_scales.values(), default=1.0)
+        if top * max(self.min_size, self.max_size) > 8192:
+            raise ValueError(f"class_scales up to ×{top} takes min_size/max_size {self.min_size}/{self.max_size} over 8192 px")
+        return self
+
+    def scale_of(self, name: str) -> float:
+        """The input scale factor of images of cell type ``name`` (1 unless ``class_scales`` names it)."""
+        return float(self.class_scales.get(name, 1.0))
 
     @field_validator("aspect_ratios")
     @classmethod

@@ -21,17 +21,19 @@ from cellpipe.params_file import PARAMS_HELP, load
 
 
 def model_scale_boxes(data: dict, mcfg: Model) -> tuple[np.ndarray, np.ndarray]:
-    """(x0, y0, x1, y1) boxes at the model's input scale, and each box's category name."""
+    """(x0, y0, x1, y1) boxes at the model's input scale (its cell type's), and each box's category name."""
     names = {c["id"]: c["name"] for c in data["categories"]}
     images = {im["id"]: im for im in data["images"]}
     boxes, labels = [], []
     for a in data["annotations"]:
         im = images[a["image_id"]]
         h, w = int(im["height"]), int(im["width"])
-        s = input_size(h, w, mcfg.min_size, mcfg.max_size)[0] / h
+        name = names.get(a["category_id"], "cell")
+        f = mcfg.scale_of(name)  # a cell type with its own scale (model.class_scales) is seen at it
+        s = input_size(h, w, round(mcfg.min_size * f), round(mcfg.max_size * f))[0] / h
         x, y, bw, bh = (float(v) * s for v in a["bbox"])
         boxes.append((x, y, x + bw, y + bh))
-        labels.append(names.get(a["category_id"], "cell"))
+        labels.append(name)
     return np.asarray(boxes, dtype=np.float64).reshape(-1, 4), np.asarray(labels)
 
 

@@ -79,6 +79,10 @@ class Family(ABC):
     def dataset(self, data: dict, cfg: Model, train_cfg: Any, image_ids: list[int] | None = None) -> Any:
         """Training samples of a normalised COCO dict (images and targets as ``train_step`` takes them)."""
 
+    def set_classes(self, model: nn.Module, cfg: Model, classes: list[str]) -> None:
+        """Give a built model what its config says per class name (Mask R-CNN: each type's input scale)."""
+        return None  # most families need nothing per class beyond their weights
+
     def fit_data(self, model: nn.Module, dataset: Any) -> None:
         """Set what the model learns from the training data before training (cellpose: cell sizes)."""
         return None  # most families learn everything by gradient descent
@@ -211,6 +215,7 @@ def from_checkpoint(path: str | Path, device: Any = "cpu") -> tuple[Family, nn.M
     fam = family(cfg)
     fam.require()
     model = fam.build(cfg, len(ckpt["classes"]))
+    fam.set_classes(model, cfg, list(classes))
     try:
         model.load_state_dict(ckpt["model"])
     except RuntimeError as exc:

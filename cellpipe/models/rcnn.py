@@ -19,6 +19,8 @@ costs a few milliseconds against a training step's hundreds, and keeps LIVECell'
 from __future__ import annotations
 
 from abc import abstractmethod
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -37,6 +39,7 @@ from cellpipe.images import input_size, read_grey
 from cellpipe.instances import Instances
 from cellpipe.models import Family, Limits
 from cellpipe.models.masks import paste_sparse
+from cellpipe.postprocess import image_class
 from cellpipe.samples import SampleCache
 
 
@@ -82,9 +85,12 @@ class CocoInstances(Dataset):
         crop_size: int = 0,
         cache_gb: float = 4.0,
         fill_holes: tuple[str, ...] = (),
+        class_scales: dict[str, float] | None = None,
     ) -> None:
         self.coco = coco
         self.fill_ids = {int(c["id"]) for c in coco.get("categories", []) if c.get("name") in set(fill_holes)}
+        scales = class_scales or {}
+        self.scale_of_id = {int(c["id"]): float(scales[c["name"]]) for c in coco.get("categories", []) if c.get("name") in scales}
         self.min_size, self.max_size = min_size, max_size
         self.crop_size = crop_size
         wanted = None if image_ids is None else set(image_ids)
@@ -112,8 +118,9 @@ class CocoInstances(Dataset):
         info = self.images[index]
         h, w = int(info["height"]), int(info["width"])
         grey = read_grey(Path(info["path"]), (h, w))
-        size = input_size(h, w, self.min_size, self.max_size)
         anns = self.by_image.get(info["id"], [])
+        f = self.image_scale(anns)
+        size = input_size(h, w, max(1, round(self.min_size * f)), max(1, round(self.max_size * f)))
         corners, crops, labels = [], [], []
         for a in anns:
             rle_ = segmentation_rle(a["segmentation"], h, w)
@@ -137,6 +144,13 @@ class CocoInstances(Dataset):
         sample = Sample(grey, size, np.asarray(corners, dtype=np.int64).reshape(-1, 2), crops, np.asarray(labels, dtype=np.int64))
         self.cache.put(index, sample)
         return sample
+
+    def image_scale(self, anns: list[dict]) -> float:
+        """The input scale factor of an image: its cell type's (the category most of its cells have), else 1."""
+        if not self.scale_of_id or not anns:
+            return 1.0
+        ids, counts = np.unique([int(a["category_id"]) for a in anns], return_counts=True)
+        return self.scale_of_id.get(int(ids[counts.argmax()]), 1.0)
 
     def image(self, s: Sample) -> torch.Tensor:
         """The normalised image (1×H×W) at the input scale."""
@@ -227,6 +241,47 @@ def predict_image(
     return to_instances(out, grey.shape, mask_threshold, mask_geometry(model))
 
 
+@contextmanager
+def input_scale(model: torch.nn.Module, factor: float) -> Iterator[None]:
+    """The model's inference input size (min_size/max_size) × ``factor`` while inside.
+
+    torchvision keeps the sizes on its transform (``min_size`` a tuple), the detectron2
+    wrapper on itself; both resize each image to them before the backbone and map the
+    detections back to the image, so only the scale the network sees changes.
+    """
+    holder = getattr(model, "transform", model)
+    mins, maxs = holder.min_size, holder.max_size
+    base = mins[-1] if isinstance(mins, tuple | list) else mins
+    new = max(1, round(base * factor))
+    holder.min_size = (new,) if isinstance(mins, tuple | list) else new
+    holder.max_size = max(1, round(maxs * factor))
+    try:
+        yield
+    finally:
+        holder.min_size, holder.max_size = mins, maxs
+
+
+def predict_at_class_scale(
+    model: torch.nn.Module, grey: np.ndarray, *, device, mask_threshold: float, scales: dict[int, float], vote_min_score: float
+) -> Instances:
+    """Detections at the scale of the image's cell type: two passes when that scale is not ×1.
+
+    The first pass (×1) votes the type (summed scores of the detections scoring at least
+    ``vote_min_score``, as the thresholds' vote); when ``scales`` gives that type (label)
+    another factor, the image is predicted again at it and that pass is the answer. The
+    types are far apart in size (astro ≈ 44 px against ≈ 17 px), so one input scale cannot
+    suit all three; costs a second pass only for the images of a rescaled type.
+    """
+    inst = predict_image(model, grey, device=device, mask_threshold=mask_threshold)
+    if len(inst.labels) == 0:
+        return inst
+    factor = scales.get(int(image_class(inst.labels, inst.scores, "0", vote_min_score)), 1.0)
+    if factor == 1.0:
+        return inst
+    with input_scale(model, factor):
+        return predict_image(model, grey, device=device, mask_threshold=mask_threshold)
+
+
 class RCNNFamily(Family):
     """What the two Mask R-CNN backends share: torchvision's calling convention (``model(images,
     targets)`` → losses in training, detections in eval), :class:`CocoInstances` as training
@@ -236,16 +291,27 @@ class RCNNFamily(Family):
     def dataset(self, data: dict, cfg: Model, train_cfg, image_ids: list[int] | None = None) -> CocoInstances:
         return CocoInstances(data, cfg.min_size, cfg.max_size, hflip=train_cfg.hflip, vflip=train_cfg.vflip,
                              image_ids=image_ids, crop_size=train_cfg.crop_size, cache_gb=train_cfg.cache_gb,
-                             fill_holes=tuple(train_cfg.fill_holes))  # fmt: skip
+                             fill_holes=tuple(train_cfg.fill_holes), class_scales=cfg.class_scales)  # fmt: skip
+
+    def set_classes(self, model: torch.nn.Module, cfg: Model, classes: list[str]) -> None:
+        # label k (1-based, torchvision's convention) → its type's input scale; kept off the state
+        # dict: it is the config's, and checkpoints stay loadable whatever it says
+        model.class_scales = {k + 1: cfg.scale_of(name) for k, name in enumerate(classes) if cfg.scale_of(name) != 1.0}
+        model.class_scale_vote = cfg.class_scale_vote
 
     def train_step(self, model: torch.nn.Module, images: list[torch.Tensor], targets: list[dict]) -> dict[str, torch.Tensor]:
         return model(images, targets)
 
     def predict(self, model: torch.nn.Module, grey: np.ndarray, *, device, mask_threshold: float) -> Instances:
-        return predict_image(model, grey, device=device, mask_threshold=mask_threshold)
+        scales = getattr(model, "class_scales", None)
+        if not scales:
+            return predict_image(model, grey, device=device, mask_threshold=mask_threshold)
+        return predict_at_class_scale(model, grey, device=device, mask_threshold=mask_threshold, scales=scales,
+                                      vote_min_score=model.class_scale_vote)  # fmt: skip
 
     def input_pixels(self, model: torch.nn.Module, cfg: Model, height: int, width: int) -> int:
-        h, w = input_size(height, width, cfg.min_size, cfg.max_size)
+        top = max([1.0, *cfg.class_scales.values()])
+        h, w = input_size(height, width, round(cfg.min_size * top), round(cfg.max_size * top))
         return h * w
 
     @abstractmethod

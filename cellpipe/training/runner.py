@@ -157,6 +157,7 @@ def run_training(
     val = engine.val_images(val_coco)
     torch.manual_seed(train_cfg.seed)
     model = family.build(model_cfg, len(class_names))
+    family.set_classes(model, model_cfg, class_names)
     check_frozen_init(model_cfg, init)
     desc = family.initialise(model, init)
     family.fit_data(model, dataset)
