@@ -175,6 +175,9 @@ class Model(Section):
         default_factory=dict,
         description="Mask R-CNN: a type's images at × this in training and in a second predict pass, e.g. {astro: 0.667}",
     )
+    class_scale_base_share: float = Field(
+        0.5, ge=0, lt=1, description="... share of a rescaled type's training samples drawn at ×1, so the first pass knows it"
+    )
     class_scale_vote: float = Field(
         0.5, ge=0, le=1, description="... the first pass's detections voting the type score at least this"
     )

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from collections import OrderedDict
+from collections.abc import Hashable
 
 
 class SampleCache:
@@ -15,17 +16,17 @@ class SampleCache:
 
     def __init__(self, max_bytes: float, size) -> None:
         self.max_bytes, self.size = max_bytes, size
-        self.entries: OrderedDict[int, tuple[object, int]] = OrderedDict()  # value, its size when put
+        self.entries: OrderedDict[Hashable, tuple[object, int]] = OrderedDict()  # value, its size when put
         self.bytes = 0
         self.evicted = 0
 
-    def get(self, index: int):
+    def get(self, index: Hashable):
         if index in self.entries:
             self.entries.move_to_end(index)
             return self.entries[index][0]
         return None
 
-    def put(self, index: int, value) -> None:
+    def put(self, index: Hashable, value) -> None:
         if index in self.entries:
             self.bytes -= self.entries.pop(index)[1]
         nbytes = int(self.size(value))

@@ -95,3 +95,14 @@ def test_scales_that_cannot_work_are_refused_by_name(model, words):
     with pytest.raises(ValidationError, match="class_scales") as err:
         Params(model=Model(**model))
     assert words in str(err.value)
+
+
+def test_a_rescaled_type_is_drawn_at_x1_a_share_of_the_time_so_the_first_pass_knows_it(tmp_path):
+    data, _, _ = ring_coco(tmp_path)
+    mixed = CocoInstances(data, 40, 50, class_scales={"astro": 0.5}, base_share=0.5)
+    torch.manual_seed(0)
+    sizes = [tuple(mixed[0][0].shape[-2:]) for _ in range(40)]
+    assert set(sizes) == {(20, 25), (40, 50)} and 8 < sizes.count((40, 50)) < 32
+    only = CocoInstances(data, 40, 50, class_scales={"astro": 0.5})
+    assert {tuple(only[0][0].shape[-2:]) for _ in range(10)} == {(20, 25)}
+    assert len(mixed.cache.entries) == 2  # one decoded sample per scale, not per draw

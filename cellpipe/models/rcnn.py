@@ -86,6 +86,7 @@ class CocoInstances(Dataset):
         cache_gb: float = 4.0,
         fill_holes: tuple[str, ...] = (),
         class_scales: dict[str, float] | None = None,
+        base_share: float = 0.0,
     ) -> None:
         self.coco = coco
         self.fill_ids = {int(c["id"]) for c in coco.get("categories", []) if c.get("name") in set(fill_holes)}
@@ -104,22 +105,27 @@ class CocoInstances(Dataset):
         if vflip:
             flips.append(T.RandomVerticalFlip(0.5))
         self.augment = T.Compose(flips) if flips else None
+        # each image's own input scale (its type's); a rescaled image is drawn at ×1 instead a
+        # ``base_share`` of the time, so that inference's first pass (at ×1) knows its type
+        self.scales = [self.image_scale(self.by_image.get(im["id"], [])) for im in self.images]
+        self.base_share = base_share
         self.cache = SampleCache(cache_gb * 1e9, lambda s: s.nbytes)
         self.dropped = 0
 
     def __len__(self) -> int:
         return len(self.images)
 
-    def load(self, index: int) -> Sample:
-        """An image's pixels and its instances at the input scale (cached)."""
-        cached = self.cache.get(index)
+    def load(self, index: int, own_scale: bool = True) -> Sample:
+        """An image's pixels and its instances at its input scale, or at ×1 (cached)."""
+        f = self.scales[index] if own_scale else 1.0
+        key = index if f == self.scales[index] else (index, f)
+        cached = self.cache.get(key)
         if cached is not None:
             return cached
         info = self.images[index]
         h, w = int(info["height"]), int(info["width"])
         grey = read_grey(Path(info["path"]), (h, w))
         anns = self.by_image.get(info["id"], [])
-        f = self.image_scale(anns)
         size = input_size(h, w, max(1, round(self.min_size * f)), max(1, round(self.max_size * f)))
         corners, crops, labels = [], [], []
         for a in anns:
@@ -142,7 +148,7 @@ class CocoInstances(Dataset):
             crops.append(np.ascontiguousarray(crop))
             labels.append(int(a["category_id"]))
         sample = Sample(grey, size, np.asarray(corners, dtype=np.int64).reshape(-1, 2), crops, np.asarray(labels, dtype=np.int64))
-        self.cache.put(index, sample)
+        self.cache.put(key, sample)
         return sample
 
     def image_scale(self, anns: list[dict]) -> float:
@@ -170,7 +176,8 @@ class CocoInstances(Dataset):
         return top, left, ch, cw
 
     def __getitem__(self, index: int) -> tuple[torch.Tensor, dict]:
-        s = self.load(index)
+        at_base = self.scales[index] != 1.0 and self.base_share > 0 and float(torch.rand(())) < self.base_share
+        s = self.load(index, own_scale=not at_base)
         top, left, ch, cw = self.window(s)
         masks, labels = [], []
         for (y, x), crop, label in zip(s.corners, s.masks, s.labels):
@@ -291,7 +298,8 @@ class RCNNFamily(Family):
     def dataset(self, data: dict, cfg: Model, train_cfg, image_ids: list[int] | None = None) -> CocoInstances:
         return CocoInstances(data, cfg.min_size, cfg.max_size, hflip=train_cfg.hflip, vflip=train_cfg.vflip,
                              image_ids=image_ids, crop_size=train_cfg.crop_size, cache_gb=train_cfg.cache_gb,
-                             fill_holes=tuple(train_cfg.fill_holes), class_scales=cfg.class_scales)  # fmt: skip
+                             fill_holes=tuple(train_cfg.fill_holes), class_scales=cfg.class_scales,
+                             base_share=cfg.class_scale_base_share)  # fmt: skip
 
     def set_classes(self, model: torch.nn.Module, cfg: Model, classes: list[str]) -> None:
         # label k (1-based, torchvision's convention) → its type's input scale; kept off the state
