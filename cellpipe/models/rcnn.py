@@ -237,15 +237,19 @@ def to_instances(out: dict, shape: tuple[int, int], mask_threshold: float, geome
 
 
 @torch.no_grad()
+def detect(model: torch.nn.Module, grey: np.ndarray, *, device: torch.device | str = "cpu") -> dict:
+    """The model's raw output for one grey image (uint8 H×W): boxes, scores, labels, masks not yet pasted."""
+    model.eval()
+    x = normalise_image(grey).to(device)
+    with torch.autocast(device_type="cuda", enabled=str(device).startswith("cuda")):
+        return model([x])[0]
+
+
 def predict_image(
     model: torch.nn.Module, grey: np.ndarray, *, device: torch.device | str = "cpu", mask_threshold: float = 0.5
 ) -> Instances:
     """Detections of one grey image (uint8 H×W) at full resolution, masks as a sparse matrix."""
-    model.eval()
-    x = normalise_image(grey).to(device)
-    with torch.autocast(device_type="cuda", enabled=str(device).startswith("cuda")):
-        out = model([x])[0]
-    return to_instances(out, grey.shape, mask_threshold, mask_geometry(model))
+    return to_instances(detect(model, grey, device=device), grey.shape, mask_threshold, mask_geometry(model))
 
 
 @contextmanager
@@ -277,16 +281,16 @@ def predict_at_class_scale(
     ``vote_min_score``, as the thresholds' vote); when ``scales`` gives that type (label)
     another factor, the image is predicted again at it and that pass is the answer. The
     types are far apart in size (astro ≈ 44 px against ≈ 17 px), so one input scale cannot
-    suit all three; costs a second pass only for the images of a rescaled type.
+    suit all three; costs a second pass only for the images of a rescaled type. The vote
+    needs labels and scores only: the first pass's masks are pasted only when they are kept.
     """
-    inst = predict_image(model, grey, device=device, mask_threshold=mask_threshold)
-    if len(inst.labels) == 0:
-        return inst
-    factor = scales.get(int(image_class(inst.labels, inst.scores, "0", vote_min_score)), 1.0)
-    if factor == 1.0:
-        return inst
-    with input_scale(model, factor):
-        return predict_image(model, grey, device=device, mask_threshold=mask_threshold)
+    out = detect(model, grey, device=device)
+    labels, scores = out["labels"].cpu().numpy(), out["scores"].float().cpu().numpy()
+    factor = scales.get(int(image_class(labels, scores, "0", vote_min_score)), 1.0) if len(labels) else 1.0
+    if factor != 1.0:
+        with input_scale(model, factor):
+            out = detect(model, grey, device=device)
+    return to_instances(out, grey.shape, mask_threshold, mask_geometry(model))
 
 
 class RCNNFamily(Family):
