@@ -272,7 +272,7 @@ class Train(Section):
     )
     rotate: bool = Field(False, description="random rotations by any angle (model.arch cellpose, as cellpose trains)")
     scale_jitter: float = Field(
-        0.0, ge=0, lt=1, description="random rescaling by 1 ± this (model.arch cellpose; cellpose trains with 0.25)"
+        0.0, ge=0, lt=1, description="random rescaling of each training window by 1 ± this (cellpose trains with 0.25)"
     )
     workers: int = Field(0, ge=0, description="DataLoader worker processes building batches (0: in the main process)")
     cache_gb: float = Field(
@@ -409,13 +409,14 @@ class Params(Section):
         return self
 
     @model_validator(mode="after")
-    def _warps_need_flows(self) -> Params:
-        # Mask R-CNN's targets are boxes: a box turned by 30° is no longer the box of its cell
+    def _rotations_need_flows(self) -> Params:
+        # Mask R-CNN's boxes come from its masks, so rescaling them is exact; rotating by any angle would
+        # resample every mask and stretch its box, and is not built for it (scale_jitter is, for both)
         for name in ("pretrain", "finetune"):
             section = getattr(self, name)
-            if self.model.arch != "cellpose" and (section.rotate or section.scale_jitter):
-                raise ValueError(f"{name}.rotate and {name}.scale_jitter are for model.arch cellpose (flows turn "
-                                 f"with the image; Mask R-CNN's boxes do not): set them to false / 0")  # fmt: skip
+            if self.model.arch != "cellpose" and section.rotate:
+                raise ValueError(f"{name}.rotate is for model.arch cellpose (flows turn with the image; Mask "
+                                 f"R-CNN's training windows are flipped, not turned): set it to false")  # fmt: skip
         return self
 
     @model_validator(mode="after")

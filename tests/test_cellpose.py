@@ -195,7 +195,8 @@ def test_rotations_are_refused_for_mask_rcnn():
     with pytest.raises(ValueError, match="finetune.rotate"):
         Params.model_validate({"finetune": {"rotate": True}})
     with pytest.raises(ValueError, match="pretrain.rotate"):
-        Params.model_validate({"pretrain": {"scale_jitter": 0.25}})
+        Params.model_validate({"pretrain": {"rotate": True, "scale_jitter": 0.25}})
+    assert Params.model_validate({"finetune": {"scale_jitter": 0.25}})  # rescaling is built for both families
     assert Params.model_validate({"model": {"arch": "cellpose"}, "finetune": {"rotate": True, "scale_jitter": 0.25}})
 
 

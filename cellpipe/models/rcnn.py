@@ -8,7 +8,8 @@ image-dependent spread; a fixed mean/std would leave some nearly flat), replicat
 three channels, and resized to the model's input size; instances are kept as
 box-sized crops, so an image with hundreds of cells costs kilobytes, not a full mask
 per cell, and decoding COCO masks happens once, not every step. A random window and
-flips (torchvision transforms v2) are drawn per step.
+flips (torchvision transforms v2) are drawn per step, and with ``scale_jitter`` a random
+rescaling of the window (multi-scale training, as detectron2's ResizeShortestEdge).
 
 What stays in memory per image is its 8-bit pixels and those crops (≈ 0.5 MB for a
 704×520 LIVECell image with 340 cells): normalising and resizing again each step
@@ -70,7 +71,9 @@ class CocoInstances(Dataset):
 
     Each step sees a random ``crop_size`` window of the (resized) image, or the whole
     image when ``crop_size`` is 0. Crops at full resolution keep small cells large
-    enough for the 7×7/14×14 RoI features while costing less than whole images.
+    enough for the 7×7/14×14 RoI features while costing less than whole images. With
+    ``scale_jitter`` j, a window of ``crop_size / f`` pixels is rescaled by f drawn from
+    1 ± j: cells come at sizes around the input scale, a step costs the same.
     """
 
     def __init__(
@@ -87,6 +90,7 @@ class CocoInstances(Dataset):
         fill_holes: tuple[str, ...] = (),
         class_scales: dict[str, float] | None = None,
         base_share: float = 0.0,
+        scale_jitter: float = 0.0,
     ) -> None:
         self.coco = coco
         self.fill_ids = {int(c["id"]) for c in coco.get("categories", []) if c.get("name") in set(fill_holes)}
@@ -94,6 +98,7 @@ class CocoInstances(Dataset):
         self.scale_of_id = {int(c["id"]): float(scales[c["name"]]) for c in coco.get("categories", []) if c.get("name") in scales}
         self.min_size, self.max_size = min_size, max_size
         self.crop_size = crop_size
+        self.scale_jitter = scale_jitter
         wanted = None if image_ids is None else set(image_ids)
         self.images = [im for im in coco["images"] if wanted is None or im["id"] in wanted]
         self.by_image: dict[int, list[dict]] = {}
@@ -165,12 +170,14 @@ class CocoInstances(Dataset):
             image = F.resize(image, list(s.size), antialias=True)
         return image
 
-    def window(self, s: Sample) -> tuple[int, int, int, int]:
-        """A random crop window (top, left, height, width), drawn from torch's RNG."""
+    def window(self, s: Sample, factor: float = 1.0) -> tuple[int, int, int, int]:
+        """A random crop window (top, left, height, width), drawn from torch's RNG: ``crop_size / factor``
+        pixels of the sample, so that rescaled by ``factor`` it is ``crop_size`` again."""
         H, W = s.size
         if not self.crop_size:
             return 0, 0, H, W
-        ch, cw = min(self.crop_size, H), min(self.crop_size, W)
+        side = max(1, round(self.crop_size / factor))
+        ch, cw = min(side, H), min(side, W)
         top = int(torch.randint(0, H - ch + 1, ()).item())
         left = int(torch.randint(0, W - cw + 1, ()).item())
         return top, left, ch, cw
@@ -178,7 +185,10 @@ class CocoInstances(Dataset):
     def __getitem__(self, index: int) -> tuple[torch.Tensor, dict]:
         at_base = self.scales[index] != 1.0 and self.base_share > 0 and float(torch.rand(())) < self.base_share
         s = self.load(index, own_scale=not at_base)
-        top, left, ch, cw = self.window(s)
+        # scale jitter: a window of crop/f pixels rescaled by f (a step costs the same), drawn only when
+        # asked so that runs without it keep their random stream
+        f = 1.0 + (float(torch.rand(())) * 2 - 1) * self.scale_jitter if self.scale_jitter else 1.0
+        top, left, ch, cw = self.window(s, f)
         masks, labels = [], []
         for (y, x), crop, label in zip(s.corners, s.masks, s.labels):
             y0, x0 = max(y, top), max(x, left)
@@ -192,8 +202,11 @@ class CocoInstances(Dataset):
             m[y0 - top : y1 - top, x0 - left : x1 - left] = part
             masks.append(m)
             labels.append(label)
-        image = tv_tensors.Image(self.image(s)[:, top : top + ch, left : left + cw].expand(3, -1, -1))
+        image = self.image(s)[:, top : top + ch, left : left + cw]
         mask_t = torch.from_numpy(np.stack(masks)) if masks else torch.zeros((0, ch, cw), dtype=torch.uint8)
+        if f != 1.0:
+            image, mask_t, labels = _rescale(image, mask_t, labels, f)
+        image = tv_tensors.Image(image.expand(3, -1, -1))
         target = {"masks": tv_tensors.Mask(mask_t), "labels": torch.as_tensor(labels, dtype=torch.int64)}
         if self.augment is not None:
             image, target = self.augment(image, target)
@@ -203,6 +216,20 @@ class CocoInstances(Dataset):
             "labels": target["labels"],
             "masks": m.as_subclass(torch.Tensor),
         }
+
+
+def _rescale(image: torch.Tensor, masks: torch.Tensor, labels: list[int], factor: float
+             ) -> tuple[torch.Tensor, torch.Tensor, list[int]]:  # fmt: skip
+    """A training window (1×h×w image, n×h×w masks) × ``factor``; cells left under 4 pixels are dropped
+    (as slivers at a window's edge are). Boxes are taken from the rescaled masks afterwards, so they fit."""
+    h, w = image.shape[-2:]
+    size = [max(1, round(h * factor)), max(1, round(w * factor))]
+    image = F.resize(image, size, antialias=True)
+    if masks.shape[0] == 0:
+        return image, torch.zeros((0, *size), dtype=torch.uint8), labels
+    masks = F.resize(masks, size, interpolation=T.InterpolationMode.NEAREST_EXACT)
+    keep = (masks.flatten(1).sum(1) >= 4).tolist()
+    return image, masks[torch.tensor(keep)], [label for label, k in zip(labels, keep) if k]
 
 
 def _boxes(masks: torch.Tensor) -> torch.Tensor:
@@ -303,7 +330,7 @@ class RCNNFamily(Family):
         return CocoInstances(data, cfg.min_size, cfg.max_size, hflip=train_cfg.hflip, vflip=train_cfg.vflip,
                              image_ids=image_ids, crop_size=train_cfg.crop_size, cache_gb=train_cfg.cache_gb,
                              fill_holes=tuple(train_cfg.fill_holes), class_scales=cfg.class_scales,
-                             base_share=cfg.class_scale_base_share)  # fmt: skip
+                             base_share=cfg.class_scale_base_share, scale_jitter=train_cfg.scale_jitter)  # fmt: skip
 
     def set_classes(self, model: torch.nn.Module, cfg: Model, classes: list[str]) -> None:
         # label k (1-based, torchvision's convention) → its type's input scale; kept off the state
