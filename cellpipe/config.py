@@ -329,6 +329,9 @@ class Predict(Section):
     box_nms_thresh: float = Field(
         0.0, ge=0, le=1, description="the model's box NMS IoU at predict time; 0 = the checkpoint's model.box_nms_thresh"
     )
+    rpn_proposals: int = Field(
+        0, ge=0, description="Mask R-CNN's RPN proposals per image after NMS at predict; 0 = the checkpoint's rpn_post_nms_test"
+    )
 
     @model_validator(mode="after")
     def _tiles(self) -> Predict:

@@ -101,6 +101,12 @@ def run(
             raise CellpipeError(f"predict.box_nms_thresh: {family.name} has no box NMS")
         family.set_limits(model, replace(family.limits(model), nms_thresh=p.box_nms_thresh))
         log(f"box NMS at IoU {p.box_nms_thresh} (checkpoint: {mcfg.box_nms_thresh})")
+    if p.rpn_proposals:
+        # fewer proposals into the box head cost less per image (docs/experiments.md measures what they cost in score)
+        if family.limits(model).proposals is None:
+            raise CellpipeError(f"predict.rpn_proposals: {family.name} has no RPN")
+        family.set_limits(model, replace(family.limits(model), proposals=p.rpn_proposals))
+        log(f"{p.rpn_proposals} RPN proposals per image (checkpoint: {mcfg.rpn_post_nms_test})")
     source = prediction_table.model_digest(checkpoint)
     outputs_ = ([] if skip_val else [("val", val_paths, val_out)]) + [("test", test_paths, test_out)]
     if lockbox_paths is not None:

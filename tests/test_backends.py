@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import os
 import sys
+from dataclasses import replace
 from pathlib import Path
 
 import numpy as np
@@ -71,10 +72,25 @@ def test_predict_gives_full_size_instances_and_obeys_test_limits(backend):
     assert inst.masks.shape == (len(inst.scores), 520 * 704) and len(inst.labels) == len(inst.scores)
     assert set(np.unique(inst.labels)) <= {1, 2, 3}
     family.set_limits(model, Limits(score_thresh=0.0, detections_per_img=5))
-    assert family.limits(model) == Limits(0.0, 5, 0.5)
+    assert family.limits(model) == Limits(0.0, 5, 0.5, 100)
+    family.set_limits(model, replace(family.limits(model), proposals=7))
+    assert family.limits(model).proposals == 7
+    assert 0 < _proposals_seen(family, model, grey) <= 7  # the box head sees no more proposals than set
     assert len(family.predict(model, grey, device="cpu", mask_threshold=0.5).scores) <= 5
     family.set_limits(model, Limits(score_thresh=1.01, detections_per_img=50))
     assert len(family.predict(model, grey, device="cpu", mask_threshold=0.5).scores) == 0
+
+
+def _proposals_seen(family, model, grey) -> int:
+    """How many proposals the RPN hands the box head for one image."""
+    rpn = model.rpn if hasattr(model, "rpn") else model.net.proposal_generator
+    seen = []
+    handle = rpn.register_forward_hook(lambda _m, _i, out: seen.append(len(out[0][0])))
+    try:
+        family.predict(model, grey, device="cpu", mask_threshold=0.5)
+    finally:
+        handle.remove()
+    return seen[0]
 
 
 @pytest.mark.parametrize("backend", BACKENDS)

@@ -187,6 +187,13 @@ def test_apply_a_model_to_a_plain_folder_and_score_it(tiny_coco, tmp_path):
     )
     assert proc.returncode == 0, proc.stderr
     assert json.loads((tmp_path / "s.json").read_text())["images"] == 1
+    # fewer RPN proposals at predict time: applied and said (the checkpoint's are the model's)
+    (tmp_path / "p5.yaml").write_text("predict: {rpn_proposals: 5, detections_per_img: 0}\n")
+    proc = run_cli("predict", "--skip-val", "--checkpoint", str(tmp_path / "model/best.pt"), "--test-dir", str(folder),
+                   "--test-out", str(tmp_path / "p5.parquet"), "--params", str(tmp_path / "p5.yaml"))  # fmt: skip
+    assert proc.returncode == 0, proc.stderr
+    assert "5 RPN proposals per image" in " ".join((proc.stdout + proc.stderr).split())
+    assert pd.read_parquet(tmp_path / "p5.parquet").groupby("image_id").size().max() <= 5 * 3  # ≤ one per class each
     # bad input fails clearly
     empty = tmp_path / "empty"
     empty.mkdir()

@@ -46,6 +46,7 @@ class Limits:
     score_thresh: float
     detections_per_img: int
     nms_thresh: float | None = None  # the per-class box NMS IoU (None: the family has none)
+    proposals: int | None = None  # the RPN's proposals kept per image after its NMS (None: the family has no RPN)
 
 
 class Family(ABC):

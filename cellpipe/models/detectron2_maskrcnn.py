@@ -344,6 +344,11 @@ class Detectron2Family(RCNNFamily):
     def _limits_holder(self, model: nn.Module) -> Detectron2MaskRCNN:
         return model
 
+    _inference_key = False  # detectron2 keys its RPN's top-k by "training"
+
+    def _proposals_holder(self, model: nn.Module) -> dict:
+        return model.net.proposal_generator.post_nms_topk
+
 
 def register_coco(name: str, coco_json: str | Path) -> int:
     """Register one of cellpipe's COCO files (``coco``/``livecell`` stage outputs) in detectron2's catalog.

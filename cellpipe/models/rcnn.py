@@ -357,12 +357,21 @@ class RCNNFamily(Family):
     def _limits_holder(self, model: torch.nn.Module):
         """The object carrying ``score_thresh``, ``detections_per_img`` and ``nms_thresh``."""
 
+    @abstractmethod
+    def _proposals_holder(self, model: torch.nn.Module) -> dict:
+        """The RPN's post-NMS proposal counts, the inference one under the key :meth:`_inference_key` gives."""
+
+    _inference_key: object = "testing"
+
     def limits(self, model: torch.nn.Module) -> Limits:
         holder = self._limits_holder(model)
-        return Limits(float(holder.score_thresh), int(holder.detections_per_img), float(holder.nms_thresh))
+        proposals = int(self._proposals_holder(model)[self._inference_key])
+        return Limits(float(holder.score_thresh), int(holder.detections_per_img), float(holder.nms_thresh), proposals)
 
     def set_limits(self, model: torch.nn.Module, limits: Limits) -> None:
         holder = self._limits_holder(model)
         holder.score_thresh, holder.detections_per_img = limits.score_thresh, limits.detections_per_img
         if limits.nms_thresh is not None:
             holder.nms_thresh = limits.nms_thresh
+        if limits.proposals is not None:
+            self._proposals_holder(model)[self._inference_key] = limits.proposals
