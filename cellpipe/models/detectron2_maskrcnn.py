@@ -344,10 +344,8 @@ class Detectron2Family(RCNNFamily):
     def _limits_holder(self, model: nn.Module) -> Detectron2MaskRCNN:
         return model
 
-    _inference_key = False  # detectron2 keys its RPN's top-k by "training"
-
-    def _proposals_holder(self, model: nn.Module) -> dict:
-        return model.net.proposal_generator.post_nms_topk
+    def _inference_proposals(self, model: nn.Module) -> tuple[dict, object]:
+        return model.net.proposal_generator.post_nms_topk, False  # keyed by "training"
 
 
 def register_coco(name: str, coco_json: str | Path) -> int:

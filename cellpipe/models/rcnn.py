@@ -43,6 +43,10 @@ from cellpipe.models.masks import paste_sparse
 from cellpipe.postprocess import image_class
 from cellpipe.samples import SampleCache
 
+MIN_TRAINING_PIXELS = 4
+"""A cell with fewer pixels in a training window (a sliver at the window's edge, or a cell rescaled
+below it) is no training target: it teaches nothing and its box is degenerate."""
+
 
 def normalise_image(grey: np.ndarray) -> torch.Tensor:
     """uint8 (H, W) → float (3, H, W) with zero mean and unit std per image."""
@@ -196,7 +200,7 @@ class CocoInstances(Dataset):
             if y1 <= y0 or x1 <= x0:
                 continue
             part = crop[y0 - y : y1 - y, x0 - x : x1 - x]
-            if part.sum() < 4:  # slivers at the window's edge teach nothing
+            if part.sum() < MIN_TRAINING_PIXELS:  # slivers at the window's edge teach nothing
                 continue
             m = np.zeros((ch, cw), dtype=np.uint8)
             m[y0 - top : y1 - top, x0 - left : x1 - left] = part
@@ -220,16 +224,17 @@ class CocoInstances(Dataset):
 
 def _rescale(image: torch.Tensor, masks: torch.Tensor, labels: list[int], factor: float
              ) -> tuple[torch.Tensor, torch.Tensor, list[int]]:  # fmt: skip
-    """A training window (1×h×w image, n×h×w masks) × ``factor``; cells left under 4 pixels are dropped
-    (as slivers at a window's edge are). Boxes are taken from the rescaled masks afterwards, so they fit."""
+    """A training window (1×h×w image, n×h×w masks) × ``factor``; cells left under :data:`MIN_TRAINING_PIXELS`
+    are dropped (as slivers at a window's edge are). Boxes are taken from the rescaled masks afterwards, so
+    they fit."""
     h, w = image.shape[-2:]
     size = [max(1, round(h * factor)), max(1, round(w * factor))]
     image = F.resize(image, size, antialias=True)
     if masks.shape[0] == 0:
         return image, torch.zeros((0, *size), dtype=torch.uint8), labels
     masks = F.resize(masks, size, interpolation=T.InterpolationMode.NEAREST_EXACT)
-    keep = (masks.flatten(1).sum(1) >= 4).tolist()
-    return image, masks[torch.tensor(keep)], [label for label, k in zip(labels, keep) if k]
+    keep = masks.flatten(1).sum(1) >= MIN_TRAINING_PIXELS
+    return image, masks[keep], [label for label, k in zip(labels, keep.tolist()) if k]
 
 
 def _boxes(masks: torch.Tensor) -> torch.Tensor:
@@ -358,14 +363,13 @@ class RCNNFamily(Family):
         """The object carrying ``score_thresh``, ``detections_per_img`` and ``nms_thresh``."""
 
     @abstractmethod
-    def _proposals_holder(self, model: torch.nn.Module) -> dict:
-        """The RPN's post-NMS proposal counts, the inference one under the key :meth:`_inference_key` gives."""
-
-    _inference_key: object = "testing"
+    def _inference_proposals(self, model: torch.nn.Module) -> tuple[dict, object]:
+        """The RPN's post-NMS proposal counts and the key of the inference one (each backend keys its own way)."""
 
     def limits(self, model: torch.nn.Module) -> Limits:
         holder = self._limits_holder(model)
-        proposals = int(self._proposals_holder(model)[self._inference_key])
+        counts, key = self._inference_proposals(model)
+        proposals = int(counts[key])
         return Limits(float(holder.score_thresh), int(holder.detections_per_img), float(holder.nms_thresh), proposals)
 
     def set_limits(self, model: torch.nn.Module, limits: Limits) -> None:
@@ -374,4 +378,5 @@ class RCNNFamily(Family):
         if limits.nms_thresh is not None:
             holder.nms_thresh = limits.nms_thresh
         if limits.proposals is not None:
-            self._proposals_holder(model)[self._inference_key] = limits.proposals
+            counts, key = self._inference_proposals(model)
+            counts[key] = limits.proposals

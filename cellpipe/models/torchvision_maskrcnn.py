@@ -41,8 +41,8 @@ class TorchvisionMaskRCNN(RCNNFamily):
     def _limits_holder(self, model: nn.Module):
         return model.roi_heads
 
-    def _proposals_holder(self, model: nn.Module) -> dict:
-        return model.rpn._post_nms_top_n  # {"training": n, "testing": n}
+    def _inference_proposals(self, model: nn.Module) -> tuple[dict, object]:
+        return model.rpn._post_nms_top_n, "testing"  # {"training": n, "testing": n}
 
 
 def _norm_layer(kind: str):
