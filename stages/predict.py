@@ -91,22 +91,25 @@ def run(
             f"{mcfg.min_size}/{mcfg.max_size}), over predict.max_image_pixels {p.max_image_pixels:,}",
             where=str(checkpoint),
         )
+    # predict-time overrides of the checkpoint's limits, so that trying another does not retrain the model
+    limits, changes = family.limits(model), {}
     if p.detections_per_img:
-        # a predict-time cap, so that trying another cap does not retrain the model
-        family.set_limits(model, replace(family.limits(model), detections_per_img=p.detections_per_img))
+        changes["detections_per_img"] = p.detections_per_img
         log(f"detections per image capped at {p.detections_per_img} (checkpoint: {mcfg.detections_per_img})")
     if p.box_nms_thresh:
         # a looser box NMS than the model's, so that the thresholds stage can choose a class's own below it
-        if family.limits(model).nms_thresh is None:
+        if limits.nms_thresh is None:
             raise CellpipeError(f"predict.box_nms_thresh: {family.name} has no box NMS")
-        family.set_limits(model, replace(family.limits(model), nms_thresh=p.box_nms_thresh))
+        changes["nms_thresh"] = p.box_nms_thresh
         log(f"box NMS at IoU {p.box_nms_thresh} (checkpoint: {mcfg.box_nms_thresh})")
     if p.rpn_proposals:
         # fewer proposals into the box head cost less per image (docs/experiments.md measures what they cost in score)
-        if family.limits(model).proposals is None:
+        if limits.proposals is None:
             raise CellpipeError(f"predict.rpn_proposals: {family.name} has no RPN")
-        family.set_limits(model, replace(family.limits(model), proposals=p.rpn_proposals))
+        changes["proposals"] = p.rpn_proposals
         log(f"{p.rpn_proposals} RPN proposals per image (checkpoint: {mcfg.rpn_post_nms_test})")
+    if changes:
+        family.set_limits(model, replace(limits, **changes))
     source = prediction_table.model_digest(checkpoint)
     outputs_ = ([] if skip_val else [("val", val_paths, val_out)]) + [("test", test_paths, test_out)]
     if lockbox_paths is not None:
