@@ -271,6 +271,9 @@ class Train(Section):
         default_factory=list, description="classes whose training masks get their holes filled (astro truth is filled contours)"
     )
     rotate: bool = Field(False, description="random rotations by any angle (model.arch cellpose, as cellpose trains)")
+    transpose: bool = Field(
+        False, description="random transposes of each window: with both flips, all 8 right-angle turns and mirrorings (exact)"
+    )
     scale_jitter: float = Field(
         0.0, ge=0, lt=1, description="random rescaling of each training window by 1 ± this (cellpose trains with 0.25)"
     )

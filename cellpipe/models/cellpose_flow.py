@@ -115,18 +115,18 @@ class FlowSamples(Dataset):
     diameter on the training data), its flows computed once, and every step draws a
     random ``crop_size`` window and flips from torch's RNG (seeded per iteration by the
     engine) — with ``rotate`` / ``scale_jitter``, a window turned by any angle and rescaled
-    by 1 ± ``scale_jitter`` (:func:`warp`).
+    by 1 ± ``scale_jitter`` (:func:`warp`); with ``transpose``, a random transpose as well.
     """
 
     def __init__(self, data: dict, cfg: Model, *, crop_size: int, hflip: bool, vflip: bool,
                  image_ids: list[int] | None = None, diameters: np.ndarray | None = None,
                  cache_gb: float = 4.0, fill_holes: tuple[str, ...] = (), rotate: bool = False,
-                 scale_jitter: float = 0.0) -> None:  # fmt: skip
+                 scale_jitter: float = 0.0, transpose: bool = False) -> None:  # fmt: skip
         self.cfg = cfg.cellpose
         self.fill_ids = {int(c["id"]) for c in data.get("categories", []) if c.get("name") in set(fill_holes)}
         self.crop = crop_size or 256
         self.hflip, self.vflip = hflip, vflip
-        self.rotate, self.scale_jitter = rotate, scale_jitter
+        self.rotate, self.scale_jitter, self.transpose = rotate, scale_jitter, transpose
         wanted = None if image_ids is None else set(image_ids)
         self.images = [im for im in data["images"] if wanted is None or im["id"] in wanted]
         self.by_image: dict[int, list[dict]] = {}
@@ -191,6 +191,8 @@ class FlowSamples(Dataset):
             image, target = flip(image, target, -1)
         if self.vflip and torch.rand(()) < 0.5:
             image, target = flip(image, target, -2)
+        if self.transpose and torch.rand(()) < 0.5:
+            image, target = transpose(image, target)
         return image.contiguous(), {"flows": target.contiguous(), "label": torch.tensor(cls)}
 
 
@@ -240,6 +242,15 @@ def flip(image: torch.Tensor, target: torch.Tensor, dim: int) -> tuple[torch.Ten
     component = 2 if dim == -1 else 1
     target[component] = -target[component]
     return image, target
+
+
+def transpose(image: torch.Tensor, target: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """Transpose an image and its (cell probability, dy, dx) targets (y ↔ x).
+
+    The flow's two components swap with the axes, so flows still point at the cells' centres.
+    """
+    target = target.transpose(-2, -1)[[0, 2, 1]]
+    return image.transpose(-2, -1), target
 
 
 def class_diameters(data: dict) -> np.ndarray:
@@ -312,7 +323,7 @@ class CellposeFlow(Family):
         return FlowSamples(data, cfg, crop_size=train_cfg.crop_size, hflip=train_cfg.hflip, vflip=train_cfg.vflip,
                            image_ids=image_ids, cache_gb=train_cfg.cache_gb,
                            fill_holes=tuple(train_cfg.fill_holes), rotate=train_cfg.rotate,
-                           scale_jitter=train_cfg.scale_jitter)  # fmt: skip
+                           scale_jitter=train_cfg.scale_jitter, transpose=train_cfg.transpose)  # fmt: skip
 
     def fit_data(self, model: nn.Module, dataset: FlowSamples) -> None:
         model.diameters.copy_(torch.from_numpy(dataset.diameters))

@@ -8,8 +8,10 @@ image-dependent spread; a fixed mean/std would leave some nearly flat), replicat
 three channels, and resized to the model's input size; instances are kept as
 box-sized crops, so an image with hundreds of cells costs kilobytes, not a full mask
 per cell, and decoding COCO masks happens once, not every step. A random window and
-flips (torchvision transforms v2) are drawn per step, and with ``scale_jitter`` a random
-rescaling of the window (multi-scale training, as detectron2's ResizeShortestEdge).
+flips (torchvision transforms v2) are drawn per step, with ``transpose`` a random transpose
+(with both flips, the window comes in any of its 8 right-angle orientations), and with
+``scale_jitter`` a random rescaling of the window (multi-scale training, as detectron2's
+ResizeShortestEdge).
 
 What stays in memory per image is its 8-bit pixels and those crops (≈ 0.5 MB for a
 704×520 LIVECell image with 340 cells): normalising and resizing again each step
@@ -95,6 +97,7 @@ class CocoInstances(Dataset):
         class_scales: dict[str, float] | None = None,
         base_share: float = 0.0,
         scale_jitter: float = 0.0,
+        transpose: bool = False,
     ) -> None:
         self.coco = coco
         self.fill_ids = {int(c["id"]) for c in coco.get("categories", []) if c.get("name") in set(fill_holes)}
@@ -103,6 +106,7 @@ class CocoInstances(Dataset):
         self.min_size, self.max_size = min_size, max_size
         self.crop_size = crop_size
         self.scale_jitter = scale_jitter
+        self.transpose = transpose
         wanted = None if image_ids is None else set(image_ids)
         self.images = [im for im in coco["images"] if wanted is None or im["id"] in wanted]
         self.by_image: dict[int, list[dict]] = {}
@@ -215,6 +219,9 @@ class CocoInstances(Dataset):
         if self.augment is not None:
             image, target = self.augment(image, target)
         m = target["masks"]
+        # drawn only when asked, so that runs without it keep their random stream
+        if self.transpose and float(torch.rand(())) < 0.5:
+            image, m = image.transpose(-2, -1), m.transpose(-2, -1).contiguous()
         return image.as_subclass(torch.Tensor).contiguous(), {
             "boxes": _boxes(m),
             "labels": target["labels"],
@@ -335,7 +342,8 @@ class RCNNFamily(Family):
         return CocoInstances(data, cfg.min_size, cfg.max_size, hflip=train_cfg.hflip, vflip=train_cfg.vflip,
                              image_ids=image_ids, crop_size=train_cfg.crop_size, cache_gb=train_cfg.cache_gb,
                              fill_holes=tuple(train_cfg.fill_holes), class_scales=cfg.class_scales,
-                             base_share=cfg.class_scale_base_share, scale_jitter=train_cfg.scale_jitter)  # fmt: skip
+                             base_share=cfg.class_scale_base_share, scale_jitter=train_cfg.scale_jitter,
+                             transpose=train_cfg.transpose)  # fmt: skip
 
     def set_classes(self, model: torch.nn.Module, cfg: Model, classes: list[str]) -> None:
         # label k (1-based, torchvision's convention) → its type's input scale; kept off the state
