@@ -9,7 +9,9 @@ import subprocess
 import sys
 from pathlib import Path
 
+import numpy as np
 import yaml
+from pycocotools import mask as mask_util
 
 from tests.conftest import REPO, decode_and_split, params_text, run_cli, write_params
 
@@ -24,6 +26,23 @@ def one_line_error(proc, *needles: str) -> None:
     err = " ".join(" ".join(lines[starts[0] :]).split())
     for needle in needles:
         assert needle in err, (needle, proc.stderr)
+
+
+def one_cell_coco(tmp_path: Path, grey: np.ndarray, cell: np.ndarray, category_id: int, categories: list[str]) -> dict:
+    """A COCO dict of one image (``grey``, saved as ``a.png``) holding one cell (``cell``, a 0/1 mask) of ``category_id``."""
+    from PIL import Image
+
+    Image.fromarray(grey).save(tmp_path / "a.png")
+    rle_ = mask_util.encode(np.asfortranarray(cell.astype(np.uint8)))
+    rle_["counts"] = rle_["counts"].decode()
+    h, w = grey.shape
+    ann = {"id": 1, "image_id": 1, "category_id": category_id, "segmentation": rle_, "area": int(cell.sum()),
+           "bbox": [int(v) for v in mask_util.toBbox(rle_)], "iscrowd": 0}  # fmt: skip
+    return {
+        "images": [{"id": 1, "file_name": "a.png", "height": h, "width": w, "path": str(tmp_path / "a.png")}],
+        "annotations": [ann],
+        "categories": [{"id": k, "name": name} for k, name in enumerate(categories, 1)],
+    }
 
 
 def finetune_on(kaggle: Path, tmp_path: Path, edit, *extra: str):

@@ -6,42 +6,20 @@ import json
 
 import numpy as np
 import pandas as pd
-from pycocotools import mask as mask_util
 
 from cellpipe.models.cellpose_flow import label_image
 from cellpipe.models.rcnn import CocoInstances
 from tests.conftest import TINY_MODEL, cellpipe_checkpoint, run_cli, score_cli
+from tests.helpers import one_cell_coco
 
 
 def ring_coco(tmp_path) -> dict:
     """One 40×50 image holding one 'astro' cell drawn as a ring (a filled contour with a hole)."""
-    from PIL import Image
-
-    Image.fromarray(np.full((40, 50), 100, np.uint8)).save(tmp_path / "a.png")
     yy, xx = np.mgrid[:40, :50]
     r = np.hypot(yy - 20, xx - 25)
     ring = ((r <= 12) & (r > 5)).astype(np.uint8)
-    rle_ = mask_util.encode(np.asfortranarray(ring))
-    rle_["counts"] = rle_["counts"].decode()
-    return (
-        {
-            "images": [{"id": 1, "file_name": "a.png", "height": 40, "width": 50, "path": str(tmp_path / "a.png")}],
-            "annotations": [
-                {
-                    "id": 1,
-                    "image_id": 1,
-                    "category_id": 2,
-                    "segmentation": rle_,
-                    "area": int(ring.sum()),
-                    "bbox": [13, 8, 25, 25],
-                    "iscrowd": 0,
-                }
-            ],  # fmt: skip
-            "categories": [{"id": 1, "name": "shsy5y"}, {"id": 2, "name": "astro"}, {"id": 3, "name": "cort"}],
-        },
-        int(ring.sum()),
-        int((r <= 12).sum()),
-    )
+    data = one_cell_coco(tmp_path, np.full((40, 50), 100, np.uint8), ring, 2, ["shsy5y", "astro", "cort"])
+    return data, int(ring.sum()), int((r <= 12).sum())
 
 
 def test_training_masks_of_the_chosen_classes_get_their_holes_filled(tmp_path):

@@ -6,40 +6,20 @@ from __future__ import annotations
 import numpy as np
 import pytest
 import torch
-from pycocotools import mask as mask_util
 
 from cellpipe import models
 from cellpipe.config import Params, Train
 from cellpipe.models.rcnn import CocoInstances
 from tests.conftest import tiny_model
+from tests.helpers import one_cell_coco
 
 
 def _bar_coco(tmp_path) -> tuple[dict, np.ndarray, np.ndarray]:
     """One 30×40 image of random pixels holding one cell, a bar far from its own transpose."""
-    from PIL import Image
-
     grey = np.random.default_rng(0).integers(0, 256, (30, 40), dtype=np.uint8)
-    Image.fromarray(grey).save(tmp_path / "a.png")
     cell = np.zeros((30, 40), np.uint8)
     cell[4:9, 3:33] = 1
-    rle_ = mask_util.encode(np.asfortranarray(cell))
-    rle_["counts"] = rle_["counts"].decode()
-    data = {
-        "images": [{"id": 1, "file_name": "a.png", "height": 30, "width": 40, "path": str(tmp_path / "a.png")}],
-        "annotations": [
-            {
-                "id": 1,
-                "image_id": 1,
-                "category_id": 1,
-                "segmentation": rle_,
-                "area": int(cell.sum()),
-                "bbox": [3, 4, 30, 5],
-                "iscrowd": 0,
-            }
-        ],  # fmt: skip
-        "categories": [{"id": 1, "name": "shsy5y"}],
-    }
-    return data, grey, cell
+    return one_cell_coco(tmp_path, grey, cell, 1, ["shsy5y"]), grey, cell
 
 
 def test_a_transposed_window_carries_its_cells_and_boxes_with_it(tmp_path):
