@@ -125,6 +125,8 @@ def tiny_model(**kw):
 
 
 TINY_MODEL = tiny_model()
+# the flow family's tiny U-Net (4 levels, 8…64 channels, 100 flow steps)
+TINY_CP = tiny_model(arch="cellpose", cellpose={"nbase": [8, 16, 32, 64], "niter": 100})
 
 
 def cellpipe_checkpoint(path: Path, cfg, classes: list[str], seed: int = 0) -> None:

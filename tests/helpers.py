@@ -1,4 +1,4 @@
-"""Helpers shared by several test files (test files never import each other)."""
+"""Helpers and data shared by several test files (test files never import each other)."""
 
 from __future__ import annotations
 
@@ -11,6 +11,7 @@ from pathlib import Path
 
 import numpy as np
 import yaml
+from PIL import Image
 from pycocotools import mask as mask_util
 
 from tests.conftest import REPO, decode_and_split, params_text, run_cli, write_params
@@ -30,8 +31,6 @@ def one_line_error(proc, *needles: str) -> None:
 
 def one_cell_coco(tmp_path: Path, grey: np.ndarray, cell: np.ndarray, category_id: int, categories: list[str]) -> dict:
     """A COCO dict of one image (``grey``, saved as ``a.png``) holding one cell (``cell``, a 0/1 mask) of ``category_id``."""
-    from PIL import Image
-
     Image.fromarray(grey).save(tmp_path / "a.png")
     rle_ = mask_util.encode(np.asfortranarray(cell.astype(np.uint8)))
     rle_["counts"] = rle_["counts"].decode()
@@ -43,6 +42,68 @@ def one_cell_coco(tmp_path: Path, grey: np.ndarray, cell: np.ndarray, category_i
         "annotations": [ann],
         "categories": [{"id": k, "name": name} for k, name in enumerate(categories, 1)],
     }
+
+
+def ring_coco(tmp_path: Path) -> tuple[dict, int, int]:
+    """One 40×50 image holding one 'astro' cell drawn as a ring (a filled contour with a hole):
+    (COCO dict, ring pixels, pixels of the filled disc)."""
+    yy, xx = np.mgrid[:40, :50]
+    r = np.hypot(yy - 20, xx - 25)
+    ring = ((r <= 12) & (r > 5)).astype(np.uint8)
+    data = one_cell_coco(tmp_path, np.full((40, 50), 100, np.uint8), ring, 2, ["shsy5y", "astro", "cort"])
+    return data, int(ring.sum()), int((r <= 12).sum())
+
+
+def two_cells() -> np.ndarray:
+    """A 60×80 label image of two cells, neither symmetric, so a turn or a transpose shows."""
+    yy, xx = np.mgrid[:60, :80]
+    labels = np.zeros((60, 80), np.int32)
+    labels[((yy - 20) / 9) ** 2 + ((xx - 25) / 15) ** 2 <= 1] = 1  # an ellipse, off-centre
+    labels[(yy > 35) & (yy < 55) & (xx > 40) & (xx < 48 + (yy - 35))] = 2  # a slanted blob
+    return labels
+
+
+def flow_targets(lab):
+    """cellpose's own targets of a label image: (cell probability, dy, dx) as one float tensor."""
+    import torch
+    from cellpose import dynamics
+
+    flows = dynamics.masks_to_flows(lab, device=torch.device("cpu"))
+    return torch.from_numpy(np.concatenate([(lab > 0)[None], flows]).astype(np.float32))
+
+
+GOOD_POLY = [[1, 1, 30, 1, 15, 25]]
+
+
+def livecell_folder(tmp_path: Path, annotations, images=None, write_files=True) -> Path:
+    """A LIVECell-style folder (``x.json`` + ``images/``) of ``annotations`` on blank images."""
+    folder = tmp_path / "lc"
+    (folder / "images").mkdir(parents=True)
+    images = images or [{"id": 1, "height": 40, "width": 50, "file_name": "a.tif"}]
+    if write_files:
+        for im in images:
+            Image.fromarray(np.full((im["height"], im["width"]), 100, np.uint8)).save(folder / "images" / im["file_name"])
+    data = {"images": images, "categories": [{"id": 1, "name": "cell"}], "annotations": annotations}
+    (folder / "x.json").write_text(json.dumps(data))
+    return folder
+
+
+def ann(**kw) -> dict:
+    """A good LIVECell polygon annotation (id 5 on image 1), with ``kw`` changed."""
+    return {"id": 5, "image_id": 1, "category_id": 1, "segmentation": GOOD_POLY, **kw}
+
+
+def run_livecell(folder: Path, tmp_path: Path):
+    """``cellpipe livecell`` on ``folder``, writing under ``tmp_path/out``."""
+    return run_cli(
+        "livecell",
+        "--livecell-json",
+        str(folder / "x.json"),
+        "--livecell-images",
+        str(folder / "images"),
+        "--out",
+        str(tmp_path / "out" / "lc.json"),
+    )
 
 
 def finetune_on(kaggle: Path, tmp_path: Path, edit, *extra: str):

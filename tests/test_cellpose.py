@@ -16,9 +16,9 @@ pytest.importorskip("cellpose", reason="the cellpose library is not installed")
 from cellpipe import metric, models, rle, tables  # noqa: E402
 from cellpipe.config import CellposeParams, Train  # noqa: E402
 from cellpipe.training import engine  # noqa: E402
-from tests.conftest import CLASSES, SAMPLE, requires_shared, tiny_model  # noqa: E402
+from tests.conftest import CLASSES, SAMPLE, TINY_CP, requires_shared  # noqa: E402
+from tests.helpers import flow_targets, two_cells  # noqa: E402
 
-TINY_CP = tiny_model(arch="cellpose", cellpose={"nbase": [8, 16, 32, 64], "niter": 100})
 FAMILY = models.family(TINY_CP)
 
 
@@ -133,25 +133,10 @@ def test_flipped_targets_are_the_targets_of_the_flipped_cells(dim):
     assert close.float().mean() > 0.9
 
 
-def _two_cells() -> np.ndarray:
-    yy, xx = np.mgrid[:60, :80]
-    labels = np.zeros((60, 80), np.int32)
-    labels[((yy - 20) / 9) ** 2 + ((xx - 25) / 15) ** 2 <= 1] = 1  # an ellipse, off-centre
-    labels[(yy > 35) & (yy < 55) & (xx > 40) & (xx < 48 + (yy - 35))] = 2  # a slanted blob
-    return labels
-
-
-def _targets(lab: np.ndarray) -> torch.Tensor:
-    from cellpose import dynamics
-
-    flows = dynamics.masks_to_flows(lab, device=torch.device("cpu"))
-    return torch.from_numpy(np.concatenate([(lab > 0)[None], flows]).astype(np.float32))
-
-
 def test_an_unturned_unscaled_window_is_the_plain_crop():
     from cellpipe.models.cellpose_flow import warp
 
-    image, target = torch.rand(1, 60, 80), _targets(_two_cells())
+    image, target = torch.rand(1, 60, 80), flow_targets(two_cells())
     out_image, out_target = warp(image, target, angle=0.0, scale=1.0, centre=(30.0, 40.0), size=32)
     assert torch.allclose(out_image, image[:, 14:46, 24:56], atol=1e-5)
     assert torch.allclose(out_target, target[:, 14:46, 24:56], atol=1e-5)
@@ -163,13 +148,13 @@ def test_turned_and_rescaled_targets_are_the_targets_of_the_turned_cells(angle, 
     cellpose computes for the warped label image: a sign or axis slip would point them away."""
     from cellpipe.models.cellpose_flow import warp, window_grid
 
-    labels = _two_cells()
-    _, warped = warp(torch.zeros(1, 60, 80), _targets(labels), angle=angle, scale=scale, centre=(31.0, 37.0), size=64)
+    labels = two_cells()
+    _, warped = warp(torch.zeros(1, 60, 80), flow_targets(labels), angle=angle, scale=scale, centre=(31.0, 37.0), size=64)
     grid = window_grid((60, 80), angle=angle, scale=scale, centre=(31.0, 37.0), size=64)
     lab = torch.nn.functional.grid_sample(torch.from_numpy(labels).float()[None, None], grid, mode="nearest",
                                           align_corners=False)[0, 0].round().int().numpy()  # fmt: skip
     assert set(np.unique(lab)) == {0, 1, 2}
-    direct = _targets(lab)
+    direct = flow_targets(lab)
     inside = (direct[0] > 0) & (warped[0] > 0)
     assert (warped[0] == direct[0]).float().mean() > 0.97  # the cell probability follows the cells
     cosine = (warped[1:] * direct[1:]).sum(0)[inside]

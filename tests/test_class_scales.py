@@ -12,7 +12,7 @@ from cellpipe import models
 from cellpipe.config import Model, Params
 from cellpipe.models.rcnn import CocoInstances, input_scale, predict_at_class_scale
 from tests.conftest import CLASSES, cellpipe_checkpoint, tiny_model
-from tests.test_quality_levers import ring_coco
+from tests.helpers import ring_coco
 
 
 def test_training_images_of_a_rescaled_type_come_at_its_scale(tmp_path):

@@ -16,39 +16,9 @@ from PIL import Image
 
 from cellpipe import models
 from tests.conftest import TINY_MODEL, cellpipe_checkpoint, run_cli, write_params
-from tests.helpers import finetune_on, one_line_error
+from tests.helpers import ann, finetune_on, livecell_folder, one_line_error, run_livecell
 
 # ---------------------------------------------------------------- COCO JSON (LIVECell's and ours)
-
-GOOD_POLY = [[1, 1, 30, 1, 15, 25]]
-
-
-def livecell_folder(tmp_path: Path, annotations, images=None, write_files=True) -> Path:
-    folder = tmp_path / "lc"
-    (folder / "images").mkdir(parents=True)
-    images = images or [{"id": 1, "height": 40, "width": 50, "file_name": "a.tif"}]
-    if write_files:
-        for im in images:
-            Image.fromarray(np.full((im["height"], im["width"]), 100, np.uint8)).save(folder / "images" / im["file_name"])
-    data = {"images": images, "categories": [{"id": 1, "name": "cell"}], "annotations": annotations}
-    (folder / "x.json").write_text(json.dumps(data))
-    return folder
-
-
-def ann(**kw):
-    return {"id": 5, "image_id": 1, "category_id": 1, "segmentation": GOOD_POLY, **kw}
-
-
-def run_livecell(folder: Path, tmp_path: Path):
-    return run_cli(
-        "livecell",
-        "--livecell-json",
-        str(folder / "x.json"),
-        "--livecell-images",
-        str(folder / "images"),
-        "--out",
-        str(tmp_path / "out" / "lc.json"),
-    )
 
 
 @pytest.mark.parametrize(

@@ -4,22 +4,12 @@ from __future__ import annotations
 
 import json
 
-import numpy as np
 import pandas as pd
 
 from cellpipe.models.cellpose_flow import label_image
 from cellpipe.models.rcnn import CocoInstances
 from tests.conftest import TINY_MODEL, cellpipe_checkpoint, run_cli, score_cli
-from tests.helpers import one_cell_coco
-
-
-def ring_coco(tmp_path) -> dict:
-    """One 40×50 image holding one 'astro' cell drawn as a ring (a filled contour with a hole)."""
-    yy, xx = np.mgrid[:40, :50]
-    r = np.hypot(yy - 20, xx - 25)
-    ring = ((r <= 12) & (r > 5)).astype(np.uint8)
-    data = one_cell_coco(tmp_path, np.full((40, 50), 100, np.uint8), ring, 2, ["shsy5y", "astro", "cort"])
-    return data, int(ring.sum()), int((r <= 12).sum())
+from tests.helpers import ring_coco
 
 
 def test_training_masks_of_the_chosen_classes_get_their_holes_filled(tmp_path):

@@ -10,7 +10,7 @@ from cellpipe import models
 from cellpipe.config import Train
 from cellpipe.models.rcnn import CocoInstances, _boxes
 from tests.conftest import tiny_model
-from tests.test_quality_levers import ring_coco
+from tests.helpers import ring_coco
 
 
 def test_a_whole_image_and_its_cell_are_rescaled_together(tmp_path):

@@ -10,8 +10,8 @@ import torch
 from cellpipe import models
 from cellpipe.config import Params, Train
 from cellpipe.models.rcnn import CocoInstances
-from tests.conftest import tiny_model
-from tests.helpers import one_cell_coco
+from tests.conftest import TINY_CP, tiny_model
+from tests.helpers import flow_targets, one_cell_coco, two_cells
 
 
 def _bar_coco(tmp_path) -> tuple[dict, np.ndarray, np.ndarray]:
@@ -75,12 +75,11 @@ def test_transposed_flows_are_the_flows_of_the_transposed_cells():
     """The flow components swap with the axes: a slip would point them across the cells, not at their centres."""
     pytest.importorskip("cellpose", reason="the cellpose library is not installed")
     from cellpipe.models.cellpose_flow import transpose
-    from tests.test_cellpose import _targets, _two_cells
 
-    labels = _two_cells()
+    labels = two_cells()
     image = torch.arange(60 * 80, dtype=torch.float32).reshape(1, 60, 80)
-    image_t, turned = transpose(image, _targets(labels))
-    direct = _targets(np.ascontiguousarray(labels.T))
+    image_t, turned = transpose(image, flow_targets(labels))
+    direct = flow_targets(np.ascontiguousarray(labels.T))
     assert torch.equal(image_t, image.transpose(-2, -1)) and torch.equal(turned[0], direct[0])
     inside = direct[0] > 0
     cosine = (turned[1:] * direct[1:]).sum(0)[inside]
@@ -89,10 +88,11 @@ def test_transposed_flows_are_the_flows_of_the_transposed_cells():
 
 def test_cellpose_windows_are_transposed_about_half_the_time(tiny_coco):
     pytest.importorskip("cellpose", reason="the cellpose library is not installed")
-    from tests.test_cellpose import FAMILY, TINY_CP
+    from cellpipe import models
 
-    ds = FAMILY.dataset(tiny_coco, TINY_CP, Train(crop_size=96, hflip=False, vflip=False, transpose=True))
-    plain = FAMILY.dataset(tiny_coco, TINY_CP, Train(crop_size=96, hflip=False, vflip=False))
+    family = models.family(TINY_CP)
+    ds = family.dataset(tiny_coco, TINY_CP, Train(crop_size=96, hflip=False, vflip=False, transpose=True))
+    plain = family.dataset(tiny_coco, TINY_CP, Train(crop_size=96, hflip=False, vflip=False))
     assert ds.transpose and not plain.transpose
     turned = 0
     for seed in range(12):

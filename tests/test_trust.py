@@ -25,7 +25,7 @@ from cellpipe import checkpoints, prediction_table, rle, tables
 from cellpipe.errors import CellpipeError
 from cellpipe.images import list_images, read_grey
 from tests.conftest import TINY_MODEL, cellpipe_checkpoint, decode_and_split, run_cli, score_cli, tiny_model, write_params
-from tests.helpers import finetune_on, one_line_error
+from tests.helpers import ann, finetune_on, livecell_folder, one_line_error, run_livecell
 
 # ---------------------------------------------------------------- checkpoints are data, never code
 
@@ -456,8 +456,6 @@ def test_image_ids_that_would_leave_their_folder_are_rejected(kaggle_copy, tmp_p
 
 
 def test_coco_file_names_that_would_leave_their_folder_are_rejected(tmp_path):
-    from tests.test_cli_errors import ann, livecell_folder, run_livecell
-
     folder = livecell_folder(tmp_path, [ann()])
     data = json.loads((folder / "x.json").read_text())
     data["images"][0]["file_name"] = "../secret.tif"
