@@ -277,6 +277,12 @@ class Train(Section):
     scale_jitter: float = Field(
         0.0, ge=0, lt=1, description="random rescaling of each training window by 1 ± this (cellpose trains with 0.25)"
     )
+    ema: float = Field(
+        0.0,
+        ge=0,
+        lt=1,
+        description="decay of an exponential moving average of the weights, evaluated and kept instead of them (0: off)",
+    )
     workers: int = Field(0, ge=0, description="DataLoader worker processes building batches (0: in the main process)")
     cache_gb: float = Field(
         4.0,

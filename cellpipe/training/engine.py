@@ -9,6 +9,8 @@ that each do one thing (and are tested alone), the way detectron2 splits its hoo
 - :func:`train_step` — one optimisation step (SGD with momentum and weight decay,
   gradient clipping, AMP on CUDA), with clear errors for out-of-memory and divergence;
 - :func:`evaluate` — the competition metric on val, post-processed as the final score is;
+- :class:`WeightAverage` — an exponential moving average of the weights (``ema``), which is
+  what gets evaluated and kept when it is on;
 - :class:`BestKeeper` — ``best.pt`` holds the best evaluation so far;
 - :func:`resume` / :func:`save_last` — ``last.pt`` holds the full state, resumed only
   when it was written by the same configuration, code and data (its fingerprint).
@@ -20,6 +22,7 @@ engine knows nothing of dvclive or progress bars.
 
 from __future__ import annotations
 
+import copy
 import math
 import time
 from collections.abc import Callable, Iterator
@@ -196,6 +199,41 @@ def train_step(
     return float(loss.detach()), lr, terms
 
 
+class WeightAverage:
+    """An exponential moving average of a model's weights, updated after every step.
+
+    Why: batches of two small crops make every SGD step noisy, and the model at any one
+    iteration carries that noise; the average over the last ≈ 1/(1 − decay) steps does not
+    (Polyak averaging; the EMA that YOLO and timm keep). Every floating-point entry of the
+    state is averaged — BatchNorm's running statistics too, as they move with the weights —
+    and integer entries (BatchNorm's step count) are copied. The decay ramps up as
+    ``min(decay, (1 + n) / (10 + n))`` after ``n`` updates, so the first steps of a random
+    or pretrained start are not frozen into the average. Drawing no random numbers, it
+    leaves the trained model's own path unchanged.
+    """
+
+    def __init__(self, model: torch.nn.Module, decay: float, updates: int = 0) -> None:
+        self.model = copy.deepcopy(model).eval()
+        for p in self.model.parameters():
+            p.requires_grad_(False)
+        self.decay, self.updates = decay, updates
+        self._pairs = list(zip(self.model.state_dict().values(), model.state_dict().values()))
+
+    def current_decay(self) -> float:
+        return min(self.decay, (1 + self.updates) / (10 + self.updates))
+
+    @torch.no_grad()
+    def update(self) -> None:
+        """Move the average towards the model's weights as they are now."""
+        d = self.current_decay()
+        self.updates += 1
+        floats = [(a, m) for a, m in self._pairs if a.is_floating_point()]
+        torch._foreach_lerp_([a for a, _ in floats], [m for _, m in floats], 1.0 - d)
+        for a, m in self._pairs:
+            if not a.is_floating_point():
+                a.copy_(m)
+
+
 # --------------------------------------------------------------------------- evaluation and checkpoints
 
 
@@ -244,11 +282,15 @@ class BestKeeper:
         return True
 
 
-def save_last(path: Path, model: torch.nn.Module, opt: Optimisation, it: int, keeper: BestKeeper) -> None:
-    """``last.pt``: everything needed to continue after iteration ``it``."""
+def save_last(
+    path: Path, model: torch.nn.Module, opt: Optimisation, it: int, keeper: BestKeeper, average: WeightAverage | None = None
+) -> None:
+    """``last.pt``: everything needed to continue after iteration ``it`` (the weight average too, when kept)."""
     checkpoints.save(
         {
             "model": model.state_dict(),
+            "ema": average.model.state_dict() if average is not None else None,
+            "ema_updates": average.updates if average is not None else 0,
             "optimizer": opt.optimizer.state_dict(),
             "scheduler": opt.scheduler.state_dict(),
             "scaler": opt.scaler.state_dict() if opt.scaler is not None else None,
@@ -261,7 +303,9 @@ def save_last(path: Path, model: torch.nn.Module, opt: Optimisation, it: int, ke
     )
 
 
-def resume(path: Path, model: torch.nn.Module, opt: Optimisation, fingerprint: str, device) -> tuple[int, float, int]:
+def resume(
+    path: Path, model: torch.nn.Module, opt: Optimisation, fingerprint: str, device, average: WeightAverage | None = None
+) -> tuple[int, float, int]:
     """(iteration, best, best iteration) of a ``last.pt`` written by this configuration; else a fresh start.
 
     A ``last.pt`` of another configuration is ignored (and replaced at the first
@@ -280,6 +324,9 @@ def resume(path: Path, model: torch.nn.Module, opt: Optimisation, fingerprint: s
     opt.scheduler.load_state_dict(ckpt["scheduler"])
     if opt.scaler is not None and ckpt.get("scaler"):
         opt.scaler.load_state_dict(ckpt["scaler"])
+    if average is not None:  # the same fingerprint: it was written with the average on
+        average.model.load_state_dict(ckpt["ema"])
+        average.updates = int(ckpt["ema_updates"])
     return ckpt["iteration"], ckpt["best"], ckpt["best_iteration"]
 
 
@@ -339,7 +386,8 @@ def train(
         f"{post.fingerprint()}",
     }
     last = out_dir / "last.pt"
-    start, best, best_it = resume(last, model, opt, meta["fingerprint"], device)  # every process: the same state
+    average = WeightAverage(model, cfg.ema) if cfg.ema > 0 else None
+    start, best, best_it = resume(last, model, opt, meta["fingerprint"], device, average)  # every process: the same state
     if start == 0 and world.main:  # a fresh run: a best.pt of another configuration must not survive
         (out_dir / "best.pt").unlink(missing_ok=True)
     net = distributed.wrap(model, world, device)
@@ -350,9 +398,10 @@ def train(
         if not world.main:  # the others wait for rank 0's evaluation and checkpoints
             distributed.barrier(world)
             return
+        kept = average.model if average is not None else model  # what is evaluated is what best.pt holds
         report = evaluate(
             family,
-            model,
+            kept,
             val,
             device=device,
             score_threshold=cfg.eval_score_threshold,
@@ -360,15 +409,17 @@ def train(
             mask_threshold=model_cfg.mask_threshold,
         )
         logs = {"val/map_iou": report.score, **{f"val/{k}": v for k, v in report.per_class().items()}}
-        keeper.offer(report.score, it, model)
+        keeper.offer(report.score, it, kept)
         logs["val/best_map_iou"] = keeper.best
-        save_last(last, model, opt, it, keeper)
+        save_last(last, model, opt, it, keeper, average)
         if on_log:
             on_log(it, logs)
         distributed.barrier(world)
 
     for it, (images, targets) in _iterations(dataset, cfg, start, device, world):
         loss, lr, terms = train_step(family, net, images, targets, opt, cfg, device, it)
+        if average is not None:
+            average.update()
         loss = distributed.mean(loss, world, device)  # the global batch's loss
         done = it + 1
         if on_step and world.main:
