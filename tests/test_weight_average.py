@@ -58,21 +58,23 @@ def test_the_switch_is_validated():
         Params.model_validate({"finetune": {"ema": 1.0}})
 
 
-def _train(tiny_coco, tmp_path, ema: float):
+def _train(tiny_coco, out, ema: float, eval_every: int, on_step=None) -> tuple[dict, dict]:
+    """6 iterations of the tiny model from seed 0: (summary, last.pt)."""
     family = models.family(TINY_MODEL)
     torch.manual_seed(0)
     model = family.build(TINY_MODEL, len(CLASSES))
     ds = family.dataset(tiny_coco, TINY_MODEL, Train(crop_size=64))
     val = engine.val_images({**tiny_coco, "images": tiny_coco["images"][:1]})
-    cfg = Train(iters=6, eval_every=6, warmup_iters=1, lr=0.01, crop_size=64, eval_score_threshold=0.0, ema=ema)
-    engine.train(family, model, ds, val, cfg, TINY_MODEL, tmp_path, classes=CLASSES, init="none")
-    return torch.load(tmp_path / "last.pt", weights_only=True), torch.load(tmp_path / "best.pt", weights_only=True)
+    cfg = Train(iters=6, eval_every=eval_every, warmup_iters=1, lr=0.01, crop_size=64, eval_score_threshold=0.0, ema=ema)
+    summary = engine.train(family, model, ds, val, cfg, TINY_MODEL, out, classes=CLASSES, init="none", on_step=on_step)
+    return summary, torch.load(out / "last.pt", weights_only=True)
 
 
 def test_the_engine_keeps_the_average_and_trains_the_same_model(tiny_coco, tmp_path):
     """With ``ema`` on, best.pt holds the average, last.pt both; the trained weights are those of a run without it."""
-    plain_last, _ = _train(tiny_coco, tmp_path / "plain", 0.0)
-    last, best = _train(tiny_coco, tmp_path / "ema", 0.9)
+    _, plain_last = _train(tiny_coco, tmp_path / "plain", 0.0, eval_every=6)
+    _, last = _train(tiny_coco, tmp_path / "ema", 0.9, eval_every=6)
+    best = torch.load(tmp_path / "ema" / "best.pt", weights_only=True)
     assert plain_last["ema"] is None and last["ema_updates"] == 6
     for k, v in plain_last["model"].items():
         assert torch.equal(v, last["model"][k]), k  # the average draws no random numbers and changes no weight
@@ -88,26 +90,16 @@ class _Killed(Exception):
 
 def test_a_resumed_run_carries_the_average_on(tiny_coco, tmp_path):
     """Killed after its evaluation at 3 and run again, a run resumes the average and ends where an uninterrupted one does."""
-    family = models.family(TINY_MODEL)
-    val = engine.val_images({**tiny_coco, "images": tiny_coco["images"][:1]})
-    ds = family.dataset(tiny_coco, TINY_MODEL, Train(crop_size=64))
-    cfg = Train(iters=6, eval_every=3, warmup_iters=1, lr=0.01, crop_size=64, eval_score_threshold=0.0, ema=0.8)
-
-    def run(out, on_step=None):
-        torch.manual_seed(0)
-        model = family.build(TINY_MODEL, len(CLASSES))
-        summary = engine.train(family, model, ds, val, cfg, TINY_MODEL, out, classes=CLASSES, init="none", on_step=on_step)
-        return summary, torch.load(out / "last.pt", weights_only=True)
 
     def kill_at_4(done, total, loss, lr):
         if done == 4:
             raise _Killed
 
-    _, whole = run(tmp_path / "whole")
+    _, whole = _train(tiny_coco, tmp_path / "whole", 0.8, eval_every=3)
     with pytest.raises(_Killed):
-        run(tmp_path / "split", kill_at_4)
+        _train(tiny_coco, tmp_path / "split", 0.8, eval_every=3, on_step=kill_at_4)
     assert torch.load(tmp_path / "split" / "last.pt", weights_only=True)["ema_updates"] == 3
-    summary, resumed = run(tmp_path / "split")
+    summary, resumed = _train(tiny_coco, tmp_path / "split", 0.8, eval_every=3)
     assert summary["resumed_from"] == 3 and resumed["ema_updates"] == whole["ema_updates"] == 6
     for k, v in whole["ema"].items():
         assert torch.allclose(v.float(), resumed["ema"][k].float(), rtol=0, atol=1e-6), k

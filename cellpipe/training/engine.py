@@ -212,12 +212,14 @@ class WeightAverage:
     leaves the trained model's own path unchanged.
     """
 
-    def __init__(self, model: torch.nn.Module, decay: float, updates: int = 0) -> None:
+    def __init__(self, model: torch.nn.Module, decay: float) -> None:
         self.model = copy.deepcopy(model).eval()
         for p in self.model.parameters():
             p.requires_grad_(False)
-        self.decay, self.updates = decay, updates
-        self._pairs = list(zip(self.model.state_dict().values(), model.state_dict().values()))
+        self.decay, self.updates = decay, 0
+        pairs = list(zip(self.model.state_dict().values(), model.state_dict().values()))  # views: no copies
+        self._floats = ([a for a, _ in pairs if a.is_floating_point()], [m for a, m in pairs if a.is_floating_point()])
+        self._integers = [(a, m) for a, m in pairs if not a.is_floating_point()]
 
     def current_decay(self) -> float:
         return min(self.decay, (1 + self.updates) / (10 + self.updates))
@@ -227,11 +229,9 @@ class WeightAverage:
         """Move the average towards the model's weights as they are now."""
         d = self.current_decay()
         self.updates += 1
-        floats = [(a, m) for a, m in self._pairs if a.is_floating_point()]
-        torch._foreach_lerp_([a for a, _ in floats], [m for _, m in floats], 1.0 - d)
-        for a, m in self._pairs:
-            if not a.is_floating_point():
-                a.copy_(m)
+        torch._foreach_lerp_(*self._floats, 1.0 - d)
+        for a, m in self._integers:
+            a.copy_(m)
 
 
 # --------------------------------------------------------------------------- evaluation and checkpoints
