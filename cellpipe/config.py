@@ -283,6 +283,13 @@ class Train(Section):
         lt=1,
         description="decay of an exponential moving average of the weights, evaluated and kept instead of them (0: off)",
     )
+    repeat_threshold: float = Field(
+        0.0,
+        ge=0,
+        le=1,
+        description="class-balanced image draws (LVIS repeat factors): images of a class"
+        " found in a share f < this of the training images are drawn sqrt(this/f) times as often; 0: uniform",
+    )
     workers: int = Field(0, ge=0, description="DataLoader worker processes building batches (0: in the main process)")
     cache_gb: float = Field(
         4.0,

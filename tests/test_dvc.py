@@ -298,6 +298,7 @@ STALE_WHEN_EDITED = {
     "cellpipe/postprocess.py": {"finetune", "predict", "pretrain", "score", "submit", "thresholds", "visualize"},
     "cellpipe/prediction_table.py": {"ensemble", "predict", "score", "submit", "thresholds", "visualize"},
     "cellpipe/reports.py": {"score"},
+    "cellpipe/repeat_factors.py": {"finetune", "predict", "pretrain"},
     "cellpipe/rle.py": EVERY - {"anchors", "finetune", "livecell", "pretrain"},
     "cellpipe/samples.py": {"finetune", "predict", "pretrain"},
     "cellpipe/scoring.py": {"predict", "score", "submit", "thresholds", "visualize"},

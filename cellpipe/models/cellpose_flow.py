@@ -41,6 +41,7 @@ from cellpipe.errors import CellpipeError
 from cellpipe.images import read_grey
 from cellpipe.instances import Instances
 from cellpipe.models import Family, Limits
+from cellpipe.repeat_factors import image_categories
 from cellpipe.samples import SampleCache
 
 INSTALL_HINT = "pip install 'cellpose>=3.1,<4'"
@@ -138,6 +139,10 @@ class FlowSamples(Dataset):
 
     def __len__(self) -> int:
         return len(self.images)
+
+    def image_categories(self) -> list[frozenset[int]]:
+        """Each training image's category ids (what repeat-factor sampling weighs images by)."""
+        return image_categories(self.images, self.by_image)
 
     def image_class(self, im: dict) -> int:
         anns = self.by_image.get(im["id"], [])

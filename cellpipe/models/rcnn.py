@@ -43,6 +43,7 @@ from cellpipe.instances import Instances
 from cellpipe.models import Family, Limits
 from cellpipe.models.masks import paste_sparse
 from cellpipe.postprocess import image_class
+from cellpipe.repeat_factors import image_categories
 from cellpipe.samples import SampleCache
 
 MIN_TRAINING_PIXELS = 4
@@ -127,6 +128,10 @@ class CocoInstances(Dataset):
 
     def __len__(self) -> int:
         return len(self.images)
+
+    def image_categories(self) -> list[frozenset[int]]:
+        """Each training image's category ids (what repeat-factor sampling weighs images by)."""
+        return image_categories(self.images, self.by_image)
 
     def load(self, index: int, own_scale: bool = True) -> Sample:
         """An image's pixels and its instances at its input scale, or at ×1 (cached)."""

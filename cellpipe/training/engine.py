@@ -35,7 +35,7 @@ import scipy.sparse as sp
 import torch
 from torch.utils.data import DataLoader, Dataset
 
-from cellpipe import checkpoints, coco, metric, postprocess
+from cellpipe import checkpoints, coco, metric, postprocess, repeat_factors
 from cellpipe.atomic import remove_stale
 from cellpipe.config import Model, PostProcess, Train
 from cellpipe.errors import CellpipeError
@@ -70,7 +70,8 @@ def lr_factor(it: int, cfg: Train) -> float:
 class Batches(Dataset):
     """Iterations ``start..iters-1`` as items: item ``k`` is iteration ``start + k``'s collated batch.
 
-    Which images (``numpy`` RNG seeded by ``(seed, it)``) and the random crop and flips of
+    Which images (``numpy`` RNG seeded by ``(seed, it)``; uniformly, or by repeat factor with
+    ``repeat_threshold``: :mod:`cellpipe.repeat_factors`) and the random crop and flips of
     the j-th of them (torch RNG seeded by ``(seed·1000003 + it)·1009 + j``) depend on the
     iteration only, whichever process builds the batch. Under DDP (``world`` processes)
     process ``rank`` takes images ``rank, rank + world, …`` of the same global batch, so N
@@ -81,6 +82,9 @@ class Batches(Dataset):
         if cfg.batch_size % world:
             raise CellpipeError(f"batch_size {cfg.batch_size} does not split over {world} processes (nproc)")
         self.dataset, self.cfg, self.start, self.rank, self.world = dataset, cfg, start, rank, world
+        self.p = None  # uniform draws; the dataset is asked its images' categories only for class-balanced ones
+        if cfg.repeat_threshold:
+            self.p = repeat_factors.draw_probabilities(dataset.image_categories(), cfg.repeat_threshold)
 
     def __len__(self) -> int:
         return max(0, self.cfg.iters - self.start)
@@ -89,7 +93,7 @@ class Batches(Dataset):
         it = self.start + k
         rng = np.random.default_rng([self.cfg.seed, it])
         n = len(self.dataset)
-        idx = rng.choice(n, self.cfg.batch_size, replace=n < self.cfg.batch_size)
+        idx = rng.choice(n, self.cfg.batch_size, replace=n < self.cfg.batch_size, p=self.p)
         items = []
         for j in range(self.rank, len(idx), self.world):
             torch.manual_seed((self.cfg.seed * 1_000_003 + it) * 1009 + j)

@@ -15,7 +15,7 @@ from pathlib import Path
 
 import torch
 
-from cellpipe import coco, folds, models
+from cellpipe import coco, folds, models, repeat_factors
 from cellpipe.atomic import atomic_path
 from cellpipe.config import Model, PostProcess, Train
 from cellpipe.console import console, log, progress
@@ -177,6 +177,9 @@ def run_training(
             f"{stage}: {len(dataset)} train / {len(val)} val images, {len(class_names)} classes, init: {desc}, "
             f"device {device}{ddp}, {train_cfg.iters} iterations"
         )
+        if train_cfg.repeat_threshold:
+            names = {int(c["id"]): c["name"] for c in train_coco["categories"]}
+            log(f"{stage}: {draws(dataset.image_categories(), train_cfg.repeat_threshold, names)}")
     logger = LiveLogger(out)
     with progress(stage, total=train_cfg.iters, enabled=world.main) as bar:
 
@@ -222,3 +225,11 @@ def run_training(
         f"({summary['seconds']} s) → {out}"
     )
     return summary
+
+
+def draws(categories: list[frozenset[int]], threshold: float, names: dict[int, str]) -> str:
+    """Each class's share of the training images and of the draws at ``threshold``, in words."""
+    uniform = repeat_factors.category_shares(categories, None)
+    weighted = repeat_factors.category_shares(categories, repeat_factors.draw_probabilities(categories, threshold))
+    parts = [f"{names.get(c, c)} {uniform[c]:.0%} → {weighted[c]:.0%}" for c in uniform]
+    return f"repeat factors at {threshold}: share of images → of draws: " + ", ".join(parts)
