@@ -37,6 +37,7 @@ def _sample_cells() -> list[tuple[str, sp.csr_matrix, np.ndarray]]:
 
 
 @requires_shared()
+@pytest.mark.filterwarnings("ignore:Sparse invariant checks")  # torch's notice, from cellpose's own code
 def test_flow_targets_recover_the_cells():
     """Labels → cellpose flows → masks (perfect cell probability): ≥ 0.95 of the cells back at IoU 0.5."""
     from cellpose import dynamics

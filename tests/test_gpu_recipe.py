@@ -70,8 +70,8 @@ def test_the_parity_switches_change_what_they_say_and_nothing_else():
     assert isinstance(switched.roi_heads.mask_roi_pool, torchvision_heads.AlignedRoIAlign)
     assert switched.rpn.box_beta == 0.0 and switched.roi_heads.box_beta == 0.0
     assert stock.state_dict().keys() == switched.state_dict().keys()  # the same weights: checkpoints interchange
-    std = float(switched.roi_heads.box_predictor.bbox_pred.weight.std())
-    assert 0.0005 < std < 0.002 and float(switched.roi_heads.box_predictor.bbox_pred.bias.abs().sum()) == 0
+    std = float(switched.roi_heads.box_predictor.bbox_pred.weight.detach().std())
+    assert 0.0005 < std < 0.002 and float(switched.roi_heads.box_predictor.bbox_pred.bias.detach().abs().sum()) == 0
     features = {"0": torch.randn(1, 16, 32, 40)}
     boxes = [torch.tensor([[3.2, 5.1, 40.7, 30.3]])]
     a = stock.roi_heads.box_roi_pool(features, boxes, [(128, 160)])
