@@ -117,6 +117,10 @@ class CellposeParams(Section):
     nbase: list[int] = Field(default_factory=lambda: [32, 64, 128, 256], min_length=2,
                              description="U-Net widths, coarsest last (cellpose's own: 32 64 128 256)")  # fmt: skip
     diameter: float = Field(30.0, gt=0, description="cells are rescaled to this diameter (px)")
+    class_diameters: dict[str, float] = Field(
+        default_factory=dict,
+        description="a cell type's own diameter instead (px, per_class scale only), e.g. {astro: 30}: its thin processes",
+    )
     scale: Literal["per_class", "fixed"] = Field("per_class", description="per_class: each class's cells to "
                                                  "the diameter (measured on the training data); fixed: one scale")  # fmt: skip
     fixed_scale: float = Field(1.0, gt=0, description="the one scale of scale: fixed")
@@ -124,6 +128,24 @@ class CellposeParams(Section):
     flow_threshold: float = Field(0.4, ge=0, description="drop masks whose flows disagree more than this")
     niter: int = Field(200, gt=0, description="flow-following steps")
     min_size: int = Field(15, ge=0, description="drop masks smaller than this (px) and fill holes")
+
+    @field_validator("class_diameters")
+    @classmethod
+    def _diameters(cls, v: dict[str, float]) -> dict[str, float]:
+        bad = {k: d for k, d in v.items() if not 1 <= d <= 1000}
+        if bad:
+            raise ValueError(f"each diameter must lie in [1, 1000] px; got {bad}")
+        return v
+
+    @model_validator(mode="after")
+    def _own_diameters_need_per_class(self) -> CellposeParams:
+        if self.class_diameters and self.scale != "per_class":
+            raise ValueError("class_diameters needs scale: per_class (scale: fixed rescales every image by fixed_scale)")
+        return self
+
+    def diameter_of(self, name: str) -> float:
+        """The nominal diameter cells of type ``name`` are rescaled to (``class_diameters`` or ``diameter``)."""
+        return float(self.class_diameters.get(name, self.diameter))
 
 
 class Model(Section):

@@ -175,6 +175,42 @@ def test_rotations_and_rescaling_draw_windows_of_the_crop_size(tiny_coco):
     assert plain[0][0].shape == ds[0][0].shape
 
 
+def test_a_type_with_its_own_diameter_is_trained_and_predicted_at_its_own_scale(tiny_coco, tmp_path):
+    """``class_diameters`` rescales one type's images to its own diameter (training crops and both
+    predict passes); the others keep ``diameter``; the trained checkpoint predicts at the same scales
+    (the diameters ride in its config, not in its weights)."""
+    own = TINY_CP.model_copy(update={"cellpose": TINY_CP.cellpose.model_copy(update={"class_diameters": {"astro": 60.0}})})
+    cfg = Train(iters=2, eval_every=2, warmup_iters=1, crop_size=64, eval_score_threshold=0.0)
+    plain, mine = FAMILY.dataset(tiny_coco, TINY_CP, cfg), FAMILY.dataset(tiny_coco, own, cfg)
+    assert mine.nominal.tolist() == [30.0, 60.0, 30.0] and plain.nominal.tolist() == [30.0] * 3
+    for k, im in enumerate(mine.images):
+        cls = mine.image_class(im)
+        h0, h1 = plain.load(k)[0].shape[-2], mine.load(k)[0].shape[-2]
+        ratio = 2.0 if CLASSES[cls] == "astro" else 1.0
+        assert abs(h1 - ratio * h0) <= 1, (CLASSES[cls], h0, h1)
+    torch.manual_seed(0)
+    model = FAMILY.build(own, 3)
+    FAMILY.set_classes(model, own, CLASSES)
+    FAMILY.fit_data(model, mine)
+    astro = CLASSES.index("astro")
+    assert model.scale_of(astro) == pytest.approx(60.0 / float(mine.diameters[astro]))
+    assert model.scale_of(0) == pytest.approx(30.0 / float(mine.diameters[0]))
+    val = engine.val_images({**tiny_coco, "images": tiny_coco["images"][:1]})
+    engine.train(FAMILY, model, mine, val, cfg, own, tmp_path, classes=CLASSES, init="none")
+    _, loaded, mcfg, _ = models.from_checkpoint(tmp_path / "last.pt")
+    assert mcfg.cellpose.class_diameters == {"astro": 60.0} and loaded.nominal == [30.0, 60.0, 30.0]
+    assert set(loaded.state_dict()) == set(FAMILY.build(TINY_CP, 3).state_dict())  # the same weights as before
+
+
+def test_class_diameters_are_checked():
+    with pytest.raises(ValueError, match="each diameter must lie in"):
+        CellposeParams(class_diameters={"astro": 0.0})
+    with pytest.raises(ValueError, match="class_diameters needs scale: per_class"):
+        CellposeParams(scale="fixed", class_diameters={"astro": 30.0})
+    assert CellposeParams(class_diameters={"astro": 30.0}).diameter_of("astro") == 30.0
+    assert CellposeParams(diameter=17.0, class_diameters={"astro": 30.0}).diameter_of("cort") == 17.0
+
+
 def test_rotations_are_refused_for_mask_rcnn():
     from cellpipe.config import Params
 
