@@ -128,6 +128,12 @@ class CellposeParams(Section):
     flow_threshold: float = Field(0.4, ge=0, description="drop masks whose flows disagree more than this")
     niter: int = Field(200, gt=0, description="flow-following steps")
     min_size: int = Field(15, ge=0, description="drop masks smaller than this (px) and fill holes")
+    image_type: Literal["head", "features"] = Field(
+        "head",
+        description="what names an image's cell type (its scale and thresholds): head (the U-Net's type head) | "
+        "features (a logistic regression on whole-image statistics, fitted on the training images)",
+    )
+    type_l2: float = Field(1e-4, ge=0, description="image_type: features — L2 penalty of the logistic regression")
 
     @field_validator("class_diameters")
     @classmethod

@@ -15,6 +15,7 @@ pytest.importorskip("cellpose", reason="the cellpose library is not installed")
 
 from cellpipe import metric, models, rle, tables  # noqa: E402
 from cellpipe.config import CellposeParams, Train  # noqa: E402
+from cellpipe.errors import CellpipeError  # noqa: E402
 from cellpipe.training import engine  # noqa: E402
 from tests.conftest import CLASSES, SAMPLE, TINY_CP, requires_shared  # noqa: E402
 from tests.helpers import flow_targets, two_cells  # noqa: E402
@@ -200,6 +201,58 @@ def test_a_type_with_its_own_diameter_is_trained_and_predicted_at_its_own_scale(
     _, loaded, mcfg, _ = models.from_checkpoint(tmp_path / "last.pt")
     assert mcfg.cellpose.class_diameters == {"astro": 60.0} and loaded.nominal == [30.0, 60.0, 30.0]
     assert set(loaded.state_dict()) == set(FAMILY.build(TINY_CP, 3).state_dict())  # the same weights as before
+
+
+def test_the_feature_classifier_names_the_type_and_predict_runs_once_at_its_scale(tiny_coco, tmp_path, monkeypatch):
+    """``image_type: features``: the classifier is fitted on the training images before training, rides in
+    the checkpoint, names each image's type, and predict runs the network once, at that type's scale."""
+    own = TINY_CP.model_copy(update={"cellpose": TINY_CP.cellpose.model_copy(
+        update={"image_type": "features", "class_diameters": {"astro": 60.0}})})  # fmt: skip
+    cfg = Train(iters=2, eval_every=2, warmup_iters=1, crop_size=64, eval_score_threshold=0.0)
+    ds = FAMILY.dataset(tiny_coco, own, cfg)
+    torch.manual_seed(0)
+    model = FAMILY.build(own, 3)
+    FAMILY.set_classes(model, own, CLASSES)
+    assert not model.type_coef.any()
+    FAMILY.fit_data(model, ds)
+    val = engine.val_images({**tiny_coco, "images": tiny_coco["images"][:1]})
+    engine.train(FAMILY, model, ds, val, cfg, own, tmp_path, classes=CLASSES, init="none")
+    fam, loaded, _, _ = models.from_checkpoint(tmp_path / "last.pt")
+    assert torch.equal(loaded.type_coef, model.type_coef) and loaded.type_coef.any()
+    classifier = loaded.type_classifier()
+    scales = []
+    real_run = fam.run
+    monkeypatch.setattr(fam, "run", lambda m, x, scale, *a: scales.append(scale) or real_run(m, x, scale, *a))
+    for im in ds.images:  # its own training images: each named right (4 images, 22 features)
+        grey = engine.val_images({**tiny_coco, "images": [im]})[0].grey
+        cls = ds.image_class(im)
+        assert classifier.predict(grey) == cls
+        scales.clear()
+        out = fam.predict(loaded, grey, device="cpu")
+        assert scales == [pytest.approx(loaded.scale_of(cls))]  # one pass, at the named type's scale
+        assert set(out.labels.tolist()) <= {cls + 1}
+
+
+def test_a_checkpoint_from_before_the_type_classifier_still_loads(tiny_coco, tmp_path):
+    """Flow checkpoints written before the classifier (no ``type_*`` buffers) load and predict with the head;
+    asking one for ``image_type: features`` is a clear error, and as an init its heads are left as built."""
+    from tests.conftest import cellpipe_checkpoint
+
+    cellpipe_checkpoint(tmp_path / "new.pt", TINY_CP, CLASSES)
+    ckpt = torch.load(tmp_path / "new.pt", weights_only=True)
+    ckpt["model"] = {k: v for k, v in ckpt["model"].items() if not k.startswith("type_")}
+    torch.save(ckpt, tmp_path / "old.pt")
+    fam, loaded, _, _ = models.from_checkpoint(tmp_path / "old.pt")
+    assert loaded.type_classifier() is None
+    grey = engine.val_images({**tiny_coco, "images": tiny_coco["images"][:1]})[0].grey
+    fam.predict(loaded, grey, device="cpu")
+    ckpt["model_config"]["cellpose"]["image_type"] = "features"
+    torch.save(ckpt, tmp_path / "old-features.pt")
+    _, asked, _, _ = models.from_checkpoint(tmp_path / "old-features.pt")
+    with pytest.raises(CellpipeError, match="type classifier was never fitted"):
+        fam.predict(asked, grey, device="cpu")
+    fresh = FAMILY.build(TINY_CP, 3)
+    assert "re-initialised" in FAMILY.initialise(fresh, str(tmp_path / "old.pt"))
 
 
 def test_class_diameters_are_checked():

@@ -173,10 +173,14 @@ def load_checkpoint(path: str | Path, map_location: str = "cpu") -> dict[str, An
 
 
 def load_weights(model: nn.Module, state: dict[str, Any], class_specific: tuple[str, ...], *, where: str) -> str:
-    """Load ``state`` into ``model``: every tensor must fit, except class-specific heads of another class count."""
+    """Load ``state`` into ``model``: every tensor must fit, except class-specific heads of another class count
+    (or missing: a head the checkpoint's trainer did not have), which stay as built."""
     own = model.state_dict()
     skipped = []
     for key, value in own.items():
+        if key not in state and key.startswith(class_specific):  # a head its trainer did not have
+            skipped.append(key)
+            continue
         if key not in state:
             raise CellpipeError(
                 f"checkpoint lacks {key}: it was trained with another architecture (compare the model params)", where=where

@@ -9,7 +9,12 @@ and the U-Net (``resnet_torch.CPnet``); nothing is downloaded. On top of it:
 
 - **cell type**: a linear head on the U-Net's style vector predicts the image's cell
   type (every cell of a competition image has one), trained with cross-entropy; it
-  labels the image's cells and so picks the per-class thresholds downstream;
+  labels the image's cells and so picks the per-class thresholds downstream. With
+  ``image_type: features`` a classifier of its own names the type instead
+  (:mod:`cellpipe.image_types`: a logistic regression on whole-image statistics, fitted
+  on the training images before training and kept in the model's buffers), and the
+  image is predicted once, at that type's scale: the head, trained on crops at each
+  type's scale, sees the image at the mean scale when it classifies it;
 - **cell size**: images are rescaled so cells have ``model.cellpose.diameter`` pixels
   (a type named in ``class_diameters``: its own, e.g. astro larger, whose thin processes
   a 17-px rescale loses: perfect flows of real astro cells come back at mean IoU 0.85 at
@@ -40,6 +45,7 @@ from torch.utils.data import Dataset
 from cellpipe import coco
 from cellpipe.config import Model
 from cellpipe.errors import CellpipeError
+from cellpipe.image_types import N_FEATURES, TypeClassifier, image_features
 from cellpipe.images import read_grey
 from cellpipe.instances import Instances
 from cellpipe.models import Family, Limits
@@ -68,6 +74,9 @@ def equivalent_diameter(area: float) -> float:
     return 2.0 * math.sqrt(max(area, 1.0) / math.pi)
 
 
+TYPE_BUFFERS = ("type_mean", "type_std", "type_coef", "type_bias")
+
+
 class FlowNet(nn.Module):
     """CPnet (1 input channel; outputs dy, dx, cell-probability logit) and a cell-type head on its style."""
 
@@ -78,6 +87,11 @@ class FlowNet(nn.Module):
         self.unet = resnet_torch.CPnet([1, *c.nbase], nout=3, sz=3, diam_mean=c.diameter)
         self.classify = nn.Linear(c.nbase[-1], num_classes)
         self.register_buffer("diameters", torch.full((num_classes,), float(c.diameter)))
+        # the image-type classifier (image_type: features), fitted by CellposeFlow.fit_data; all zero = not fitted
+        self.register_buffer("type_mean", torch.zeros(N_FEATURES, dtype=torch.float64))
+        self.register_buffer("type_std", torch.ones(N_FEATURES, dtype=torch.float64))
+        self.register_buffer("type_coef", torch.zeros(num_classes, N_FEATURES, dtype=torch.float64))
+        self.register_buffer("type_bias", torch.zeros(num_classes, dtype=torch.float64))
         # each class's nominal diameter: the config's (set_classes), kept off the state dict like
         # Mask R-CNN's class scales, so checkpoints stay loadable whatever it says
         self.nominal = [float(c.diameter)] * num_classes
@@ -95,6 +109,22 @@ class FlowNet(nn.Module):
         if self.cfg.scale == "fixed":
             return float(self.cfg.fixed_scale)
         return float(self.nominal[cls] / float(self.diameters[cls]))
+
+    def _load_from_state_dict(self, state_dict: dict, prefix: str, *args: Any, **kwargs: Any) -> None:
+        # checkpoints from before the type classifier: its buffers as built (not fitted), the rest strict
+        for name in TYPE_BUFFERS:
+            state_dict.setdefault(prefix + name, getattr(self, name).clone())
+        super()._load_from_state_dict(state_dict, prefix, *args, **kwargs)
+
+    def type_classifier(self) -> TypeClassifier | None:
+        """The fitted image-type classifier, or None (not asked for, or a single class: nothing to tell apart)."""
+        if self.cfg.image_type != "features" or len(self.type_bias) < 2:
+            return None
+        if not bool(self.type_coef.any()):
+            raise CellpipeError("model.cellpose.image_type is features but the model's type classifier was never "
+                                "fitted (a checkpoint from before it was trained?)")  # fmt: skip
+        return TypeClassifier(*(t.detach().cpu().numpy() for t in (self.type_mean, self.type_std,
+                                                                     self.type_coef, self.type_bias)))  # fmt: skip
 
 
 def label_image(anns: list[dict], height: int, width: int, fill: bool = False) -> np.ndarray:
@@ -156,6 +186,14 @@ class FlowSamples(Dataset):
         if not anns:
             return 0
         return int(np.bincount([a["category_id"] - 1 for a in anns]).argmax())
+
+    def type_features(self) -> tuple[np.ndarray, np.ndarray]:
+        """Whole-image features (N, F) and class indices (N,) of the training images that hold cells."""
+        rows = [(image_features(read_grey(im["path"], (int(im["height"]), int(im["width"])))), self.image_class(im))
+                for im in self.images if self.by_image.get(im["id"])]  # fmt: skip
+        if not rows:
+            return np.zeros((0, N_FEATURES)), np.zeros(0, np.int64)
+        return np.stack([r[0] for r in rows]), np.asarray([r[1] for r in rows], np.int64)
 
     def load(self, index: int) -> tuple[torch.Tensor, torch.Tensor, int]:
         cached = self.cache.get(index)
@@ -322,7 +360,7 @@ def _pad16(x: torch.Tensor) -> tuple[torch.Tensor, int, int]:
 
 class CellposeFlow(Family):
     name = "cellpose flow U-Net"
-    class_specific = ("classify.", "diameters")
+    class_specific = ("classify.", "diameters", "type_")
     own_tta = True  # flow maps of the flipped images averaged (cellpose's own augmentation)
 
     def require(self) -> None:
@@ -342,6 +380,13 @@ class CellposeFlow(Family):
 
     def fit_data(self, model: nn.Module, dataset: FlowSamples) -> None:
         model.diameters.copy_(torch.from_numpy(dataset.diameters))
+        if model.cfg.image_type == "features" and len(model.type_bias) > 1:
+            features, labels = dataset.type_features()
+            if not len(labels):
+                raise CellpipeError("image_type: features needs training images that hold cells; none does")
+            fit = TypeClassifier.fit(features, labels, len(model.type_bias), model.cfg.type_l2)
+            for name in ("mean", "std", "coef", "bias"):
+                getattr(model, f"type_{name}").copy_(torch.from_numpy(getattr(fit, name)))
 
     def train_step(self, model: nn.Module, images: list[torch.Tensor], targets: list[dict]) -> dict[str, torch.Tensor]:
         x = torch.stack(images)
@@ -401,7 +446,11 @@ class CellposeFlow(Family):
         model.eval()
         c = model.cfg
         x = normalise(grey)
-        if c.scale == "fixed":
+        classifier = model.type_classifier()
+        if classifier is not None:  # the type first, then one pass at its scale
+            cls = classifier.predict(grey)
+            flows, cellprob, _ = self.run(model, x, model.scale_of(cls), device, tta)
+        elif c.scale == "fixed":
             flows, cellprob, cls = self.run(model, x, c.fixed_scale, device, tta)
         else:  # classify at the mean scale, then predict at the predicted class's scale
             mean_scale = float(np.mean([model.scale_of(k) for k in range(len(model.diameters))]))
