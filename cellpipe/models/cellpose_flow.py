@@ -44,6 +44,7 @@ from torch.utils.data import Dataset
 
 from cellpipe import coco
 from cellpipe.config import Model
+from cellpipe.console import log
 from cellpipe.errors import CellpipeError
 from cellpipe.image_types import N_FEATURES, TypeClassifier, image_features
 from cellpipe.images import read_grey
@@ -387,6 +388,8 @@ class CellposeFlow(Family):
             fit = TypeClassifier.fit(features, labels, len(model.type_bias), model.cfg.type_l2)
             for name in ("mean", "std", "coef", "bias"):
                 getattr(model, f"type_{name}").copy_(torch.from_numpy(getattr(fit, name)))
+            right = int((fit.probabilities(features).argmax(1) == labels).sum())
+            log(f"image-type classifier fitted on {len(labels)} training images ({right} named right in sample)")
 
     def train_step(self, model: nn.Module, images: list[torch.Tensor], targets: list[dict]) -> dict[str, torch.Tensor]:
         x = torch.stack(images)
