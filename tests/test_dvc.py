@@ -278,6 +278,7 @@ STALE_WHEN_EDITED = {
     "cellpipe/ensemble.py": {"ensemble"},
     "cellpipe/errors.py": EVERY,
     "cellpipe/folds.py": {"coco", "finetune", "predict", "pretrain", "score", "submit", "thresholds", "visualize"},
+    "cellpipe/image_types.py": {"finetune", "predict", "pretrain"},
     "cellpipe/images.py": EVERY - {"ensemble"},
     "cellpipe/inference.py": {"predict"},
     "cellpipe/instances.py": {"ensemble", "finetune", "predict", "pretrain", "score", "submit", "thresholds", "visualize"},
