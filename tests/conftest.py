@@ -1,5 +1,7 @@
 from __future__ import annotations
 
+import atexit
+import json
 import os
 import shutil
 import subprocess
@@ -35,12 +37,69 @@ def cli_home() -> Path:
     return _CLI_HOME
 
 
+class Zygote:
+    """This worker's ``tests/zygote.py``: commands run in processes forked from an interpreter that
+    imported the stack once (see there why). ``CELLPIPE_TEST_FRESH=1`` starts a fresh
+    ``python -m stages`` per command instead, as the suite did before."""
+
+    _proc: subprocess.Popen | None = None
+
+    @classmethod
+    def server(cls) -> subprocess.Popen:
+        if cls._proc is None or cls._proc.poll() is not None:
+            env = {**os.environ, "CELLPIPE_NO_PROGRESS": "1", "COLUMNS": "200"}
+            cls._proc = subprocess.Popen([sys.executable, str(REPO / "tests" / "zygote.py")], cwd=cli_home(), env=env,
+                                         stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True)  # fmt: skip
+            atexit.register(cls._proc.kill)
+            cls.reply(None)  # {"ready": …} once everything is imported
+        return cls._proc
+
+    @classmethod
+    def reply(cls, deadline: float | None) -> dict:
+        import select
+        import time
+
+        out = cls._proc.stdout
+        if deadline is not None and not select.select([out], [], [], max(0.0, deadline - time.monotonic()))[0]:
+            raise TimeoutError
+        line = out.readline()
+        if not line:
+            raise RuntimeError(f"tests/zygote.py ended (exit {cls._proc.wait()})")
+        return json.loads(line)
+
+    @classmethod
+    def run(cls, args: tuple[str, ...], cwd: Path, env: dict, timeout: float) -> subprocess.CompletedProcess:
+        import signal
+        import tempfile
+        import time
+
+        server = cls.server()
+        with tempfile.TemporaryDirectory(prefix="cellpipe-run-") as tmp:
+            out, err = Path(tmp) / "out", Path(tmp) / "err"
+            request = {"args": list(args), "cwd": str(cwd), "env": env, "out": str(out), "err": str(err),
+                       "argv0": str(REPO / "stages" / "__main__.py")}  # fmt: skip
+            server.stdin.write(json.dumps(request) + "\n")
+            server.stdin.flush()
+            pid = cls.reply(None)["pid"]
+            try:
+                rc = cls.reply(time.monotonic() + timeout)["rc"]
+            except TimeoutError:
+                os.kill(pid, signal.SIGKILL)
+                cls.reply(None)
+                raise subprocess.TimeoutExpired(["cellpipe", *args], timeout) from None
+            return subprocess.CompletedProcess(["cellpipe", *args], rc, out.read_text(), err.read_text())
+
+
 def run_cli(*args: str, cwd: Path | None = None, check: bool = False) -> subprocess.CompletedProcess:
-    """Run the real ``cellpipe`` command in a subprocess (in :func:`cli_home` unless ``cwd`` is given)."""
+    """Run the real ``cellpipe`` command in its own process (in :func:`cli_home` unless ``cwd`` is given):
+    forked from this worker's :class:`Zygote`, or a fresh interpreter with ``CELLPIPE_TEST_FRESH=1``."""
     env = {**os.environ, "CELLPIPE_NO_PROGRESS": "1", "COLUMNS": "200"}
-    proc = subprocess.run(
-        [sys.executable, "-m", "stages", *args], cwd=cwd or cli_home(), env=env, capture_output=True, text=True, timeout=600
-    )
+    if os.environ.get("CELLPIPE_TEST_FRESH") == "1":
+        proc = subprocess.run(
+            [sys.executable, "-m", "stages", *args], cwd=cwd or cli_home(), env=env, capture_output=True, text=True, timeout=600
+        )
+    else:
+        proc = Zygote.run(args, Path(cwd or cli_home()).absolute(), env, timeout=600)
     if check and proc.returncode != 0:
         raise AssertionError(f"cellpipe {' '.join(args)} failed:\n{proc.stdout}\n{proc.stderr}")
     return proc
