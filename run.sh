@@ -59,7 +59,7 @@ case "${1:-}" in
     echo "== ruff check, ruff format --check"
     ruff check .
     ruff format --check .
-    python -m pytest -n 2 --dist loadfile --durations=20 "$@"
+    python -m pytest -n 2 --dist loadfile --no-loadscope-reorder --durations=20 "$@"
     ;;
   *)
     echo "usage: $0 pipeline|test|profile NAME [extra args for dvc repro / pytest / dvc exp run]" >&2

@@ -214,12 +214,27 @@ def tiny_coco(tmp_path_factory) -> dict:
 
 @pytest.fixture(scope="session")
 def trained_dag(tmp_path_factory) -> tuple[Path, str]:
-    """The tiny DAG after ``dvc repro`` from clean, built once per session (tests that change it work on a copy:
-    ``helpers.copy_repo``; its tests all live in test_dvc.py, which ``--dist loadfile`` gives to one worker)."""
-    from tests.helpers import SHARED_DAG, dvc, repo_from_applied_workspace
+    """The tiny DAG after ``dvc repro`` from clean, built once per session and shared by every worker
+    (test_dvc.py and test_dvc_kills.py run on different ones): the first worker to ask builds it under a
+    lock, each worker then works on a copy of its own (and tests that change it on a further copy:
+    ``helpers.copy_repo``)."""
+    import fcntl
 
-    repo = repo_from_applied_workspace(tmp_path_factory.mktemp("dag"), SHARED_DAG)
-    return repo, dvc(repo, "repro").stdout
+    from tests.helpers import SHARED_DAG, copy_repo, dvc, repo_from_applied_workspace
+
+    base = tmp_path_factory.getbasetemp()
+    root = base.parent if os.environ.get("PYTEST_XDIST_WORKER") else base  # the session's folder, above each worker's
+    with open(root / "trained_dag.lock", "w") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)
+        built = root / "trained_dag"
+        if not (built / "done").is_file():
+            shutil.rmtree(built, ignore_errors=True)
+            built.mkdir()
+            repo = repo_from_applied_workspace(built, SHARED_DAG)
+            (built / "repro.out").write_text(dvc(repo, "repro").stdout)
+            (built / "done").write_text("")
+    repo = copy_repo(built / "repo", tmp_path_factory.mktemp("dag") / "repo")
+    return repo, (built / "repro.out").read_text()
 
 
 def requires_shared():
@@ -252,3 +267,15 @@ def score_cli(tmp_path: Path, predictions: Path, truth: Path, *extra: str, thres
                    "--thresholds", str(tmp_path / "th.json"), "--out", str(tmp_path / "s.json"),
                    "--per-image-out", str(tmp_path / "pi.csv"), "--per-iou-out", str(tmp_path / "piou.csv"),
                    *extra)  # fmt: skip
+
+
+# The files holding the long DAG and training tests, longest first: ``--dist loadfile --no-loadscope-reorder``
+# (run.sh) hands files to the two workers in collection order (xdist's default order is by test count, which
+# left these few-test files for the end), so they start at once and the short files fill in around them.
+LONG_FILES = ("test_dvc.py", "test_cellpose.py", "test_dvc_kills.py", "test_real_dag.py", "test_distributed.py",
+              "test_gpu_recipe.py", "test_workspace.py")  # fmt: skip
+
+
+def pytest_collection_modifyitems(config, items) -> None:
+    rank = {name: k for k, name in enumerate(LONG_FILES)}
+    items.sort(key=lambda item: rank.get(item.path.name, len(LONG_FILES)))  # stable: the rest keep their order
