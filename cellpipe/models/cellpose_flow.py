@@ -30,6 +30,7 @@ the run.
 
 from __future__ import annotations
 
+import dataclasses
 import math
 import warnings
 from typing import Any
@@ -43,7 +44,7 @@ from torch import nn
 from torch.utils.data import Dataset
 
 from cellpipe import coco
-from cellpipe.config import Model
+from cellpipe.config import CellposeParams, Model
 from cellpipe.console import log
 from cellpipe.errors import CellpipeError
 from cellpipe.image_types import N_FEATURES, TypeClassifier, image_features
@@ -75,7 +76,16 @@ def equivalent_diameter(area: float) -> float:
     return 2.0 * math.sqrt(max(area, 1.0) / math.pi)
 
 
-TYPE_BUFFERS = ("type_mean", "type_std", "type_coef", "type_bias")
+TYPE_FIELDS = tuple(f.name for f in dataclasses.fields(TypeClassifier))  # kept as buffers "type_<field>"
+TYPE_BUFFERS = tuple(f"type_{name}" for name in TYPE_FIELDS)
+
+
+def flow_scale(cfg: CellposeParams, nominal: float, measured: float) -> float:
+    """Resize factor that brings cells of median diameter ``measured`` to the ``nominal`` one (or the fixed
+    scale): one formula for the training crops and for prediction, so both see a type at the same scale."""
+    if cfg.scale == "fixed":
+        return float(cfg.fixed_scale)
+    return float(nominal) / float(measured)
 
 
 class FlowNet(nn.Module):
@@ -89,10 +99,10 @@ class FlowNet(nn.Module):
         self.classify = nn.Linear(c.nbase[-1], num_classes)
         self.register_buffer("diameters", torch.full((num_classes,), float(c.diameter)))
         # the image-type classifier (image_type: features), fitted by CellposeFlow.fit_data; all zero = not fitted
-        self.register_buffer("type_mean", torch.zeros(N_FEATURES, dtype=torch.float64))
-        self.register_buffer("type_std", torch.ones(N_FEATURES, dtype=torch.float64))
-        self.register_buffer("type_coef", torch.zeros(num_classes, N_FEATURES, dtype=torch.float64))
-        self.register_buffer("type_bias", torch.zeros(num_classes, dtype=torch.float64))
+        unfitted = TypeClassifier(mean=np.zeros(N_FEATURES), std=np.ones(N_FEATURES),
+                                  coef=np.zeros((num_classes, N_FEATURES)), bias=np.zeros(num_classes))  # fmt: skip
+        for name in TYPE_FIELDS:
+            self.register_buffer(f"type_{name}", torch.from_numpy(getattr(unfitted, name)))
         # each class's nominal diameter: the config's (set_classes), kept off the state dict like
         # Mask R-CNN's class scales, so checkpoints stay loadable whatever it says
         self.nominal = [float(c.diameter)] * num_classes
@@ -107,9 +117,7 @@ class FlowNet(nn.Module):
 
     def scale_of(self, cls: int) -> float:
         """Resize factor that brings class ``cls``'s cells to its nominal diameter."""
-        if self.cfg.scale == "fixed":
-            return float(self.cfg.fixed_scale)
-        return float(self.nominal[cls] / float(self.diameters[cls]))
+        return flow_scale(self.cfg, self.nominal[cls], self.diameters[cls])
 
     def _load_from_state_dict(self, state_dict: dict, prefix: str, *args: Any, **kwargs: Any) -> None:
         # checkpoints from before the type classifier: its buffers as built (not fitted), the rest strict
@@ -117,15 +125,19 @@ class FlowNet(nn.Module):
             state_dict.setdefault(prefix + name, getattr(self, name).clone())
         super()._load_from_state_dict(state_dict, prefix, *args, **kwargs)
 
+    @property
+    def uses_type_classifier(self) -> bool:
+        """``image_type: features`` with more than one class (with one there is nothing to tell apart)."""
+        return self.cfg.image_type == "features" and len(self.type_bias) > 1
+
     def type_classifier(self) -> TypeClassifier | None:
-        """The fitted image-type classifier, or None (not asked for, or a single class: nothing to tell apart)."""
-        if self.cfg.image_type != "features" or len(self.type_bias) < 2:
+        """The fitted image-type classifier, or None when the model does not use one."""
+        if not self.uses_type_classifier:
             return None
         if not bool(self.type_coef.any()):
             raise CellpipeError("model.cellpose.image_type is features but the model's type classifier was never "
                                 "fitted (a checkpoint from before it was trained?)")  # fmt: skip
-        return TypeClassifier(*(t.detach().cpu().numpy() for t in (self.type_mean, self.type_std,
-                                                                     self.type_coef, self.type_bias)))  # fmt: skip
+        return TypeClassifier(**{name: getattr(self, f"type_{name}").detach().cpu().numpy() for name in TYPE_FIELDS})
 
 
 def label_image(anns: list[dict], height: int, width: int, fill: bool = False) -> np.ndarray:
@@ -204,7 +216,7 @@ class FlowSamples(Dataset):
         im = self.images[index]
         h, w = int(im["height"]), int(im["width"])
         cls = self.image_class(im)
-        scale = self.cfg.fixed_scale if self.cfg.scale == "fixed" else float(self.nominal[cls] / self.diameters[cls])
+        scale = flow_scale(self.cfg, self.nominal[cls], self.diameters[cls])
         size = (max(1, round(h * scale)), max(1, round(w * scale)))
         image = F.interpolate(normalise(read_grey(im["path"], (h, w)))[None], size=size, mode="bilinear",
                               align_corners=False, antialias=scale < 1)[0]  # fmt: skip
@@ -381,12 +393,12 @@ class CellposeFlow(Family):
 
     def fit_data(self, model: nn.Module, dataset: FlowSamples) -> None:
         model.diameters.copy_(torch.from_numpy(dataset.diameters))
-        if model.cfg.image_type == "features" and len(model.type_bias) > 1:
+        if model.uses_type_classifier:
             features, labels = dataset.type_features()
             if not len(labels):
                 raise CellpipeError("image_type: features needs training images that hold cells; none does")
             fit = TypeClassifier.fit(features, labels, len(model.type_bias), model.cfg.type_l2)
-            for name in ("mean", "std", "coef", "bias"):
+            for name in TYPE_FIELDS:
                 getattr(model, f"type_{name}").copy_(torch.from_numpy(getattr(fit, name)))
             right = int((fit.probabilities(features).argmax(1) == labels).sum())
             log(f"image-type classifier fitted on {len(labels)} training images ({right} named right in sample)")
