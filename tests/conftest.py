@@ -37,6 +37,11 @@ def cli_home() -> Path:
     return _CLI_HOME
 
 
+def cli_env() -> dict[str, str]:
+    """The environment every ``cellpipe`` command of the tests runs with: no progress bars, wide lines."""
+    return {**os.environ, "CELLPIPE_NO_PROGRESS": "1", "COLUMNS": "200"}
+
+
 class Zygote:
     """This worker's ``tests/zygote.py``: commands run in processes forked from an interpreter that
     imported the stack once (see there why). ``CELLPIPE_TEST_FRESH=1`` starts a fresh
@@ -47,8 +52,7 @@ class Zygote:
     @classmethod
     def server(cls) -> subprocess.Popen:
         if cls._proc is None or cls._proc.poll() is not None:
-            env = {**os.environ, "CELLPIPE_NO_PROGRESS": "1", "COLUMNS": "200"}
-            cls._proc = subprocess.Popen([sys.executable, str(REPO / "tests" / "zygote.py")], cwd=cli_home(), env=env,
+            cls._proc = subprocess.Popen([sys.executable, str(REPO / "tests" / "zygote.py")], cwd=cli_home(), env=cli_env(),
                                          stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True)  # fmt: skip
             atexit.register(cls._proc.kill)
             cls.reply(None)  # {"ready": …} once everything is imported
@@ -93,7 +97,7 @@ class Zygote:
 def run_cli(*args: str, cwd: Path | None = None, check: bool = False) -> subprocess.CompletedProcess:
     """Run the real ``cellpipe`` command in its own process (in :func:`cli_home` unless ``cwd`` is given):
     forked from this worker's :class:`Zygote`, or a fresh interpreter with ``CELLPIPE_TEST_FRESH=1``."""
-    env = {**os.environ, "CELLPIPE_NO_PROGRESS": "1", "COLUMNS": "200"}
+    env = cli_env()
     if os.environ.get("CELLPIPE_TEST_FRESH") == "1":
         proc = subprocess.run(
             [sys.executable, "-m", "stages", *args], cwd=cwd or cli_home(), env=env, capture_output=True, text=True, timeout=600
@@ -215,7 +219,7 @@ def tiny_coco(tmp_path_factory) -> dict:
 @pytest.fixture(scope="session")
 def trained_dag(tmp_path_factory) -> tuple[Path, str]:
     """The tiny DAG after ``dvc repro`` from clean, built once per session and shared by every worker
-    (test_dvc.py and test_dvc_kills.py run on different ones): the first worker to ask builds it under a
+    (test_dvc.py and test_dvc_kills.py may run on different ones): the first worker to ask builds it under a
     lock, each worker then works on a copy of its own (and tests that change it on a further copy:
     ``helpers.copy_repo``)."""
     import fcntl
@@ -271,8 +275,10 @@ def score_cli(tmp_path: Path, predictions: Path, truth: Path, *extra: str, thres
 
 # The files holding the long DAG and training tests, longest first: ``--dist loadfile --no-loadscope-reorder``
 # (run.sh) hands files to the two workers in collection order (xdist's default order is by test count, which
-# left these few-test files for the end), so they start at once and the short files fill in around them.
-LONG_FILES = ("test_dvc.py", "test_cellpose.py", "test_dvc_kills.py", "test_real_dag.py", "test_distributed.py",
+# left these few-test files for the end), so they start at once and the short files fill in around them. Each
+# worker starts with two files (the 1st and 3rd, the 2nd and 4th): the two files on the shared DAG go to different
+# workers, test_dvc_kills.py after test_cellpose.py, by when the DAG is built.
+LONG_FILES = ("test_dvc.py", "test_cellpose.py", "test_real_dag.py", "test_dvc_kills.py", "test_distributed.py",
               "test_gpu_recipe.py", "test_workspace.py")  # fmt: skip
 
 

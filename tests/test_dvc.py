@@ -1,7 +1,7 @@
 """The DAG under DVC on the shared tiny repo (``conftest.trained_dag``, built once per session): repro from
 clean then a no-op, plots, experiments, remotes, the queue, and which stages an edit makes stale.
-SIGKILL at random moments, on the same repo, is test_dvc_kills.py's (``--dist loadfile`` gives the two
-files to different workers)."""
+SIGKILL at random moments, on the same repo, is test_dvc_kills.py's (conftest's ``LONG_FILES`` order hands
+the two files to different workers)."""
 
 import csv
 import io
@@ -339,9 +339,10 @@ def test_an_edit_reruns_only_the_stages_it_can_change(dag):
     wrong = {}
     with Repo(str(repo)) as dvc_repo:
         assert not dvc_repo.status()
-        deps = {stage.name.split("@")[0]: set() for stage in dvc_repo.index.stages}
+        deps: dict[str, set[str]] = {}  # stage (matrix stages by their base name) → the paths it depends on
         for stage in dvc_repo.index.stages:
-            deps[stage.name.split("@")[0]] |= {Path(d.fs_path).relative_to(repo).as_posix() for d in stage.deps}
+            paths = deps.setdefault(stage.name.split("@")[0], set())
+            paths.update(Path(d.fs_path).relative_to(repo).as_posix() for d in stage.deps)
         for module, expected in STALE_WHEN_EDITED.items():
             stale = {name for name, paths in deps.items() if any(module == d or module.startswith(d + "/") for d in paths)}
             if module in PROBED:

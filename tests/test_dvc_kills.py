@@ -1,6 +1,7 @@
 """SIGKILL at random moments on the shared tiny DAG (``conftest.trained_dag``, built once per session and
-shared with test_dvc.py, which runs on the other worker): every stage leaves complete outputs or none, and
-``dvc repro`` resumes an interrupted fine-tune to the result an uninterrupted one reaches."""
+shared with test_dvc.py, which conftest's ``LONG_FILES`` order gives the other worker): every stage leaves
+complete outputs or none, and ``dvc repro`` resumes an interrupted fine-tune to the result an uninterrupted
+one reaches."""
 
 import hashlib
 import json
