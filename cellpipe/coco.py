@@ -159,6 +159,17 @@ def category_ids(categories: list) -> set[int]:
     return {int(c["id"]) for c in categories if isinstance(c, dict) and "id" in c}
 
 
+def named_category_ids(categories: list, names: tuple[str, ...] | list[str], *, what: str) -> set[int]:
+    """The ids of the categories called ``names`` — a name that is none of them is an error, not a silent
+    no-op (a misspelt ``fill_holes: [astra]`` would otherwise train as if it were empty)."""
+    by_name = {str(c.get("name")): int(c["id"]) for c in categories if isinstance(c, dict) and "id" in c}
+    unknown = sorted(set(names) - set(by_name))
+    if unknown:
+        raise CellpipeError(f"{what} names {', '.join(map(repr, unknown))}, which is no category of the training data "
+                            f"({', '.join(by_name) or 'none'})")  # fmt: skip
+    return {by_name[n] for n in names}
+
+
 def checked_image(im: dict, *, where: str, image_root: str | Path | None, check_files: bool = True) -> dict:
     """One ``images`` entry with int id/height/width and a ``path`` usable from the working directory."""
     try:

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import hashlib
 import json
-from typing import Any, Literal
+from typing import Annotated, Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
@@ -117,9 +117,9 @@ class CellposeParams(Section):
     nbase: list[int] = Field(default_factory=lambda: [32, 64, 128, 256], min_length=2,
                              description="U-Net widths, coarsest last (cellpose's own: 32 64 128 256)")  # fmt: skip
     diameter: float = Field(30.0, gt=0, description="cells are rescaled to this diameter (px)")
-    class_diameters: dict[str, float] = Field(
+    class_diameters: dict[CellType, Annotated[float, Field(ge=1, le=1000)]] = Field(
         default_factory=dict,
-        description="a cell type's own diameter instead (px, per_class scale only), e.g. {astro: 30}: its thin processes",
+        description="a cell type's own diameter instead (px, 1–1000, per_class scale only), e.g. {astro: 30}: its thin processes",
     )
     scale: Literal["per_class", "fixed"] = Field("per_class", description="per_class: each class's cells to "
                                                  "the diameter (measured on the training data); fixed: one scale")  # fmt: skip
@@ -134,14 +134,6 @@ class CellposeParams(Section):
         "features (a logistic regression on whole-image statistics, fitted on the training images)",
     )
     type_l2: float = Field(1e-4, ge=0, description="image_type: features — L2 penalty of the logistic regression")
-
-    @field_validator("class_diameters")
-    @classmethod
-    def _diameters(cls, v: dict[str, float]) -> dict[str, float]:
-        bad = {k: d for k, d in v.items() if not 1 <= d <= 1000}
-        if bad:
-            raise ValueError(f"each diameter must lie in [1, 1000] px; got {bad}")
-        return v
 
     @model_validator(mode="after")
     def _own_diameters_need_per_class(self) -> CellposeParams:
@@ -199,9 +191,9 @@ class Model(Section):
     )
     min_size: int = Field(520, gt=0, le=8192, description="input short side (520 = full size) ...")
     max_size: int = Field(704, gt=0, le=8192, description="... and long side at most; training crops come from this scale")
-    class_scales: dict[str, float] = Field(
+    class_scales: dict[CellType, Annotated[float, Field(ge=0.1, le=8)]] = Field(
         default_factory=dict,
-        description="Mask R-CNN: a type's images at × this in training and in a second predict pass, e.g. {astro: 0.667}",
+        description="Mask R-CNN: a type's images at × this (0.1–8) in training and in a second predict pass, e.g. {astro: 0.667}",
     )
     class_scale_base_share: float = Field(
         0.5, ge=0, lt=1, description="... share of a rescaled type's training samples drawn at ×1, so the first pass knows it"
@@ -229,14 +221,6 @@ class Model(Section):
             raise ValueError(
                 "must list 5 FPN levels, each a positive integer size or a list of them, with the same number of sizes per level"
             )
-        return v
-
-    @field_validator("class_scales")
-    @classmethod
-    def _scales(cls, v: dict[str, float]) -> dict[str, float]:
-        bad = {k: f for k, f in v.items() if not 0.1 <= f <= 8}
-        if bad:
-            raise ValueError(f"each scale must lie in [0.1, 8] (× min_size/max_size); got {bad}")
         return v
 
     @model_validator(mode="after")

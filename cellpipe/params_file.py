@@ -55,6 +55,8 @@ def message(err: dict[str, Any]) -> str:
     """The one-line message of a pydantic error about a params key."""
     loc = [str(x) for x in err["loc"] if not isinstance(x, int) and x not in ("int", "list[int]")]
     key = ".".join(loc)
+    if loc[-1:] == ["[key]"]:  # a bad key of a mapping (model.class_scales: {astra: 0.5}): the mapping's name
+        key = ".".join(loc[:-2]) + " key"
     kind, ctx = err["type"], err.get("ctx", {})
     got = err.get("input")
     shown = preview(got)  # a 50 MB value is named, never echoed

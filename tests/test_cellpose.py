@@ -256,8 +256,10 @@ def test_a_checkpoint_from_before_the_type_classifier_still_loads(tiny_coco, tmp
 
 
 def test_class_diameters_are_checked():
-    with pytest.raises(ValueError, match="each diameter must lie in"):
+    with pytest.raises(ValueError, match="greater than or equal to 1"):
         CellposeParams(class_diameters={"astro": 0.0})
+    with pytest.raises(ValueError, match="'shsy5y', 'astro' or 'cort'"):
+        CellposeParams(class_diameters={"astra": 30.0})  # a misspelt type is refused, not ignored
     with pytest.raises(ValueError, match="class_diameters needs scale: per_class"):
         CellposeParams(scale="fixed", class_diameters={"astro": 30.0})
     assert CellposeParams(class_diameters={"astro": 30.0}).diameter_of("astro") == 30.0

@@ -85,8 +85,9 @@ def test_the_anchors_report_sees_each_type_at_its_scale(tiny_coco):
 @pytest.mark.parametrize(
     ("model", "words"),
     [
-        ({"class_scales": {"astro": 0.0}}, "[0.1, 8]"),
-        ({"class_scales": {"astro": 9}}, "[0.1, 8]"),
+        ({"class_scales": {"astro": 0.0}}, "greater than or equal to 0.1"),
+        ({"class_scales": {"astro": 9}}, "less than or equal to 8"),
+        ({"class_scales": {"astra": 2.0}}, "'shsy5y', 'astro' or 'cort'"),
         ({"class_scales": {"astro": 8}, "min_size": 2000, "max_size": 2000}, "over 8192"),
         ({"class_scales": {"astro": 0.667}, "arch": "cellpose"}, "model.cellpose.diameter"),
     ],

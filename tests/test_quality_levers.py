@@ -5,8 +5,11 @@ from __future__ import annotations
 import json
 
 import pandas as pd
+import pytest
 
-from cellpipe.models.cellpose_flow import label_image
+from cellpipe.config import Model
+from cellpipe.errors import CellpipeError
+from cellpipe.models.cellpose_flow import FlowSamples, label_image
 from cellpipe.models.rcnn import CocoInstances
 from tests.conftest import TINY_MODEL, cellpipe_checkpoint, run_cli, score_cli
 from tests.helpers import ring_coco
@@ -21,6 +24,11 @@ def test_training_masks_of_the_chosen_classes_get_their_holes_filled(tmp_path):
     assert filled.masks[0].sum() == disc > ring
     assert (label_image(data["annotations"], 40, 50, fill=True) > 0).sum() == disc
     assert (label_image(data["annotations"], 40, 50) > 0).sum() == ring
+    unknown = r"fill_holes names 'astra', which is no category of the training data \(shsy5y, astro, cort\)"
+    with pytest.raises(CellpipeError, match=unknown):
+        CocoInstances(data, 40, 50, fill_holes=("astra",))  # a misspelt class is an error, not an unfilled run
+    with pytest.raises(CellpipeError, match="fill_holes names 'astra'"):
+        FlowSamples(data, Model(arch="cellpose"), crop_size=32, hflip=False, vflip=False, fill_holes=("astra",))
 
 
 def test_the_score_says_which_type_each_image_was_given_and_each_class_at_iou_0_5_and_0_75(tmp_path, tiny_kaggle):

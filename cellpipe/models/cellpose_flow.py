@@ -172,7 +172,7 @@ class FlowSamples(Dataset):
                  cache_gb: float = 4.0, fill_holes: tuple[str, ...] = (), rotate: bool = False,
                  scale_jitter: float = 0.0, transpose: bool = False) -> None:  # fmt: skip
         self.cfg = cfg.cellpose
-        self.fill_ids = {int(c["id"]) for c in data.get("categories", []) if c.get("name") in set(fill_holes)}
+        self.fill_ids = coco.named_category_ids(data.get("categories", []), fill_holes, what="fill_holes")
         self.crop = crop_size or 256
         self.hflip, self.vflip = hflip, vflip
         self.rotate, self.scale_jitter, self.transpose = rotate, scale_jitter, transpose

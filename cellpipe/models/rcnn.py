@@ -36,7 +36,7 @@ from torchvision import tv_tensors
 from torchvision.transforms import v2 as T
 from torchvision.transforms.v2 import functional as F
 
-from cellpipe.coco import segmentation_rle
+from cellpipe.coco import named_category_ids, segmentation_rle
 from cellpipe.config import Model
 from cellpipe.images import input_size, read_grey
 from cellpipe.instances import Instances
@@ -101,7 +101,7 @@ class CocoInstances(Dataset):
         transpose: bool = False,
     ) -> None:
         self.coco = coco
-        self.fill_ids = {int(c["id"]) for c in coco.get("categories", []) if c.get("name") in set(fill_holes)}
+        self.fill_ids = named_category_ids(coco.get("categories", []), fill_holes, what="fill_holes")
         scales = class_scales or {}
         self.scale_of_id = {int(c["id"]): float(scales[c["name"]]) for c in coco.get("categories", []) if c.get("name") in scales}
         self.min_size, self.max_size = min_size, max_size
