@@ -360,6 +360,12 @@ class Predict(Section):
     rpn_proposals: int = Field(
         0, ge=0, description="Mask R-CNN's RPN proposals per image after NMS at predict; 0 = the checkpoint's rpn_post_nms_test"
     )
+    flow_threshold: float | None = Field(
+        None,
+        ge=0,
+        description="the flow family's flow-error limit at predict time (0 = no check); null = the checkpoint's "
+        "model.cellpose.flow_threshold",
+    )
 
     @model_validator(mode="after")
     def _tiles(self) -> Predict:

@@ -108,6 +108,13 @@ def run(
             raise CellpipeError(f"predict.rpn_proposals: {family.name} has no RPN")
         changes["proposals"] = p.rpn_proposals
         log(f"{p.rpn_proposals} RPN proposals per image (checkpoint: {mcfg.rpn_post_nms_test})")
+    if p.flow_threshold is not None:
+        # masks whose flows disagree with the network's by more than this are dropped; cellpose's 0.4 drops most
+        # astro cells predicted at ×0.6 and resampled to the image (docs/experiments.md)
+        if limits.flow_threshold is None:
+            raise CellpipeError(f"predict.flow_threshold: {family.name} follows no flows (model.arch cellpose does)")
+        changes["flow_threshold"] = p.flow_threshold
+        log(f"flow threshold {p.flow_threshold} (checkpoint: {mcfg.cellpose.flow_threshold})")
     if changes:
         family.set_limits(model, replace(limits, **changes))
     source = prediction_table.model_digest(checkpoint)

@@ -304,3 +304,28 @@ def test_cellpose_runs_the_whole_dag_on_the_real_fixture(tmp_path):
     assert ckpt["model_config"]["arch"] == "cellpose" and "classify.weight" in ckpt["model"]
     sub = pd.read_csv(repo / "data/submission/submission.csv", keep_default_na=False)
     assert set(sub["id"]) == {p.stem for p in (SAMPLE / "test").glob("*.png")}
+
+
+def test_the_flow_threshold_can_be_replaced_at_predict_time_and_decides_which_masks_survive():
+    """``predict.flow_threshold`` reaches mask recovery through the family's limits (no retraining), and the
+    check it sets is real: flows that disagree with their own masks lose them unless the check is off."""
+    from dataclasses import replace
+
+    from cellpipe.models.cellpose_flow import masks_from_maps
+
+    model = FAMILY.build(TINY_CP, len(CLASSES))
+    assert FAMILY.limits(model).flow_threshold == TINY_CP.cellpose.flow_threshold
+    FAMILY.set_limits(model, replace(FAMILY.limits(model), flow_threshold=0.0, detections_per_img=7))
+    assert model.cfg.flow_threshold == 0.0 and model.detections_per_img == 7
+    assert FAMILY.limits(model).flow_threshold == 0.0
+    labels = two_cells()
+    target = flow_targets(labels).numpy()
+    cellprob = np.where(labels > 0, 5.0, -5.0).astype(np.float32)
+    flows = 5.0 * target[1:]
+    exact = masks_from_maps(flows, cellprob, TINY_CP.cellpose.model_copy(update={"flow_threshold": 0.4}))
+    assert len(np.unique(exact[exact > 0])) == 2  # flows that agree with their masks pass the check
+    bent = flows.copy()
+    bent[:, labels == 2] *= 0.2  # cell 2's flows five times too weak: its pixels still gather, its flow error is large
+    strict = masks_from_maps(bent, cellprob, TINY_CP.cellpose.model_copy(update={"flow_threshold": 0.4}))
+    off = masks_from_maps(bent, cellprob, TINY_CP.cellpose.model_copy(update={"flow_threshold": 0.0}))
+    assert len(np.unique(off[off > 0])) > len(np.unique(strict[strict > 0]))

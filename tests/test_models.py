@@ -194,6 +194,12 @@ def test_apply_a_model_to_a_plain_folder_and_score_it(tiny_coco, tmp_path):
     assert proc.returncode == 0, proc.stderr
     assert "5 RPN proposals per image" in " ".join((proc.stdout + proc.stderr).split())
     assert pd.read_parquet(tmp_path / "p5.parquet").groupby("image_id").size().max() <= 5 * 3  # ≤ one per class each
+    # a flow family's setting asked of Mask R-CNN is refused by name, and nothing is written
+    (tmp_path / "pf.yaml").write_text("predict: {flow_threshold: 0.8}\n")
+    proc = run_cli("predict", "--skip-val", "--checkpoint", str(tmp_path / "model/best.pt"), "--test-dir", str(folder),
+                   "--test-out", str(tmp_path / "pf.parquet"), "--params", str(tmp_path / "pf.yaml"))  # fmt: skip
+    assert proc.returncode == 1 and "predict.flow_threshold" in proc.stderr and len(proc.stderr.strip().splitlines()) == 1
+    assert not (tmp_path / "pf.parquet").exists()
     # bad input fails clearly
     empty = tmp_path / "empty"
     empty.mkdir()

@@ -47,6 +47,7 @@ class Limits:
     detections_per_img: int
     nms_thresh: float | None = None  # the per-class box NMS IoU (None: the family has none)
     proposals: int | None = None  # the RPN's proposals kept per image after its NMS (None: the family has no RPN)
+    flow_threshold: float | None = None  # the flow family's flow-error limit on recovered masks (None: not a flow family)
 
 
 class Family(ABC):

@@ -422,10 +422,12 @@ class CellposeFlow(Family):
         return int(max(16, round(height * s)) * max(16, round(width * s)))
 
     def limits(self, model: nn.Module) -> Limits:
-        return Limits(float(model.score_thresh), int(model.detections_per_img))
+        return Limits(float(model.score_thresh), int(model.detections_per_img), flow_threshold=float(model.cfg.flow_threshold))
 
     def set_limits(self, model: nn.Module, limits: Limits) -> None:
         model.score_thresh, model.detections_per_img = limits.score_thresh, limits.detections_per_img
+        if limits.flow_threshold is not None:
+            model.cfg = model.cfg.model_copy(update={"flow_threshold": float(limits.flow_threshold)})
 
     @torch.no_grad()
     def run(self, model: FlowNet, x: torch.Tensor, scale: float, device: Any, tta: bool = False
