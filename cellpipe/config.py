@@ -178,6 +178,13 @@ class Model(Section):
         "exact", description="exact: pixel-centre mask targets and paste (detectron2's) | torchvision: its stock ones"
     )
     mask_resolution: Literal[28, 56] = Field(28, description="predicted mask side")
+    mask_box_scale: float = Field(
+        1.0,
+        ge=1.0,
+        le=3.0,
+        description="mask head sees and predicts a box × this around each detection (torchvision, exact geometry): "
+        "room for what lies outside the box, astro's processes",
+    )
     roi_align: Literal["torchvision", "aligned"] = Field(
         "torchvision",
         description="RoI features of both heads: torchvision's half-cell offset | aligned (detectron2's ROIAlignV2)",
@@ -222,6 +229,16 @@ class Model(Section):
                 "must list 5 FPN levels, each a positive integer size or a list of them, with the same number of sizes per level"
             )
         return v
+
+    @model_validator(mode="after")
+    def _mask_box_scale(self) -> Model:
+        if self.mask_box_scale != 1.0 and (
+            self.arch, self.backend, self.mask_geometry) != ("maskrcnn", "torchvision", "exact"):  # fmt: skip
+            raise ValueError(
+                "mask_box_scale is built for model.arch maskrcnn with backend torchvision and mask_geometry exact "
+                f"(got {self.arch}, {self.backend}, {self.mask_geometry}); leave it at 1.0 otherwise"
+            )
+        return self
 
     @model_validator(mode="after")
     def _scaled_sizes(self) -> Model:

@@ -100,6 +100,55 @@ def test_mask_resolution_56_predicts_56_pixel_masks():
     assert model.roi_heads.mask_predictor(model.roi_heads.mask_head(pooled)).shape[-1] == 56
 
 
+def test_grown_boxes_round_trip_perfect_masks_and_reach_past_a_short_box():
+    """``model.mask_box_scale``: targets and paste over the same grown boxes give the masks back (a little
+    coarser: 28 cells over 1.5× the box), and a box drawn short of its cell (astro: the body without its
+    processes) loses the rest of the cell at ×1 but not at ×1.5."""
+    gt = ellipses(200)
+    boxes, idx = _boxes(gt), torch.arange(len(gt))
+
+    def round_trip(b: torch.Tensor, factor: float) -> torch.Tensor:
+        grown = masks.scale_boxes(b, factor)
+        targets = masks.mask_targets(gt.float(), grown, idx, 28)
+        return iou(masks.paste_masks(targets[:, None], grown, gt.shape[-2:])[:, 0] >= 0.5, gt)
+
+    assert round_trip(boxes, 1.5).mean() >= 0.95  # 0.956 (0.983 at ×1)
+    short = masks.scale_boxes(boxes, 0.7)
+    assert round_trip(short, 1.0).mean() < 0.7  # 0.65
+    assert round_trip(short, 1.5).mean() > 0.9
+    assert torch.equal(masks.scale_boxes(boxes, 1.0), boxes)
+
+
+def test_mask_box_scale_grows_the_mask_rois_in_training_and_in_the_paste(monkeypatch):
+    seen = []
+    original = masks.mask_targets
+    monkeypatch.setattr(masks, "mask_targets", lambda m, b, i, size: seen.append(b.clone()) or original(m, b, i, size))
+    torch.manual_seed(0)
+    grown = models.build(tiny_model(mask_box_scale=1.5, box_score_thresh=0.0), 1)
+    plain = models.build(TINY_MODEL, 1)
+    assert grown.state_dict().keys() == plain.state_dict().keys()  # no state of its own: checkpoints unchanged
+    pooled = []
+    monkeypatch.setattr(grown.roi_heads.mask_roi_pool.pool, "forward", lambda x, b, s: pooled.append(b) or
+                        original_pool(x, b, s))  # fmt: skip
+    original_pool = type(grown.roi_heads.mask_roi_pool.pool).forward.__get__(grown.roi_heads.mask_roi_pool.pool)
+    images, targets = sample_batch()
+    losses = grown.train()(images, targets)
+    assert torch.isfinite(losses["loss_mask"]) and seen and pooled
+    # the mask head pooled and learned over the same grown boxes
+    assert torch.allclose(pooled[0][0], seen[0])
+    out = grown.eval()(images)[0]
+    assert len(out["boxes"]) and torch.allclose(out["mask_rois"], masks.scale_boxes(out["boxes"], 1.5))
+    widths = out["mask_rois"][:, 2] - out["mask_rois"][:, 0]
+    assert torch.allclose(widths, 1.5 * (out["boxes"][:, 2] - out["boxes"][:, 0]), rtol=1e-4)
+    assert "mask_rois" not in plain.eval()(images)[0]
+
+
+@pytest.mark.parametrize("other", [dict(mask_geometry="torchvision"), dict(backend="detectron2"), dict(arch="cellpose")])
+def test_mask_box_scale_is_refused_where_it_is_not_built(other):
+    with pytest.raises(ValueError, match="mask_box_scale is built for"):
+        tiny_model(mask_box_scale=1.5, **other)
+
+
 def test_inference_resizes_like_the_training_data():
     """A downscaled test image is antialiased exactly as cellpipe.data resizes training images."""
     model = models.build(tiny_model(min_size=64, max_size=80), 1).eval()

@@ -27,6 +27,15 @@ from torchvision.ops import roi_align
 from cellpipe.images import input_size
 
 
+def scale_boxes(boxes: torch.Tensor, factor: float) -> torch.Tensor:
+    """``(K, 4)`` boxes grown ×``factor`` about their centres, not clipped (RoI pooling and the paste clip)."""
+    if factor == 1.0:
+        return boxes
+    centre = (boxes[:, :2] + boxes[:, 2:]) / 2
+    half = (boxes[:, 2:] - boxes[:, :2]) * (factor / 2)
+    return torch.cat([centre - half, centre + half], dim=1)
+
+
 def mask_targets(gt_masks: torch.Tensor, boxes: torch.Tensor, matched: torch.Tensor, size: int) -> torch.Tensor:
     """Binary ``size×size`` targets of the true masks ``gt_masks[matched]`` inside ``boxes`` (``(K, 4)``)."""
     rois = torch.cat([matched.to(boxes)[:, None], boxes], dim=1)
@@ -40,9 +49,13 @@ def mask_loss(
     gt_masks: list[torch.Tensor],
     gt_labels: list[torch.Tensor],
     matched: list[torch.Tensor],
+    *,
+    box_scale: float = 1.0,
 ) -> torch.Tensor:
-    """torchvision's ``maskrcnn_loss`` (same signature) with :func:`mask_targets` as targets."""
+    """torchvision's ``maskrcnn_loss`` (same signature) with :func:`mask_targets` as targets, inside the
+    proposals grown ×``box_scale`` (the boxes the mask head pooled: ``model.mask_box_scale``)."""
     size = mask_logits.shape[-1]
+    proposals = [scale_boxes(p, box_scale) for p in proposals]
     labels = torch.cat([lab[idx] for lab, idx in zip(gt_labels, matched)], dim=0)
     targets = torch.cat([mask_targets(m, p, i, size) for m, p, i in zip(gt_masks, proposals, matched)], dim=0)
     if targets.numel() == 0:
@@ -153,6 +166,7 @@ class SparseTransform(GeneralizedRCNNTransform):
     """
 
     geometry = "torchvision"
+    mask_box_scale = 1.0  # masks predicted over the boxes × this (model.mask_box_scale): pasted there
 
     def postprocess(
         self, result: list[dict], image_shapes: list[tuple[int, int]], original_image_sizes: list[tuple[int, int]]
@@ -161,6 +175,8 @@ class SparseTransform(GeneralizedRCNNTransform):
             return result
         for pred, shape, original in zip(result, image_shapes, original_image_sizes):
             pred["boxes"] = resize_boxes(pred["boxes"], shape, original)
+            if self.mask_box_scale != 1.0:
+                pred["mask_rois"] = scale_boxes(pred["boxes"], self.mask_box_scale)
         return result
 
 

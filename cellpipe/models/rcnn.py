@@ -275,8 +275,10 @@ def mask_geometry(model: torch.nn.Module) -> str:
 
 
 def to_instances(out: dict, shape: tuple[int, int], mask_threshold: float, geometry: str) -> Instances:
-    """A model's raw output (boxes in the image, unpasted ``(N, 1, M, M)`` masks) → sparse instances."""
-    masks = paste_sparse(out["masks"].float(), out["boxes"], shape, mask_threshold, geometry)
+    """A model's raw output (boxes in the image, unpasted ``(N, 1, M, M)`` masks) → sparse instances.
+
+    The masks cover ``mask_rois`` where the model predicted them over grown boxes (``model.mask_box_scale``)."""
+    masks = paste_sparse(out["masks"].float(), out.get("mask_rois", out["boxes"]), shape, mask_threshold, geometry)
     return Instances(masks, out["scores"].float().cpu().numpy(), out["labels"].cpu().numpy(), shape)
 
 

@@ -14,6 +14,10 @@ applied to a built torchvision model by :func:`apply`:
 - ``box_loss_beta`` — the smooth-L1 β of the RPN's and the RoI head's box losses
   (torchvision 1/9; detectron2 0, plain L1).
 
+And one of cellpipe's own, ``mask_box_scale``: the mask head pools, learns and predicts over each box
+grown about its centre, so a mask can reach past a box drawn around a cell's body (astro's thin
+processes, which the boxes miss); the targets and the paste use the same grown boxes.
+
 Weight decay on norm layers (detectron2: none) is the optimiser's (``weight_decay_norm``
 of the training params); GroupNorm in the backbone is ``model.norm: group``.
 """
@@ -70,6 +74,20 @@ def _box_loss(class_logits, box_regression, labels, regression_targets, *, beta:
     return classification_loss, box_loss / labels.numel()
 
 
+class GrownBoxPool(nn.Module):
+    """A mask RoI pooler fed each box grown ×``factor`` (``model.mask_box_scale``). No parameters of its
+    own (nor has the pooler it wraps): checkpoints are unchanged."""
+
+    def __init__(self, pool: nn.Module, factor: float):
+        super().__init__()
+        self.pool, self.factor = pool, factor
+
+    def forward(self, x: dict[str, torch.Tensor], boxes: list[torch.Tensor], image_shapes: list[tuple[int, int]]):
+        from cellpipe.models import masks
+
+        return self.pool(x, [masks.scale_boxes(b, self.factor) for b in boxes], image_shapes)
+
+
 class CellRoIHeads(RoIHeads):
     """torchvision's RoI heads with cellpipe's losses: exact mask targets (``exact_masks``) and the box loss's
     smooth-L1 β (``box_beta``). torchvision calls module-level loss functions from inside ``forward``;
@@ -78,13 +96,15 @@ class CellRoIHeads(RoIHeads):
 
     exact_masks = False
     box_beta = TORCHVISION_BETA
+    mask_box_scale = 1.0
 
     def forward(self, *args, **kwargs):
         from cellpipe.models import masks
 
         saved = tv_roi_heads.maskrcnn_loss, tv_roi_heads.fastrcnn_loss
         if self.exact_masks:
-            tv_roi_heads.maskrcnn_loss = masks.mask_loss
+            grown = self.mask_box_scale != 1.0
+            tv_roi_heads.maskrcnn_loss = partial(masks.mask_loss, box_scale=self.mask_box_scale) if grown else masks.mask_loss
         if self.box_beta != TORCHVISION_BETA:
             tv_roi_heads.fastrcnn_loss = partial(_box_loss, beta=self.box_beta)
         try:
@@ -150,3 +170,6 @@ def apply(model: MaskRCNN, cfg: Model) -> None:
             pooler.__class__ = AlignedRoIAlign
     if cfg.head_init == "detectron2":
         detectron2_init(model)
+    if cfg.mask_box_scale != 1.0:  # the config allows it with exact geometry only (its loss and paste)
+        model.roi_heads.mask_roi_pool = GrownBoxPool(model.roi_heads.mask_roi_pool, cfg.mask_box_scale)
+        model.roi_heads.mask_box_scale = model.transform.mask_box_scale = cfg.mask_box_scale
