@@ -28,12 +28,9 @@ from cellpipe.images import input_size
 
 
 def scale_boxes(boxes: torch.Tensor, factor: float) -> torch.Tensor:
-    """``(K, 4)`` boxes grown ×``factor`` about their centres, not clipped (RoI pooling and the paste clip)."""
-    if factor == 1.0:
-        return boxes
-    centre = (boxes[:, :2] + boxes[:, 2:]) / 2
-    half = (boxes[:, 2:] - boxes[:, :2]) * (factor / 2)
-    return torch.cat([centre - half, centre + half], dim=1)
+    """``(K, 4)`` boxes grown ×``factor`` about their centres (torchvision's ``expand_boxes``), not clipped
+    (RoI pooling and the paste clip)."""
+    return boxes if factor == 1.0 else tv_roi_heads.expand_boxes(boxes, factor)
 
 
 def mask_targets(gt_masks: torch.Tensor, boxes: torch.Tensor, matched: torch.Tensor, size: int) -> torch.Tensor:

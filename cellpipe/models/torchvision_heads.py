@@ -96,15 +96,14 @@ class CellRoIHeads(RoIHeads):
 
     exact_masks = False
     box_beta = TORCHVISION_BETA
-    mask_box_scale = 1.0
 
     def forward(self, *args, **kwargs):
         from cellpipe.models import masks
 
         saved = tv_roi_heads.maskrcnn_loss, tv_roi_heads.fastrcnn_loss
         if self.exact_masks:
-            grown = self.mask_box_scale != 1.0
-            tv_roi_heads.maskrcnn_loss = partial(masks.mask_loss, box_scale=self.mask_box_scale) if grown else masks.mask_loss
+            grown = getattr(self.mask_roi_pool, "factor", 1.0)  # GrownBoxPool's: targets from the boxes it pooled
+            tv_roi_heads.maskrcnn_loss = partial(masks.mask_loss, box_scale=grown) if grown != 1.0 else masks.mask_loss
         if self.box_beta != TORCHVISION_BETA:
             tv_roi_heads.fastrcnn_loss = partial(_box_loss, beta=self.box_beta)
         try:
@@ -172,4 +171,4 @@ def apply(model: MaskRCNN, cfg: Model) -> None:
         detectron2_init(model)
     if cfg.mask_box_scale != 1.0:  # the config allows it with exact geometry only (its loss and paste)
         model.roi_heads.mask_roi_pool = GrownBoxPool(model.roi_heads.mask_roi_pool, cfg.mask_box_scale)
-        model.roi_heads.mask_box_scale = model.transform.mask_box_scale = cfg.mask_box_scale
+        model.transform.mask_box_scale = cfg.mask_box_scale  # pastes the masks over the boxes they were predicted in
