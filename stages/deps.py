@@ -9,11 +9,12 @@ fails when ``dvc.yaml`` and the closures differ; ``cellpipe deps --fix`` rewrite
 
 from __future__ import annotations
 
-import ast
 from pathlib import Path
 
 import typer
 import yaml
+
+from cellpipe import imports
 
 REPO = Path(__file__).resolve().parents[1]
 PACKAGES = ("cellpipe", "stages")
@@ -24,58 +25,12 @@ DISPATCH = {"stages/cli.py", "stages/__main__.py", "stages/entry.py", "stages/de
 
 def module_file(name: str) -> Path | None:
     """The repo file of module ``name`` (a package's ``__init__.py``), or None when not ours."""
-    parts = name.split(".")
-    if parts[0] not in PACKAGES:
-        return None
-    base = REPO.joinpath(*parts)
-    if (base / "__init__.py").is_file():
-        return base / "__init__.py"
-    if base.with_suffix(".py").is_file():
-        return base.with_suffix(".py")
-    return None
-
-
-def _type_checking(test: ast.expr) -> bool:
-    return (isinstance(test, ast.Name) and test.id == "TYPE_CHECKING") or (
-        isinstance(test, ast.Attribute) and test.attr == "TYPE_CHECKING"
-    )
-
-
-def imported_modules(tree: ast.AST) -> set[str]:
-    """Every module an AST imports when run, anywhere (functions too), except under ``if TYPE_CHECKING``."""
-    found: set[str] = set()
-
-    def visit(node: ast.AST) -> None:
-        if isinstance(node, ast.If) and _type_checking(node.test):
-            for child in node.orelse:
-                visit(child)
-            return
-        if isinstance(node, ast.Import):
-            found.update(alias.name for alias in node.names)
-        elif isinstance(node, ast.ImportFrom) and node.module and node.level == 0:
-            found.add(node.module)
-            found.update(f"{node.module}.{alias.name}" for alias in node.names)  # submodules; others drop out
-        for child in ast.iter_child_nodes(node):
-            visit(child)
-
-    visit(tree)
-    # importing a.b.c runs a/__init__.py and a/b/__init__.py first
-    return {".".join(m.split(".")[:k]) for m in found for k in range(1, m.count(".") + 2)}
+    return imports.module_file(name, REPO, PACKAGES)
 
 
 def closure(start: Path) -> set[str]:
     """Repo-relative paths of ``start`` and every repo file it imports, transitively."""
-    seen: set[Path] = set()
-    todo = [start]
-    while todo:
-        f = todo.pop()
-        if f in seen:
-            continue
-        seen.add(f)
-        for name in imported_modules(ast.parse(f.read_text(), str(f))):
-            dep = module_file(name)
-            if dep is not None and dep not in seen:
-                todo.append(dep)
+    seen = imports.closure(start, REPO, PACKAGES)
     # the stages package's __init__ runs too, as the stage module is stages.<name>
     seen.add(REPO / "stages" / "__init__.py")
     return {p.relative_to(REPO).as_posix() for p in seen} - DISPATCH

@@ -265,6 +265,7 @@ STALE_WHEN_EDITED = {
     "cellpipe/folds.py": {"coco", "finetune", "predict", "pretrain", "score", "submit", "thresholds", "visualize"},
     "cellpipe/image_types.py": {"finetune", "predict", "pretrain"},
     "cellpipe/images.py": EVERY - {"ensemble"},
+    "cellpipe/imports.py": {"finetune", "pretrain"},
     "cellpipe/inference.py": {"predict"},
     "cellpipe/instances.py": {"ensemble", "finetune", "predict", "pretrain", "score", "submit", "thresholds", "visualize"},
     "cellpipe/io.py": EVERY - {"ensemble", "livecell", "synth"},

@@ -18,7 +18,8 @@ from pathlib import Path
 import pytest
 import yaml
 
-from stages.deps import closure, dvc_stages, imported_modules, stage_modules, subcommand
+from cellpipe.imports import imported_modules
+from stages.deps import closure, dvc_stages, stage_modules, subcommand
 from tests.conftest import REPO
 
 NUMERICS = "requirements.lock"  # the resolved torch/torchvision/numpy versions

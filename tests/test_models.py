@@ -225,3 +225,48 @@ def test_apply_a_model_to_a_plain_folder_and_score_it(tiny_coco, tmp_path):
         str(tmp_path / "p.yaml"),
     )
     assert proc.returncode == 1 and "checkpoint is missing" in proc.stderr
+
+
+def test_resume_fingerprint_holds_every_module_training_runs():
+    """The resume fingerprint's code is the walk DVC's code deps use: an edit that reruns a stage restarts it."""
+    from cellpipe.training.runner import training_code
+    from stages.deps import REPO, closure
+
+    code = {p.relative_to(REPO).as_posix() for p in training_code()}
+    # what a training stage imports, less the stage modules (they only turn params into configs and inputs)
+    for stage in ("finetune", "pretrain"):
+        assert code == {p for p in closure(REPO / "stages" / f"{stage}.py") if p.startswith("cellpipe/")}
+    # the helpers the family modules import, which shape the weights, are in it (they were not before)
+    assert {"cellpipe/models/masks.py", "cellpipe/models/torchvision_heads.py", "cellpipe/metric.py"} <= code
+    assert training_code() == sorted(training_code())
+
+
+def test_editing_training_code_restarts_a_finished_run(tiny_coco, tmp_path, monkeypatch):
+    """A finished ``last.pt`` is resumed (0 iterations run) by the same code, and not after a code edit."""
+    from cellpipe.config import PostProcess
+    from cellpipe.io import write_json
+    from cellpipe.training import runner
+
+    write_json(tiny_coco, tmp_path / "train.json")
+    source = tmp_path / "masks.py"  # stands in for one module of the training code
+    source.write_text("TARGETS = 'v1'\n")
+    monkeypatch.setattr(runner, "training_code", lambda: [source])
+
+    def train() -> dict:
+        return runner.run_training(
+            stage="finetune",
+            train_json=tmp_path / "train.json",
+            val_source=tmp_path / "train.json",
+            out=tmp_path / "model",
+            model_cfg=TINY_MODEL,
+            train_cfg=Train(iters=2, eval_every=2, warmup_iters=1, lr=0.01),
+            init="none",
+            post=PostProcess(),
+            single_class=False,
+            val_images=1,
+        )
+
+    assert train()["resumed_from"] == 0
+    assert train()["resumed_from"] == 2  # same code: the finished run is handed back
+    source.write_text("TARGETS = 'v2'\n")
+    assert train()["resumed_from"] == 0  # edited code: trained again

@@ -10,12 +10,12 @@ declared in ``dvc.yaml``).
 from __future__ import annotations
 
 import hashlib
-import inspect
 from pathlib import Path
 
 import torch
 
-from cellpipe import coco, folds, models, repeat_factors
+import cellpipe
+from cellpipe import coco, folds, imports, models, repeat_factors
 from cellpipe.atomic import atomic_path
 from cellpipe.config import Model, PostProcess, Train
 from cellpipe.console import console, log, progress
@@ -32,6 +32,20 @@ def file_digest(paths: list[Path]) -> str:
             for chunk in iter(lambda: f.read(1 << 20), b""):
                 h.update(chunk)
     return h.hexdigest()[:16]
+
+
+def training_code() -> list[Path]:
+    """Every ``cellpipe`` source file training runs, in a stable order: the resume fingerprint's code part.
+
+    The runner's whole import closure (the engine, every model family and the helpers
+    they import: mask targets and losses, RoI heads, flow maths, the metric the best
+    checkpoint is chosen by), found by the walk ``cellpipe deps`` gives DVC. Anything
+    narrower lets an edit that DVC reruns the stage for resume the finished ``last.pt``
+    and hand back the old weights under a new hash. The stage modules themselves only
+    turn params into the configs, init and inputs, which the fingerprint holds.
+    """
+    package = Path(cellpipe.__file__).resolve().parent
+    return sorted(imports.closure(Path(__file__).resolve(), package.parent, ("cellpipe",)))
 
 
 class LiveLogger:
@@ -161,12 +175,8 @@ def run_training(
     check_frozen_init(model_cfg, init)
     desc = family.initialise(model, init)
     family.fit_data(model, dataset)
-    # resuming is safe only with the same inputs and the same training code (the family's included)
-    code = [Path(engine.__file__), Path(inspect.getfile(type(family)))] + [
-        Path(inspect.getfile(base))
-        for base in type(family).__mro__[1:-2]  # the family's shared pieces (rcnn.py)
-    ]
-    data_fp = file_digest([train_json, val_source, *code] + ([Path(init)] if Path(init).is_file() else []))
+    # resuming is safe only with the same inputs and the same training code: every module the runner imports
+    data_fp = file_digest([train_json, val_source, *training_code()] + ([Path(init)] if Path(init).is_file() else []))
     if fold is not None:
         data_fp += f"-fold{fold}"
     world = distributed.from_env()
