@@ -2,11 +2,9 @@
 
 from __future__ import annotations
 
-import json
 import math
 
 import numpy as np
-import pandas as pd
 import pytest
 import scipy.sparse as sp
 import torch
@@ -275,35 +273,6 @@ def test_rotations_are_refused_for_mask_rcnn():
         Params.model_validate({"pretrain": {"rotate": True, "scale_jitter": 0.25}})
     assert Params.model_validate({"finetune": {"scale_jitter": 0.25}})  # rescaling is built for both families
     assert Params.model_validate({"model": {"arch": "cellpose"}, "finetune": {"rotate": True, "scale_jitter": 0.25}})
-
-
-@pytest.mark.slow
-@requires_shared()
-def test_cellpose_runs_the_whole_dag_on_the_real_fixture(tmp_path):
-    """``model.arch: cellpose`` through ``dvc repro`` on the 6 real fixture images: every stage, unchanged."""
-    from tests.conftest import SHARED
-    from tests.helpers import dvc, make_repo, ran_stages
-
-    livecell = SHARED / "livecell"
-    repo = make_repo(tmp_path, {
-        "data": {"kaggle": {"kaggle-dir": str(SAMPLE)},
-                 "livecell": {"livecell-json": str(livecell / "livecell_coco_val_subset5img.json"),
-                              "livecell-images": str(livecell / "images")}},
-        "decode": {"duplicates": "drop"},
-        "model": {"arch": "cellpose", "cellpose": {"nbase": [8, 16, 32, 64], "niter": 100}},
-        "pretrain": {"iters": 4, "eval_every": 4, "crop_size": 128},
-        "finetune": {"iters": 4, "eval_every": 4, "crop_size": 128},
-    })  # fmt: skip
-    out = dvc(repo, "repro")
-    assert {"pretrain", "finetune@0", "predict@0", "ensemble", "thresholds", "score", "submit", "visualize"} <= set(
-        ran_stages(out.stdout)
-    )
-    metrics = json.loads((repo / "metrics/oof.json").read_text())
-    assert 0.0 <= metrics["map_iou"] <= 1.0 and "cell_type_vote_accuracy" in metrics
-    ckpt = torch.load(repo / "models/finetune/fold0/best.pt", weights_only=True)
-    assert ckpt["model_config"]["arch"] == "cellpose" and "classify.weight" in ckpt["model"]
-    sub = pd.read_csv(repo / "data/submission/submission.csv", keep_default_na=False)
-    assert set(sub["id"]) == {p.stem for p in (SAMPLE / "test").glob("*.png")}
 
 
 def test_the_flow_threshold_can_be_replaced_at_predict_time_and_decides_which_masks_survive():

@@ -10,6 +10,7 @@ import subprocess
 from pathlib import Path
 
 import pytest
+import torch
 import yaml
 
 from tests.conftest import SAMPLE, SHARED, requires_shared
@@ -25,7 +26,10 @@ def repo_copy(tmp_path) -> Path:
 @requires_shared()
 def test_real_sample_profile_runs_the_whole_dag_with_two_folds(repo_copy):
     """The README's real-data path on the shared real samples (6 Kaggle + 5 LIVECell images), K = 2:
-    the matrix stages run once per fold, a second repro is a no-op, a fine-tune change reruns every fold."""
+    the matrix stages run once per fold, a second repro is a no-op, a fine-tune change reruns every fold.
+
+    With the flow family (``model.arch: cellpose``, a small U-Net): the synthetic DAG tests run Mask R-CNN,
+    so one real-data DAG covers both families (two DAG runs of the same real fixture cost ≈ 100 s more)."""
     # the data sit in a folder whose name is shell syntax: it must stay one argument, never run
     weird = repo_copy.parent / "my data's; touch PWNED"
     shutil.copytree(SAMPLE, weird / "kaggle")
@@ -42,6 +46,9 @@ def test_real_sample_profile_runs_the_whole_dag_with_two_folds(repo_copy):
             },
             "decode": {"duplicates": "drop"},
             "cv": {"folds": [0, 1]},
+            "model": {"arch": "cellpose", "cellpose": {"nbase": [8, 16, 32, 64], "niter": 100}},
+            "pretrain": {"iters": 4, "eval_every": 4, "crop_size": 128},
+            "finetune": {"iters": 4, "eval_every": 4, "crop_size": 128},
         },
     )
     subprocess.run(
@@ -58,7 +65,8 @@ def test_real_sample_profile_runs_the_whole_dag_with_two_folds(repo_copy):
         },
     )
     first = ran_stages(dvc(repo_copy, "repro").stdout)
-    assert {"finetune@0", "finetune@1", "predict@0", "predict@1", "ensemble"} <= set(first)
+    assert {"pretrain", "finetune@0", "finetune@1", "predict@0", "predict@1", "ensemble", "thresholds", "score"} <= set(first)
+    assert {"submit", "visualize"} <= set(first)
     assert ran_stages(dvc(repo_copy, "repro").stdout) == []
     assert not list(repo_copy.rglob("PWNED")) and not list(repo_copy.parent.glob("PWNED"))
     decode_cmd = yaml.safe_load((repo_copy / "dvc.lock").read_text())["stages"]["decode"]["cmd"]
@@ -73,6 +81,10 @@ def test_real_sample_profile_runs_the_whole_dag_with_two_folds(repo_copy):
     metrics = json.loads((repo_copy / "metrics/oof.json").read_text())
     assert metrics["images"] == len(folds) == 3 and set(metrics["per_fold"]) == {"0", "1"}
     assert not metrics["thresholds_in_sample"] and metrics["thresholds"].startswith("cross-fitted")
+    assert 0.0 <= metrics["map_iou"] <= 1.0 and "cell_type_vote_accuracy" in metrics
+    for k in (0, 1):  # the flow family's checkpoints, with its image-type classifier
+        ckpt = torch.load(repo_copy / f"models/finetune/fold{k}/best.pt", weights_only=True)
+        assert ckpt["model_config"]["arch"] == "cellpose" and "classify.weight" in ckpt["model"]
     assert json.loads((repo_copy / "metrics/oof_in_sample.json").read_text())["thresholds_in_sample"]
     assert json.loads((repo_copy / "metrics/lockbox.json").read_text())["images"] == 3
     # a fine-tune knob makes every fold stale and nothing upstream (a dry run lists the stages
