@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import math
+import subprocess
+import sys
 
 import numpy as np
 import pytest
@@ -15,7 +17,7 @@ from cellpipe import metric, models, rle, tables  # noqa: E402
 from cellpipe.config import CellposeParams, Train  # noqa: E402
 from cellpipe.errors import CellpipeError  # noqa: E402
 from cellpipe.training import engine  # noqa: E402
-from tests.conftest import CLASSES, SAMPLE, TINY_CP, requires_shared  # noqa: E402
+from tests.conftest import CLASSES, REPO, SAMPLE, TINY_CP, requires_shared  # noqa: E402
 from tests.helpers import flow_targets, two_cells  # noqa: E402
 
 FAMILY = models.family(TINY_CP)
@@ -298,3 +300,17 @@ def test_the_flow_threshold_can_be_replaced_at_predict_time_and_decides_which_ma
     strict = masks_from_maps(bent, cellprob, TINY_CP.cellpose.model_copy(update={"flow_threshold": 0.4}))
     off = masks_from_maps(bent, cellprob, TINY_CP.cellpose.model_copy(update={"flow_threshold": 0.0}))
     assert len(np.unique(off[off > 0])) > len(np.unique(strict[strict > 0]))
+
+
+def test_cellpose_kernels_are_compiled_once_and_cached():
+    """cellpose compiles its numba kernels at every import, uncached (≈ 7 s a process); imported through the
+    family they carry numba's cache, and numba's own decorator is left as it was. A fresh interpreter: this
+    one may have imported cellpose already."""
+    code = (
+        "import numba; plain = numba.njit\n"
+        "from cellpipe.models.cellpose_flow import _cellpose\n"
+        "dynamics, _ = _cellpose()\n"
+        "print(type(dynamics._extend_centers._cache).__name__, numba.njit is plain)\n"
+    )
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True, cwd=REPO)
+    assert out.stdout.split() == ["FunctionCache", "True"], out.stderr

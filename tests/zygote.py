@@ -2,7 +2,8 @@
 
 Why: every ``cellpipe`` process spends 1 s importing pandas, pydantic and typer, 5 s more
 when it imports torch and torchvision (torchvision's ops import ``torch._dynamo``), and
-8 s more when it imports cellpose (numba compiles its kernels at import, uncached). The
+8 s more when it imports cellpose (numba compiles its kernels at import; ≈ 1 s once
+:func:`cellpipe.models.cellpose_flow._cellpose` has cached them). The
 suite starts a few hundred commands, so imports were about a third of its CPU time.
 
 This server imports all of that once, single-threaded (no torch op runs in it, so no
@@ -20,6 +21,7 @@ Protocol (one JSON object per line on stdin → one per line on stdout):
 from __future__ import annotations
 
 import atexit
+import contextlib
 import json
 import os
 import sys
@@ -31,11 +33,12 @@ def preload() -> None:
     import torch  # noqa: F401
     import torchvision.models.detection  # noqa: F401
 
-    try:
-        import cellpose.dynamics  # noqa: F401  (numba compiles here)
-        import cellpose.resnet_torch  # noqa: F401
-    except Exception:  # noqa: BLE001 - the flow family's own tests say when cellpose is missing
-        pass
+    from cellpipe.models.cellpose_flow import _cellpose
+
+    # cellpose's numba kernels: compiled (or loaded from numba's cache) here, as the family does;
+    # the flow family's own tests say when cellpose is missing
+    with contextlib.suppress(Exception):
+        _cellpose()
     import stages.cli  # noqa: F401
 
 

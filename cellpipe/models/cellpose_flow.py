@@ -30,9 +30,11 @@ the run.
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import math
 import warnings
+from collections.abc import Iterator
 from typing import Any
 
 import numpy as np
@@ -57,9 +59,38 @@ from cellpipe.samples import SampleCache
 INSTALL_HINT = "pip install 'cellpose>=3.1,<4'"
 
 
+@contextlib.contextmanager
+def _numba_cache() -> Iterator[None]:
+    """While importing cellpose: its numba kernels compiled with ``cache=True``.
+
+    cellpose compiles its kernels eagerly at import and without numba's cache, ≈ 7 s of
+    every process that makes flow targets or recovers masks (each training, predict and
+    test command). Cached, they are compiled once and loaded after (numba writes them
+    beside cellpose's source or under ``NUMBA_CACHE_DIR``, and compiles again when that
+    source changes); the kernels are the same.
+    """
+    import numba
+
+    plain = numba.njit
+
+    def cached(*args, **kwargs):
+        kwargs.setdefault("cache", True)
+        return plain(*args, **kwargs)
+
+    numba.njit = cached
+    try:
+        yield
+    finally:
+        numba.njit = plain
+
+
 def _cellpose():
     try:
-        from cellpose import dynamics, resnet_torch
+        try:
+            with _numba_cache():
+                from cellpose import dynamics, resnet_torch
+        except RuntimeError:  # numba found nowhere it may write a cache: compiled at each import, as cellpose does
+            from cellpose import dynamics, resnet_torch
     except Exception as exc:  # noqa: BLE001 - any import failure means "not usable"
         raise CellpipeError(f"model.arch is cellpose but the cellpose library cannot be imported "
                             f"({exc.__class__.__name__}: {exc}); install it with: {INSTALL_HINT}") from None  # fmt: skip
