@@ -2,8 +2,8 @@
 
 Why: every ``cellpipe`` process spends 1 s importing pandas, pydantic and typer, 5 s more
 when it imports torch and torchvision (torchvision's ops import ``torch._dynamo``), and
-8 s more when it imports cellpose (numba compiles its kernels at import; ≈ 1 s once
-:func:`cellpipe.models.cellpose_flow._cellpose` has cached them). The
+8 s more when it imports cellpose (numba compiles its kernels at import; ≈ 4 s in all
+once :func:`cellpipe.models.cellpose_flow._cellpose` has cached them). The
 suite starts a few hundred commands, so imports were about a third of its CPU time.
 
 This server imports all of that once, single-threaded (no torch op runs in it, so no
