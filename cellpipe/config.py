@@ -383,6 +383,13 @@ class Predict(Section):
         description="the flow family's flow-error limit at predict time (0 = no check); null = the checkpoint's "
         "model.cellpose.flow_threshold",
     )
+    maskness: float = Field(
+        0.0,
+        ge=0,
+        le=8,
+        description="Mask R-CNN: each score × its mask's maskness (mean mask probability over the mask's pixels, "
+        "SOLOv2) to this power; 0 = off",
+    )
 
     @model_validator(mode="after")
     def _tiles(self) -> Predict:

@@ -115,6 +115,12 @@ def run(
             raise CellpipeError(f"predict.flow_threshold: {family.name} follows no flows (model.arch cellpose does)")
         changes["flow_threshold"] = p.flow_threshold
         log(f"flow threshold {p.flow_threshold} (checkpoint: {mcfg.cellpose.flow_threshold})")
+    if p.maskness:
+        # scores that also know the mask head's confidence (docs/experiments.md measures what it is worth)
+        if limits.maskness is None:
+            raise CellpipeError(f"predict.maskness: {family.name} has no mask probabilities (Mask R-CNN has)")
+        changes["maskness"] = p.maskness
+        log(f"scores × maskness^{p.maskness}")
     if changes:
         family.set_limits(model, replace(limits, **changes))
     source = prediction_table.model_digest(checkpoint)

@@ -289,6 +289,7 @@ def test_the_flow_threshold_can_be_replaced_at_predict_time_and_decides_which_ma
     FAMILY.set_limits(model, replace(FAMILY.limits(model), flow_threshold=0.0, detections_per_img=7))
     assert model.cfg.flow_threshold == 0.0 and model.detections_per_img == 7
     assert FAMILY.limits(model).flow_threshold == 0.0
+    assert FAMILY.limits(model).maskness is None  # no mask probabilities: predict.maskness is refused for it
     labels = two_cells()
     target = flow_targets(labels).numpy()
     cellprob = np.where(labels > 0, 5.0, -5.0).astype(np.float32)

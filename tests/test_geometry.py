@@ -7,6 +7,8 @@ import json
 import numpy as np
 import pytest
 import torch
+from hypothesis import given, settings
+from hypothesis import strategies as st
 from torchvision.models.detection import roi_heads as tv_roi_heads
 from torchvision.models.detection.anchor_utils import AnchorGenerator
 from torchvision.models.detection.roi_heads import paste_masks_in_image, project_masks_on_boxes
@@ -37,6 +39,23 @@ def ellipses(n: int, seed: int = 0, shape=(160, 200)) -> torch.Tensor:
 def iou(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
     a, b = a.bool(), b.bool()
     return (a & b).sum((1, 2)).float() / (a | b).sum((1, 2)).float()
+
+
+@settings(max_examples=60, deadline=None)
+@given(st.integers(0, 6), st.integers(1, 12), st.floats(0.05, 0.95), st.integers(0, 2**31 - 1))
+def test_maskness_is_the_mean_probability_over_the_mask(n, size, threshold, seed):
+    """``masks.maskness``: in (threshold, 1] for a mask with a pixel above the threshold, 0 without one,
+    1 for a sure (binary) mask, and only the pixels above the threshold count."""
+    probs = torch.from_numpy(np.random.default_rng(seed).random((n, 1, size, size), dtype=np.float32))
+    got = masks.maskness(probs, threshold)
+    assert got.shape == (n,)
+    for k in range(n):
+        above = probs[k][probs[k] > threshold]
+        want = float(above.mean()) if above.numel() else 0.0
+        assert float(got[k]) == pytest.approx(want, abs=1e-5)
+        assert (threshold < float(got[k]) <= 1.0) if above.numel() else float(got[k]) == 0.0
+    sure = (probs > threshold).float()
+    assert torch.equal(masks.maskness(sure, threshold), (sure.flatten(1).sum(1) > 0).float())
 
 
 @pytest.mark.parametrize("size, mean_iou, min_iou", [(28, 0.98, 0.95), (56, 0.995, 0.985)])

@@ -194,6 +194,17 @@ def test_apply_a_model_to_a_plain_folder_and_score_it(tiny_coco, tmp_path):
     assert proc.returncode == 0, proc.stderr
     assert "5 RPN proposals per image" in " ".join((proc.stdout + proc.stderr).split())
     assert pd.read_parquet(tmp_path / "p5.parquet").groupby("image_id").size().max() <= 5 * 3  # ≤ one per class each
+    # scores × maskness²: the same detections and masks, each score lowered by its mask's confidence
+    (tmp_path / "pm.yaml").write_text("predict: {maskness: 2, detections_per_img: 0}\n")
+    proc = run_cli("predict", "--skip-val", "--checkpoint", str(tmp_path / "model/best.pt"), "--test-dir", str(folder),
+                   "--test-out", str(tmp_path / "pm.parquet"), "--params", str(tmp_path / "pm.yaml"))  # fmt: skip
+    assert proc.returncode == 0, proc.stderr
+    assert "scores × maskness^2" in " ".join((proc.stdout + proc.stderr).split())
+    plain = pd.read_parquet(tmp_path / "preds.parquet").set_index(["image_id", "rle"])["score"]
+    rescored = pd.read_parquet(tmp_path / "pm.parquet").set_index(["image_id", "rle"])["score"]
+    assert len(plain) > 0 and sorted(plain.index) == sorted(rescored.index)
+    ratio = rescored / plain.reindex(rescored.index)
+    assert (ratio <= 1 + 1e-6).all() and (ratio >= 0.25 - 1e-6).all() and (ratio < 1 - 1e-6).any()
     # a flow family's setting asked of Mask R-CNN is refused by name, and nothing is written
     (tmp_path / "pf.yaml").write_text("predict: {flow_threshold: 0.8}\n")
     proc = run_cli("predict", "--skip-val", "--checkpoint", str(tmp_path / "model/best.pt"), "--test-dir", str(folder),

@@ -48,6 +48,7 @@ class Limits:
     nms_thresh: float | None = None  # the per-class box NMS IoU (None: the family has none)
     proposals: int | None = None  # the RPN's proposals kept per image after its NMS (None: the family has no RPN)
     flow_threshold: float | None = None  # the flow family's flow-error limit on recovered masks (None: not a flow family)
+    maskness: float | None = None  # scores × maskness to this power (None: the family has no mask probabilities)
 
 
 class Family(ABC):

@@ -61,6 +61,18 @@ def mask_loss(
     return F.binary_cross_entropy_with_logits(picked, targets)
 
 
+def maskness(masks: torch.Tensor, threshold: float) -> torch.Tensor:
+    """Each ``(N, 1, M, M)`` mask's mean probability over its pixels above ``threshold`` (SOLOv2's "maskness";
+    0 where no pixel is above it).
+
+    The box head's class score says whether a box holds a cell, not how sure the mask head is of the outline it
+    drew; the competition metric counts a detection as a false positive at every IoU threshold its mask misses,
+    so a score that also knows the mask's confidence ranks the detections the metric rewards first."""
+    probs = masks.float().flatten(1)
+    inside = probs > threshold
+    return (probs * inside).sum(1) / inside.sum(1).clamp(min=1)
+
+
 def _exact_windows(boxes: torch.Tensor, shape: tuple[int, int]) -> list[tuple[int, int, int, int] | None]:
     """Each box's window of image pixels (ix0, iy0, ix1, iy1) under exact geometry (None: empty)."""
     height, width = int(shape[0]), int(shape[1])

@@ -41,7 +41,7 @@ from cellpipe.config import Model
 from cellpipe.images import input_size, read_grey
 from cellpipe.instances import Instances
 from cellpipe.models import Family, Limits
-from cellpipe.models.masks import paste_sparse
+from cellpipe.models.masks import maskness, paste_sparse
 from cellpipe.postprocess import image_class
 from cellpipe.repeat_factors import image_categories
 from cellpipe.samples import SampleCache
@@ -274,12 +274,18 @@ def mask_geometry(model: torch.nn.Module) -> str:
     return getattr(getattr(model, "transform", None), "geometry", None) or getattr(model, "mask_geometry", "exact")
 
 
-def to_instances(out: dict, shape: tuple[int, int], mask_threshold: float, geometry: str) -> Instances:
+def to_instances(
+    out: dict, shape: tuple[int, int], mask_threshold: float, geometry: str, maskness_power: float = 0.0
+) -> Instances:
     """A model's raw output (boxes in the image, unpasted ``(N, 1, M, M)`` masks) → sparse instances.
 
-    The masks cover ``mask_rois`` where the model predicted them over grown boxes (``model.mask_box_scale``)."""
+    The masks cover ``mask_rois`` where the model predicted them over grown boxes (``model.mask_box_scale``).
+    ``maskness_power`` > 0: each score × its mask's :func:`maskness` to that power (``predict.maskness``)."""
     masks = paste_sparse(out["masks"].float(), out.get("mask_rois", out["boxes"]), shape, mask_threshold, geometry)
-    return Instances(masks, out["scores"].float().cpu().numpy(), out["labels"].cpu().numpy(), shape)
+    scores = out["scores"].float()
+    if maskness_power and len(scores):
+        scores = scores * maskness(out["masks"], mask_threshold).to(scores) ** maskness_power
+    return Instances(masks, scores.cpu().numpy(), out["labels"].cpu().numpy(), shape)
 
 
 @torch.no_grad()
@@ -295,7 +301,8 @@ def predict_image(
     model: torch.nn.Module, grey: np.ndarray, *, device: torch.device | str = "cpu", mask_threshold: float = 0.5
 ) -> Instances:
     """Detections of one grey image (uint8 H×W) at full resolution, masks as a sparse matrix."""
-    return to_instances(detect(model, grey, device=device), grey.shape, mask_threshold, mask_geometry(model))
+    out = detect(model, grey, device=device)
+    return to_instances(out, grey.shape, mask_threshold, mask_geometry(model), getattr(model, "maskness", 0.0))
 
 
 @contextmanager
@@ -336,7 +343,7 @@ def predict_at_class_scale(
     if factor != 1.0:
         with input_scale(model, factor):
             out = detect(model, grey, device=device)
-    return to_instances(out, grey.shape, mask_threshold, mask_geometry(model))
+    return to_instances(out, grey.shape, mask_threshold, mask_geometry(model), getattr(model, "maskness", 0.0))
 
 
 class RCNNFamily(Family):
@@ -385,7 +392,8 @@ class RCNNFamily(Family):
         holder = self._limits_holder(model)
         counts, key = self._inference_proposals(model)
         proposals = int(counts[key])
-        return Limits(float(holder.score_thresh), int(holder.detections_per_img), float(holder.nms_thresh), proposals)
+        return Limits(float(holder.score_thresh), int(holder.detections_per_img), float(holder.nms_thresh), proposals,
+                      maskness=float(getattr(model, "maskness", 0.0)))  # fmt: skip
 
     def set_limits(self, model: torch.nn.Module, limits: Limits) -> None:
         holder = self._limits_holder(model)
@@ -395,3 +403,5 @@ class RCNNFamily(Family):
         if limits.proposals is not None:
             counts, key = self._inference_proposals(model)
             counts[key] = limits.proposals
+        if limits.maskness is not None:
+            model.maskness = float(limits.maskness)  # a predict-time setting, never in the state dict
