@@ -326,6 +326,14 @@ class Train(Section):
         description="decoded training images kept in memory (GB, per process); beyond it the least recently used are rebuilt",
     )
 
+    @model_validator(mode="after")
+    def _batch_splits(self) -> Train:
+        # refused here, before torchrun starts nproc processes that would each find it (the engine still checks
+        # a world size that came from outside: a torchrun of the user's own)
+        if self.batch_size % self.nproc:
+            raise ValueError(f"batch_size {self.batch_size} does not split over {self.nproc} processes (nproc)")
+        return self
+
 
 class Pretrain(Train):
     """On the LIVECell COCO (one class 'cell'); its last images are held out for evaluation."""

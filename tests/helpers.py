@@ -251,9 +251,9 @@ def ran_stages(output: str) -> list[str]:
     return [line.split("'")[1] for line in output.splitlines() if line.startswith("Running stage")]
 
 
-# the tiny DAG every DAG test shares: fine-tuned long enough (24 iterations, evaluated every 4) for the
+# the tiny DAG every DAG test shares: fine-tuned long enough (16 iterations, evaluated every 4) for the
 # kill test to interrupt it between checkpoints and resume
-SHARED_DAG = {"finetune": {"iters": 24, "eval_every": 4}}
+SHARED_DAG = {"finetune": {"iters": 16, "eval_every": 4}}
 
 
 def copy_repo(repo: Path, dst: Path) -> Path:

@@ -35,7 +35,9 @@ def test_gpu_profiles_train_a_few_iterations_on_tiny_data(name, tiny_coco, tmp_p
         monkeypatch.setattr(torchvision_maskrcnn, "_torchvision_weights", lambda model, which: f"{which} (test: random)")
     else:
         assert p.pretrain.init == "none" and p.model.norm == "group" and p.model.roi_align == "aligned"
-    cfg = p.model.model_copy(update={"min_size": 128, "max_size": 160, "detections_per_img": 20, "rpn_post_nms_test": 50})
+    # the architecture as the profile has it; fewer sampled RoIs and proposals (the box head is 4 conv layers of 256)
+    cfg = p.model.model_copy(update={"min_size": 128, "max_size": 160, "detections_per_img": 20, "rpn_post_nms_test": 50,
+                                     "roi_batch_per_image": 64, "rpn_post_nms_train": 200})  # fmt: skip
     family = models.family(cfg)
     torch.manual_seed(0)
     model = family.build(cfg, 3)

@@ -46,7 +46,8 @@ def test_real_sample_profile_runs_the_whole_dag_with_two_folds(repo_copy):
             },
             "decode": {"duplicates": "drop"},
             "cv": {"folds": [0, 1]},
-            "model": {"arch": "cellpose", "cellpose": {"nbase": [8, 16, 32, 64], "niter": 100}},
+            # cells at 17 px, as profiles/real-cellpose.yaml (the default 30 px predicts at ×1.8: 3× the pixels)
+            "model": {"arch": "cellpose", "cellpose": {"nbase": [8, 16, 32, 64], "niter": 100, "diameter": 17}},
             "pretrain": {"iters": 4, "eval_every": 4, "crop_size": 128},
             "finetune": {"iters": 4, "eval_every": 4, "crop_size": 128},
         },
