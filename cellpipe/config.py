@@ -185,6 +185,13 @@ class Model(Section):
         description="mask head sees and predicts a box × this around each detection (torchvision, exact geometry): "
         "room for what lies outside the box, astro's processes",
     )
+    mask_dice_weight: float = Field(
+        0.0,
+        ge=0,
+        le=10,
+        description="mask loss = BCE + this × Dice loss per RoI (torchvision, exact geometry): an overlap term, "
+        "as the metric's IoU, that small masks' pixel-averaged BCE underweights; 0 = BCE alone",
+    )
     roi_align: Literal["torchvision", "aligned"] = Field(
         "torchvision",
         description="RoI features of both heads: torchvision's half-cell offset | aligned (detectron2's ROIAlignV2)",
@@ -232,12 +239,13 @@ class Model(Section):
 
     @model_validator(mode="after")
     def _mask_box_scale(self) -> Model:
-        if self.mask_box_scale != 1.0 and (
-            self.arch, self.backend, self.mask_geometry) != ("maskrcnn", "torchvision", "exact"):  # fmt: skip
-            raise ValueError(
-                "mask_box_scale is built for model.arch maskrcnn with backend torchvision and mask_geometry exact "
-                f"(got {self.arch}, {self.backend}, {self.mask_geometry}); leave it at 1.0 otherwise"
-            )
+        exact_torchvision = (self.arch, self.backend, self.mask_geometry) == ("maskrcnn", "torchvision", "exact")
+        for name, off in (("mask_box_scale", 1.0), ("mask_dice_weight", 0.0)):  # both live in masks.mask_loss
+            if getattr(self, name) != off and not exact_torchvision:
+                raise ValueError(
+                    f"{name} is built for model.arch maskrcnn with backend torchvision and mask_geometry exact "
+                    f"(got {self.arch}, {self.backend}, {self.mask_geometry}); leave it at {off} otherwise"
+                )
         return self
 
     @model_validator(mode="after")

@@ -33,6 +33,7 @@ def cli_home() -> Path:
         import tempfile
 
         _CLI_HOME = Path(tempfile.mkdtemp(prefix="cellpipe-cli-"))
+        atexit.register(shutil.rmtree, _CLI_HOME, ignore_errors=True)
         (_CLI_HOME / "params.yaml").write_text(params_text())
     return _CLI_HOME
 

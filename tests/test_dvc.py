@@ -166,8 +166,8 @@ def test_plots_page_renders_offline_in_a_browser(dag, tmp_path):
 
 @pytest.mark.slow
 def test_an_experiment_reruns_only_what_it_affects_and_travels_through_git_and_dvc_remotes(dag_copy, tmp_path):
-    """An experiment on a predict knob reruns predict and what follows, nothing upstream — no training (that a
-    fine-tune knob makes every fold's fine-tune stale is test_real_dag's). ``dvc exp push``
+    """An experiment on a thresholds knob reruns thresholds and what follows, nothing upstream — no training or
+    prediction (that a fine-tune knob makes every fold's fine-tune stale is test_real_dag's). ``dvc exp push``
     then takes its git ref to a (bare) git remote and its outputs to the DVC remote; a teammate's clone
     ``dvc exp pull``s it, applies it and has its metrics and outputs with nothing to run."""
     repo = dag_copy
@@ -178,8 +178,8 @@ def test_an_experiment_reruns_only_what_it_affects_and_travels_through_git_and_d
     git(repo, "add", "-A")
     git(repo, "commit", "-qm", "shared remotes", "--allow-empty")
     git(repo, "push", "-q", "teammates", "HEAD:refs/heads/main")
-    exp = dvc(repo, "exp", "run", "-n", "shared-exp", "-S", "predict.maskness=1")
-    assert set(ran_stages(exp.stdout)) == {"predict@0", "ensemble", "thresholds", "score", "submit", "visualize"}
+    exp = dvc(repo, "exp", "run", "-n", "shared-exp", "-S", "thresholds.grid=[0.2,0.6]")
+    assert set(ran_stages(exp.stdout)) == {"thresholds", "score", "submit", "visualize"}
     assert "map_iou" in dvc(repo, "exp", "show", "--csv").stdout
     mine = json.loads(dvc(repo, "exp", "show", "--json").stdout)
     dvc(repo, "exp", "push", "teammates", "shared-exp")
@@ -189,7 +189,7 @@ def test_an_experiment_reruns_only_what_it_affects_and_travels_through_git_and_d
     assert "shared-exp" in dvc(clone, "exp", "list", "--name-only").stdout
     dvc(clone, "exp", "apply", "shared-exp")
     dvc(clone, "checkout")
-    assert yaml.safe_load((clone / "params.yaml").read_text())["predict"]["maskness"] == 1
+    assert yaml.safe_load((clone / "params.yaml").read_text())["thresholds"]["grid"] == [0.2, 0.6]
     assert ran_stages(dvc(clone, "repro").stdout) == []
     theirs = json.loads((clone / "metrics" / "lockbox.json").read_text())
     assert theirs == json.loads((repo / "metrics" / "lockbox.json").read_text()), (theirs, mine)

@@ -17,7 +17,7 @@ import pytest
 import torch
 import yaml
 
-from tests.helpers import SHARED_DAG, copy_repo, dvc, ran_stages
+from tests.helpers import SHARED_DAG, copy_repo, dvc, ran_stages, stale_stages
 
 # ---------------------------------------------------------------- SIGKILL at random moments: every stage leaves
 # complete outputs or none; training resumes. Each stage's command is replayed exactly as dvc.lock recorded it.
@@ -32,12 +32,11 @@ FINETUNE_ITERS = SHARED_DAG["finetune"]["iters"]
 
 
 @pytest.fixture
-def killable_dag(trained_dag, tmp_path) -> tuple[Path, dict, dict]:
-    """A copy of the shared tiny repo after an uninterrupted ``dvc repro``: its metrics and final fine-tune weights."""
+def killable_dag(trained_dag, tmp_path) -> tuple[Path, dict]:
+    """A copy of the shared tiny repo after an uninterrupted ``dvc repro`` and its final fine-tune weights."""
     repo = copy_repo(trained_dag[0], tmp_path / "repo")
-    metrics = json.loads((repo / "metrics/oof.json").read_text())
     weights = torch.load(repo / "models/finetune/fold0/last.pt", weights_only=True)["model"]
-    return repo, metrics, weights
+    return repo, weights
 
 
 def kill_env() -> dict[str, str]:
@@ -126,13 +125,6 @@ def test_every_stage_killed_at_random_moments_leaves_complete_outputs_or_none(ki
     assert "up to date" in dvc(repo, "status").stdout
 
 
-def flat(d: dict, prefix: str = "") -> dict[str, float]:
-    out = {}
-    for k, v in d.items():
-        out.update(flat(v, f"{prefix}{k}.") if isinstance(v, dict) else {f"{prefix}{k}": v})
-    return out
-
-
 def wait_for_checkpoint(path: Path, at_least: int, proc: subprocess.Popen, timeout: float = 300) -> int:
     end = time.monotonic() + timeout
     while time.monotonic() < end:
@@ -152,7 +144,7 @@ def wait_for_checkpoint(path: Path, at_least: int, proc: subprocess.Popen, timeo
 @pytest.mark.slow
 def test_finetune_killed_then_dvc_repro_resumes_to_the_same_result(killable_dag):
     """Kill ``dvc repro`` during finetune, rerun it: it resumes and ends where an uninterrupted run ends."""
-    repo, uninterrupted, weights = killable_dag
+    repo, weights = killable_dag
     iters = FINETUNE_ITERS
 
     subprocess.run(["rm", "-rf", str(repo / "models/finetune/fold0")], check=True)
@@ -169,13 +161,15 @@ def test_finetune_killed_then_dvc_repro_resumes_to_the_same_result(killable_dag)
     proc.wait()
     assert 8 <= killed_at < iters
 
-    second = dvc(repo, "repro")
-    assert "finetune@0" in ran_stages(second.stdout)
+    # the stage alone: what follows it only re-derives predictions from these weights (deterministic, as the
+    # test above checks for every stage), and rerunning it cost this test half its time
+    second = dvc(repo, "repro", "finetune@0")
+    assert ran_stages(second.stdout) == ["finetune@0"]
     summary = json.loads((repo / "models/finetune/fold0/summary.json").read_text())
     assert summary["resumed_from"] >= killed_at and summary["iterations"] == iters
     resumed = torch.load(repo / "models/finetune/fold0/last.pt", weights_only=True)
     assert resumed["iteration"] == iters
+    assert resumed["model"].keys() == weights.keys()
     for key, value in weights.items():
         assert torch.allclose(resumed["model"][key].float(), value.float(), atol=1e-5), key
-    assert flat(json.loads((repo / "metrics/oof.json").read_text())) == pytest.approx(flat(uninterrupted), abs=1e-6)
-    assert "up to date" in dvc(repo, "status").stdout
+    assert "finetune@0" not in stale_stages(repo)  # recorded in dvc.lock: the stages after it see the new outputs

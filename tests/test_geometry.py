@@ -163,9 +163,53 @@ def test_mask_box_scale_grows_the_mask_rois_in_training_and_in_the_paste(monkeyp
 
 
 @pytest.mark.parametrize("other", [dict(mask_geometry="torchvision"), dict(backend="detectron2"), dict(arch="cellpose")])
-def test_mask_box_scale_is_refused_where_it_is_not_built(other):
-    with pytest.raises(ValueError, match="mask_box_scale is built for"):
-        tiny_model(mask_box_scale=1.5, **other)
+@pytest.mark.parametrize("knob", [dict(mask_box_scale=1.5), dict(mask_dice_weight=1.0)])
+def test_mask_loss_knobs_are_refused_where_they_are_not_built(other, knob):
+    with pytest.raises(ValueError, match=f"{next(iter(knob))} is built for"):
+        tiny_model(**knob, **other)
+
+
+@settings(max_examples=60, deadline=None)
+@given(st.integers(1, 5), st.integers(2, 10), st.floats(0.0, 0.5), st.integers(0, 2**31 - 1))
+def test_dice_loss_is_one_minus_the_soft_overlap_of_each_roi(n, size, empty_share, seed):
+    """``masks.dice_loss``: the mean over RoIs of 1 − (2Σpt + 1)/(Σp + Σt + 1); ≈ 0 for sure, right masks
+    (empty ones included), ≈ 1 for sure masks that miss a large target, and in [0, 1] always."""
+    rng = np.random.default_rng(seed)
+    targets = torch.from_numpy((rng.random((n, size, size)) > empty_share).astype(np.float32))
+    logits = torch.from_numpy(rng.normal(0, 3, (n, size, size)).astype(np.float32))
+    p, t = logits.sigmoid().flatten(1).double(), targets.flatten(1).double()
+    want = (1 - (2 * (p * t).sum(1) + 1) / (p.sum(1) + t.sum(1) + 1)).mean()
+    assert float(masks.dice_loss(logits, targets)) == pytest.approx(float(want), abs=1e-5)
+    assert 0.0 <= float(masks.dice_loss(logits, targets)) <= 1.0
+    sure_right = (targets * 2 - 1) * 50
+    assert float(masks.dice_loss(sure_right, targets)) < 1e-4
+    assert float(masks.dice_loss(torch.full_like(targets, -50.0), torch.zeros_like(targets))) < 1e-6
+    full = torch.ones(n, size, size)
+    assert float(masks.dice_loss(-full * 50, full)) > 1 - 1 / (size * size)
+
+
+def test_the_dice_weight_adds_its_term_to_the_mask_loss_in_training(monkeypatch):
+    """``model.mask_dice_weight``: the mask loss the model trains on is BCE + weight × Dice of the same logits and
+    targets; no state of its own (checkpoints unchanged), and the model at 0 keeps BCE alone."""
+    seen = []
+    original = masks.dice_loss
+    monkeypatch.setattr(masks, "dice_loss", lambda lg, t: seen.append((lg.detach(), t)) or original(lg, t))
+    images, targets = sample_batch()
+    plain = models.build(TINY_MODEL, 1).state_dict().keys()
+    for weight in (0.0, 2.0):
+        torch.manual_seed(0)
+        model = models.build(tiny_model(mask_dice_weight=weight), 1).train()
+        assert model.state_dict().keys() == plain
+        losses = model(images, targets)
+        assert torch.isfinite(losses["loss_mask"])
+        if weight == 0.0:
+            assert not seen
+        else:
+            ((logits, t),) = seen
+            want = torch.nn.functional.binary_cross_entropy_with_logits(logits, t) + weight * original(logits, t)
+            assert 0 < float(original(logits, t)) <= 1
+            assert float(losses["loss_mask"].detach()) == pytest.approx(float(want), rel=1e-5)
+    assert tv_roi_heads.maskrcnn_loss.__name__ == "maskrcnn_loss"  # torchvision's, put back after the forward
 
 
 def test_inference_resizes_like_the_training_data():

@@ -48,9 +48,11 @@ def mask_loss(
     matched: list[torch.Tensor],
     *,
     box_scale: float = 1.0,
+    dice_weight: float = 0.0,
 ) -> torch.Tensor:
     """torchvision's ``maskrcnn_loss`` (same signature) with :func:`mask_targets` as targets, inside the
-    proposals grown ×``box_scale`` (the boxes the mask head pooled: ``model.mask_box_scale``)."""
+    proposals grown ×``box_scale`` (the boxes the mask head pooled: ``model.mask_box_scale``), plus
+    ``dice_weight`` × :func:`dice_loss` (``model.mask_dice_weight``)."""
     size = mask_logits.shape[-1]
     proposals = [scale_boxes(p, box_scale) for p in proposals]
     labels = torch.cat([lab[idx] for lab, idx in zip(gt_labels, matched)], dim=0)
@@ -58,7 +60,21 @@ def mask_loss(
     if targets.numel() == 0:
         return mask_logits.sum() * 0
     picked = mask_logits[torch.arange(labels.shape[0], device=labels.device), labels]
-    return F.binary_cross_entropy_with_logits(picked, targets)
+    loss = F.binary_cross_entropy_with_logits(picked, targets)
+    return loss + dice_weight * dice_loss(picked, targets) if dice_weight else loss
+
+
+def dice_loss(logits: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
+    """Mean over RoIs of 1 − soft Dice between ``sigmoid(logits)`` and binary ``targets`` (both ``(K, M, M)``),
+    smoothed by 1 so that an empty target with an empty prediction costs 0.
+
+    BCE averages over pixels: a mask wrong along its outline pays a few pixels' worth, however small the cell.
+    Dice is an overlap ratio per RoI, as the metric's IoU is per cell, so an outline error costs a 17-px cell
+    what it costs there (V-Net, Milletari et al. 2016; used beside BCE in Kaggle cell-segmentation models)."""
+    probs = logits.sigmoid().flatten(1)
+    t = targets.flatten(1)
+    dice = (2 * (probs * t).sum(1) + 1) / (probs.sum(1) + t.sum(1) + 1)
+    return (1 - dice).mean()
 
 
 def maskness(masks: torch.Tensor, threshold: float) -> torch.Tensor:

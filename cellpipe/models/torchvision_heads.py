@@ -16,7 +16,8 @@ applied to a built torchvision model by :func:`apply`:
 
 And one of cellpipe's own, ``mask_box_scale``: the mask head pools, learns and predicts over each box
 grown about its centre, so a mask can reach past a box drawn around a cell's body (astro's thin
-processes, which the boxes miss); the targets and the paste use the same grown boxes.
+processes, which the boxes miss); the targets and the paste use the same grown boxes. And
+``mask_dice_weight``: a Dice term beside the mask head's BCE (``masks.dice_loss``).
 
 Weight decay on norm layers (detectron2: none) is the optimiser's (``weight_decay_norm``
 of the training params); GroupNorm in the backbone is ``model.norm: group``.
@@ -96,6 +97,7 @@ class CellRoIHeads(RoIHeads):
 
     exact_masks = False
     box_beta = TORCHVISION_BETA
+    mask_dice = 0.0
 
     def forward(self, *args, **kwargs):
         from cellpipe.models import masks
@@ -103,7 +105,11 @@ class CellRoIHeads(RoIHeads):
         saved = tv_roi_heads.maskrcnn_loss, tv_roi_heads.fastrcnn_loss
         if self.exact_masks:
             grown = getattr(self.mask_roi_pool, "factor", 1.0)  # GrownBoxPool's: targets from the boxes it pooled
-            tv_roi_heads.maskrcnn_loss = partial(masks.mask_loss, box_scale=grown) if grown != 1.0 else masks.mask_loss
+            tv_roi_heads.maskrcnn_loss = (
+                partial(masks.mask_loss, box_scale=grown, dice_weight=self.mask_dice)
+                if (grown, self.mask_dice) != (1.0, 0.0)
+                else masks.mask_loss
+            )
         if self.box_beta != TORCHVISION_BETA:
             tv_roi_heads.fastrcnn_loss = partial(_box_loss, beta=self.box_beta)
         try:
@@ -160,6 +166,7 @@ def apply(model: MaskRCNN, cfg: Model) -> None:
     model.roi_heads.__class__ = CellRoIHeads
     model.roi_heads.exact_masks = cfg.mask_geometry == "exact"
     model.roi_heads.box_beta = cfg.box_loss_beta
+    model.roi_heads.mask_dice = cfg.mask_dice_weight
     if cfg.box_loss_beta != TORCHVISION_BETA:
         model.rpn.__class__ = CellRPN
         model.rpn.box_beta = cfg.box_loss_beta
