@@ -218,6 +218,13 @@ class Model(Section):
     detections_per_img: int = Field(1000, gt=0, description="LIVECell images hold 2000+ cells, shsy5y up to 790")
     rpn_batch_per_image: int = Field(256, gt=0, description="RPN anchors sampled per image")
     roi_batch_per_image: int = Field(128, gt=0, description="RoIs sampled per image")
+    roi_positive_fraction: float = Field(
+        0.25,
+        gt=0,
+        le=1,
+        description="... at most this share of them cells (the rest background): the RoIs the mask head "
+        "learns from — 32 of 128 at 0.25, however many cells a crowded shsy5y crop holds",
+    )
     rpn_pre_nms_train: int = Field(2000, gt=0, description="RPN proposals before NMS, training")
     rpn_post_nms_train: int = Field(2000, gt=0, description="... after NMS, training")
     rpn_pre_nms_test: int = Field(3000, gt=0, description="RPN proposals before NMS, inference")

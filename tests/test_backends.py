@@ -193,6 +193,8 @@ def test_detectron2_builds_model_zoo_configs():
     model = models.build(cfg, 3)
     assert model.config.MODEL.RESNETS.DEPTH == 50 and model.config.MODEL.ROI_HEADS.NUM_CLASSES == 3
     assert model.config.TEST.DETECTIONS_PER_IMAGE == 50
+    half = models.build(cfg.model_copy(update={"roi_positive_fraction": 0.5}), 3)
+    assert model.config.MODEL.ROI_HEADS.POSITIVE_FRACTION == 0.25 and half.config.MODEL.ROI_HEADS.POSITIVE_FRACTION == 0.5
     with pytest.raises(CellpipeError, match="neither a YAML file nor"):
         models.build(cfg.model_copy(update={"d2_config": "nope.yaml"}), 3)
 

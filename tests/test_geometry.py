@@ -273,3 +273,18 @@ def test_anchors_stage_reports_current_and_suggested(tmp_path, tiny_kaggle):
     assert report["current"]["boxes"] == report["suggested"]["boxes"] == n
     assert report["suggested"]["share_iou_0.7"] >= report["current"]["share_iou_0.7"]
     assert set(report["per_class"]) <= {"shsy5y", "astro", "cort"}
+
+
+@pytest.mark.parametrize("fraction, most", [(0.25, 2), (0.75, 6)])
+def test_the_roi_positive_fraction_caps_the_cells_the_mask_head_learns_from(monkeypatch, fraction, most):
+    """``model.roi_positive_fraction``: of ``roi_batch_per_image`` sampled RoIs at most this share are cells — the
+    RoIs the mask head trains on (6 cells here, ground-truth boxes among the proposals: enough for either cap)."""
+    counted = []
+    original = masks.mask_targets
+    monkeypatch.setattr(masks, "mask_targets", lambda m, b, i, size: counted.append(len(b)) or original(m, b, i, size))
+    torch.manual_seed(0)
+    model = models.build(tiny_model(roi_batch_per_image=8, roi_positive_fraction=fraction), 1).train()
+    assert model.roi_heads.fg_bg_sampler.positive_fraction == fraction
+    images, targets = sample_batch()
+    model(images, targets)
+    assert counted == [most]

@@ -134,6 +134,7 @@ def make_config(mc: Model, num_classes: int):
     m.PIXEL_MEAN, m.PIXEL_STD = [0.0, 0.0, 0.0], [1.0, 1.0, 1.0]
     m.ROI_HEADS.NUM_CLASSES = num_classes
     m.ROI_HEADS.BATCH_SIZE_PER_IMAGE = mc.roi_batch_per_image
+    m.ROI_HEADS.POSITIVE_FRACTION = mc.roi_positive_fraction
     m.ROI_HEADS.SCORE_THRESH_TEST = mc.box_score_thresh
     m.ROI_HEADS.NMS_THRESH_TEST = mc.box_nms_thresh
     m.RPN.BATCH_SIZE_PER_IMAGE = mc.rpn_batch_per_image

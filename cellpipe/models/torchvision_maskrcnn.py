@@ -99,6 +99,7 @@ def build(cfg: Model, num_classes: int) -> MaskRCNN:
         box_nms_thresh=cfg.box_nms_thresh,
         box_detections_per_img=cfg.detections_per_img,
         box_batch_size_per_image=cfg.roi_batch_per_image,
+        box_positive_fraction=cfg.roi_positive_fraction,
         mask_roi_pool=MultiScaleRoIAlign(["0", "1", "2", "3"], output_size=cfg.mask_resolution // 2, sampling_ratio=2),
         mask_head=MaskRCNNHeads(c, mask_layers, 1, norm_layer=head_norm),
         mask_predictor=MaskRCNNPredictor(mask_layers[-1], mask_layers[-1], num_classes + 1),
