@@ -91,9 +91,9 @@ class GrownBoxPool(nn.Module):
 
 class CellRoIHeads(RoIHeads):
     """torchvision's RoI heads with cellpipe's losses: exact mask targets (``exact_masks``), with a Dice term
-    beside their BCE (``mask_dice``), and the box loss's smooth-L1 β (``box_beta``). torchvision calls module-level loss functions from inside ``forward``;
-    they are swapped for this model's forward only, and put back after, whatever happens. No state of
-    its own: only the losses differ."""
+    beside their BCE (``mask_dice``), and the box loss's smooth-L1 β (``box_beta``). torchvision calls
+    module-level loss functions from inside ``forward``; they are swapped for this model's forward only, and
+    put back after, whatever happens. No state of its own: only the losses differ."""
 
     exact_masks = False
     box_beta = TORCHVISION_BETA
