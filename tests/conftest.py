@@ -222,10 +222,10 @@ def trained_dag(tmp_path_factory) -> tuple[Path, str]:
     """The tiny DAG after ``dvc repro`` from clean, built once per session and shared by every worker
     (test_dvc.py and test_dvc_kills.py may run on different ones): the first worker to ask builds it under a
     lock, each worker then works on a copy of its own (and tests that change it on a further copy:
-    ``helpers.copy_repo``)."""
+    ``helpers.copy_repo``). Beside the copy, ``stage_seconds.json``: each stage's wall time in the build."""
     import fcntl
 
-    from tests.helpers import SHARED_DAG, copy_repo, dvc, repo_from_applied_workspace
+    from tests.helpers import SHARED_DAG, copy_repo, dvc_timed, repo_from_applied_workspace
 
     base = tmp_path_factory.getbasetemp()
     root = base.parent if os.environ.get("PYTEST_XDIST_WORKER") else base  # the session's folder, above each worker's
@@ -236,9 +236,12 @@ def trained_dag(tmp_path_factory) -> tuple[Path, str]:
             shutil.rmtree(built, ignore_errors=True)
             built.mkdir()
             repo = repo_from_applied_workspace(built, SHARED_DAG)
-            (built / "repro.out").write_text(dvc(repo, "repro").stdout)
+            out, seconds = dvc_timed(repo, "repro")
+            (built / "repro.out").write_text(out)
+            (built / "stage_seconds.json").write_text(json.dumps(seconds))
             (built / "done").write_text("")
     repo = copy_repo(built / "repo", tmp_path_factory.mktemp("dag") / "repo")
+    shutil.copy(built / "stage_seconds.json", repo.parent)  # beside the copy: how long each stage ran in the build
     return repo, (built / "repro.out").read_text()
 
 

@@ -7,6 +7,7 @@ import os
 import shutil
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import numpy as np
@@ -187,6 +188,38 @@ def dvc(cwd: Path, *args: str) -> subprocess.CompletedProcess:
     return proc
 
 
+def dvc_timed(cwd: Path, *args: str) -> tuple[str, dict[str, float]]:
+    """``dvc(cwd, *args)`` with its output read as it comes: the output and each stage's wall seconds (from its
+    "Running stage" line to the next one or the end, DVC's own bookkeeping for it included)."""
+    env = {
+        **os.environ,
+        "PATH": f"{Path(sys.executable).parent}{os.pathsep}{os.environ['PATH']}",
+        "CELLPIPE_NO_PROGRESS": "1",
+        "DVC_NO_ANALYTICS": "1",
+    }
+    proc = subprocess.Popen(
+        [str(Path(sys.executable).parent / "dvc"), *args],
+        cwd=cwd,
+        env=env,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+    )
+    lines, seconds, stage, since = [], {}, None, time.monotonic()
+    for line in proc.stdout:
+        lines.append(line)
+        if line.startswith("Running stage"):
+            now = time.monotonic()
+            if stage:
+                seconds[stage] = now - since
+            stage, since = line.split("'")[1], now
+    rc = proc.wait(timeout=1800)
+    if stage:
+        seconds[stage] = time.monotonic() - since
+    assert rc == 0, f"dvc {' '.join(args)} failed:\n{''.join(lines)}"
+    return "".join(lines), seconds
+
+
 def make_repo(root: Path, overrides: dict | None = None, source: Path = REPO) -> Path:
     """A git repo at ``root/repo`` holding the tracked files, tiny params (+ ``overrides``), no dvc.lock.
 
@@ -251,9 +284,9 @@ def ran_stages(output: str) -> list[str]:
     return [line.split("'")[1] for line in output.splitlines() if line.startswith("Running stage")]
 
 
-# the tiny DAG every DAG test shares: fine-tuned long enough (16 iterations, evaluated every 4) for the
-# kill test to interrupt it between checkpoints and resume
-SHARED_DAG = {"finetune": {"iters": 16, "eval_every": 4}}
+# the tiny DAG every DAG test shares: fine-tuned long enough (12 iterations, evaluated every 4) for the
+# kill test to interrupt it after its second checkpoint and resume
+SHARED_DAG = {"finetune": {"iters": 12, "eval_every": 4}}
 
 
 def copy_repo(repo: Path, dst: Path) -> Path:

@@ -85,13 +85,14 @@ def test_two_processes_train_the_weights_one_process_trains(split):
 def test_two_process_training_resumes_after_termination_and_only_rank_0_writes(split):
     """Terminate a 2-process run after its first checkpoint, run it again: it resumes, runs
     every optimizer step once, the loss falls, and each evaluation is logged once (rank 0)."""
-    p = params_for(split, "ddp.yaml", 2, iters=20, eval_every=10, lr=0.01)
+    iters, every = 12, 6
+    p = params_for(split, "ddp.yaml", 2, iters=iters, eval_every=every, lr=0.01)
     env = {**os.environ, "CELLPIPE_NO_PROGRESS": "1"}
     cmd = [sys.executable, "-m", "stages", *finetune_cmd(split, "ft", p)]
     proc = subprocess.Popen(cmd, cwd=REPO, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
     last = split / "ft/last.pt"
     deadline = time.monotonic() + 300
-    while not (last.is_file() and torch.load(last, weights_only=True)["iteration"] >= 10):
+    while not (last.is_file() and torch.load(last, weights_only=True)["iteration"] >= every):
         assert proc.poll() is None and time.monotonic() < deadline, proc.stdout.read() if proc.poll() is not None else "timeout"
         time.sleep(0.2)
     proc.send_signal(signal.SIGTERM)
@@ -101,15 +102,14 @@ def test_two_process_training_resumes_after_termination_and_only_rank_0_writes(s
     again = run_cli(*finetune_cmd(split, "ft", p))
     assert again.returncode == 0, again.stderr
     summary = json.loads((split / "ft/summary.json").read_text())
-    assert summary["resumed_from"] >= 10 and summary["iterations"] == 20 and summary["processes"] == 2
-    assert torch.load(last, weights_only=True)["iteration"] == 20
+    assert summary["resumed_from"] >= every and summary["iterations"] == iters and summary["processes"] == 2
+    assert torch.load(last, weights_only=True)["iteration"] == iters
     logged = again.stdout + again.stderr
-    for it in (20,):
-        assert logged.count(f"iteration {it}: val MAP-IoU") == 1, logged  # rank 0 alone evaluates
+    assert logged.count(f"iteration {iters}: val MAP-IoU") == 1, logged  # rank 0 alone evaluates
     steps = [line.split("\t") for line in (split / "ft/live/plots/metrics/train/loss.tsv").read_text().splitlines()[1:]]
     losses = {int(s): float(v) for s, v in steps}
-    assert set(losses) == set(range(1, 21))  # every step once, across the resume
-    assert sum(losses[s] for s in range(16, 21)) < sum(losses[s] for s in range(1, 6))
+    assert set(losses) == set(range(1, iters + 1))  # every step once, across the resume
+    assert sum(losses[s] for s in range(iters - 3, iters + 1)) < sum(losses[s] for s in range(1, 5))
 
 
 def test_a_global_batch_that_does_not_split_is_refused(split):
