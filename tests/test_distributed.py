@@ -38,10 +38,12 @@ def finetune_cmd(tmp_path: Path, out: str, params: Path) -> list[str]:
     ]
 
 
-@pytest.fixture
-def split(tmp_path, tiny_kaggle) -> Path:
-    decode_and_split(tiny_kaggle, tmp_path, write_params(tmp_path / "p.yaml"))
-    return tmp_path
+@pytest.fixture(scope="module")
+def split(tmp_path_factory, tiny_kaggle) -> Path:
+    """Fold 0 of the tiny Kaggle folder, decoded once for this file's tests (each writes under names of its own)."""
+    folder = tmp_path_factory.mktemp("split")
+    decode_and_split(tiny_kaggle, folder, write_params(folder / "p.yaml"))
+    return folder
 
 
 @pytest.mark.slow
