@@ -2,6 +2,8 @@ import json
 
 import numpy as np
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 from pycocotools import mask as mask_util
 from pycocotools.coco import COCO
 
@@ -77,3 +79,23 @@ def test_coco_missing_image_file(tmp_path):
             where="x.json",
             image_root=tmp_path,
         )
+
+
+@settings(max_examples=40, deadline=None)
+@given(
+    shape=st.tuples(st.integers(1, 12), st.integers(1, 12)),
+    seed=st.integers(0, 2**31 - 1),
+    n=st.integers(0, 9),
+    chunk=st.integers(1, 300),
+)
+def test_instances_decoded_in_chunks_are_the_masks_in_c_order(shape, seed, n, chunk):
+    """However many masks go through each chunk (``DECODE_PIXELS``), row k is mask k, its pixels in C order,
+    each 1 — overlapping masks, empty ones and one-pixel images included."""
+    h, w = shape
+    masks = np.random.default_rng(seed).random((n, h, w)) < 0.3
+    anns = [{"segmentation": mask_util.encode(np.asfortranarray(m.astype(np.uint8)))} for m in masks]
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setattr(coco, "DECODE_PIXELS", chunk)
+        got = coco.instances(anns, h, w)
+    assert got.shape == (n, h * w) and got.dtype == np.float32 and got.has_canonical_format
+    assert np.array_equal(got.toarray(), masks.reshape(n, h * w).astype(np.float32))
