@@ -174,15 +174,20 @@ def shrink_params(path: Path, overrides: dict) -> None:
     path.write_text(yaml.safe_dump(params, sort_keys=False))
 
 
-def dvc(cwd: Path, *args: str) -> subprocess.CompletedProcess:
-    env = {
+def dvc_env() -> dict[str, str]:
+    """The environment every DVC command (and a stage command run by hand) gets in these tests: this venv's
+    ``cellpipe`` and ``dvc`` first on PATH, no progress bars, no analytics."""
+    return {
         **os.environ,
         "PATH": f"{Path(sys.executable).parent}{os.pathsep}{os.environ['PATH']}",
         "CELLPIPE_NO_PROGRESS": "1",
         "DVC_NO_ANALYTICS": "1",
     }
+
+
+def dvc(cwd: Path, *args: str) -> subprocess.CompletedProcess:
     proc = subprocess.run(
-        [str(Path(sys.executable).parent / "dvc"), *args], cwd=cwd, env=env, capture_output=True, text=True, timeout=1800
+        [str(Path(sys.executable).parent / "dvc"), *args], cwd=cwd, env=dvc_env(), capture_output=True, text=True, timeout=1800
     )
     assert proc.returncode == 0, f"dvc {' '.join(args)} failed:\n{proc.stdout}\n{proc.stderr}"
     return proc
@@ -191,16 +196,10 @@ def dvc(cwd: Path, *args: str) -> subprocess.CompletedProcess:
 def dvc_timed(cwd: Path, *args: str) -> tuple[str, dict[str, float]]:
     """``dvc(cwd, *args)`` with its output read as it comes: the output and each stage's wall seconds (from its
     "Running stage" line to the next one or the end, DVC's own bookkeeping for it included)."""
-    env = {
-        **os.environ,
-        "PATH": f"{Path(sys.executable).parent}{os.pathsep}{os.environ['PATH']}",
-        "CELLPIPE_NO_PROGRESS": "1",
-        "DVC_NO_ANALYTICS": "1",
-    }
     proc = subprocess.Popen(
         [str(Path(sys.executable).parent / "dvc"), *args],
         cwd=cwd,
-        env=env,
+        env=dvc_env(),
         stdout=subprocess.PIPE,
         stderr=subprocess.STDOUT,
         text=True,

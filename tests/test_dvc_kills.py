@@ -18,7 +18,7 @@ import pytest
 import torch
 import yaml
 
-from tests.helpers import SHARED_DAG, copy_repo, dvc, ran_stages, stale_stages
+from tests.helpers import SHARED_DAG, copy_repo, dvc, dvc_env, ran_stages, stale_stages
 
 # ---------------------------------------------------------------- SIGKILL at random moments: every stage leaves
 # complete outputs or none; training resumes. Each stage's command is replayed exactly as dvc.lock recorded it.
@@ -39,15 +39,6 @@ def killable_dag(trained_dag, tmp_path) -> tuple[Path, dict]:
     shutil.copy(trained_dag[0].parent / "stage_seconds.json", tmp_path)
     weights = torch.load(repo / "models/finetune/fold0/last.pt", weights_only=True)["model"]
     return repo, weights
-
-
-def kill_env() -> dict[str, str]:
-    return {
-        **os.environ,
-        "PATH": f"{Path(sys.executable).parent}{os.pathsep}{os.environ['PATH']}",
-        "CELLPIPE_NO_PROGRESS": "1",
-        "DVC_NO_ANALYTICS": "1",
-    }
 
 
 def digest(path: Path) -> dict[str, str] | None:
@@ -76,7 +67,7 @@ def check_training_folder(folder: Path) -> list[str]:
 
 def run_killed(cmd: str, cwd: Path, delay: float) -> int:
     proc = subprocess.Popen(
-        cmd, shell=True, cwd=cwd, env=kill_env(), stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True
+        cmd, shell=True, cwd=cwd, env=dvc_env(), stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True
     )
     try:
         proc.wait(timeout=delay)
@@ -105,7 +96,7 @@ def test_every_stage_killed_at_random_moments_leaves_complete_outputs_or_none(ki
             full = built_in[key]  # here would only resume the finished run: no checkpoint written to be cut)
         else:  # timed here, and a rerun on the same inputs writes the same bytes
             t = time.perf_counter()
-            subprocess.run(cmd, shell=True, cwd=repo, env=kill_env(), check=True, capture_output=True)
+            subprocess.run(cmd, shell=True, cwd=repo, env=dvc_env(), check=True, capture_output=True)
             full = time.perf_counter() - t
             assert {o: digest(o) for o in outs} == complete, f"{name} is not deterministic"
         for k in range(KILL_POINTS):
@@ -156,7 +147,7 @@ def test_finetune_killed_then_dvc_repro_resumes_to_the_same_result(killable_dag)
     proc = subprocess.Popen(
         [str(Path(sys.executable).parent / "dvc"), "repro"],
         cwd=repo,
-        env=kill_env(),
+        env=dvc_env(),
         stdout=subprocess.PIPE,
         stderr=subprocess.STDOUT,
         start_new_session=True,
