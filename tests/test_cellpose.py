@@ -1,4 +1,4 @@
-"""The cellpose-style flow family: flow targets, a training step, checkpoints, the whole DAG."""
+"""The cellpose-style flow family: flow targets, a training step, checkpoints, its stage commands."""
 
 from __future__ import annotations
 
@@ -315,3 +315,44 @@ def test_cellpose_kernels_are_compiled_once_and_cached():
     )
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True, cwd=REPO)
     assert out.stdout.split() == ["FunctionCache", "True"], out.stderr
+
+
+@pytest.mark.slow
+def test_the_flow_family_trains_and_predicts_through_the_stage_commands(tiny_kaggle, tmp_path):
+    """The flow family through its stage commands, as the DAG runs them (the DAG tests run Mask R-CNN):
+    ``cellpipe livecell`` → ``pretrain`` → ``finetune`` from that checkpoint → ``predict`` of the test
+    images, each a real ``cellpipe`` process."""
+    import pandas as pd
+
+    from cellpipe import synth
+    from tests.conftest import run_cli, write_params
+    from tests.helpers import finetune_on
+
+    def edit(p: dict) -> None:
+        p["model"].update(arch="cellpose", cellpose={"nbase": [8, 16, 32, 64], "niter": 20, "diameter": 17})
+        for stage in ("pretrain", "finetune"):
+            p[stage].update(iters=2, eval_every=2, warmup_iters=1, crop_size=64)
+        p["pretrain"]["val_images"] = 1
+
+    params = write_params(tmp_path / "p.yaml", edit)  # finetune_on writes the same file
+    synth.write_livecell(tmp_path / "lc", 3, 0.1, seed=0)
+    lc_json = next((tmp_path / "lc").rglob("*.json"))
+    lc_images = tmp_path / "lc" / "images" / "livecell_train_val_images"
+    run_cli("livecell", "--livecell-json", str(lc_json), "--livecell-images", str(lc_images),
+            "--out", str(tmp_path / "livecell.json"), check=True)  # fmt: skip
+    run_cli("pretrain", "--livecell", str(tmp_path / "livecell.json"), "--out", str(tmp_path / "lc_model"),
+            "--params", str(params), check=True)  # fmt: skip
+    pre = torch.load(tmp_path / "lc_model" / "best.pt", weights_only=True)
+    assert pre["model_config"]["arch"] == "cellpose"
+    proc = finetune_on(tiny_kaggle, tmp_path, edit, "--init-checkpoint", str(tmp_path / "lc_model" / "best.pt"))
+    assert proc.returncode == 0, proc.stderr
+    said = " ".join((proc.stdout + proc.stderr).split())
+    assert "lc_model/best.pt (class-specific heads re-initialised" in said, said[-600:]  # the U-Net came from pretrain
+    ckpt = torch.load(tmp_path / "ft" / "best.pt", weights_only=True)
+    assert ckpt["model_config"]["arch"] == "cellpose" and "classify.weight" in ckpt["model"]
+    run_cli("predict", "--skip-val", "--checkpoint", str(tmp_path / "ft" / "best.pt"), "--test-dir",
+            str(tiny_kaggle / "test"), "--test-out", str(tmp_path / "test.parquet"), "--params", str(params),
+            check=True)  # fmt: skip
+    preds = pd.read_parquet(tmp_path / "test.parquet")
+    assert {"image_id", "label", "score", "rle"} <= set(preds.columns)
+    assert set(preds["image_id"]) <= {p.stem for p in (tiny_kaggle / "test").glob("*.png")}

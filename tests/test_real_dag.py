@@ -9,6 +9,7 @@ import shutil
 import subprocess
 from pathlib import Path
 
+import pandas as pd
 import pytest
 import torch
 import yaml
@@ -28,8 +29,9 @@ def test_real_sample_profile_runs_the_whole_dag_with_two_folds(repo_copy):
     """The README's real-data path on the shared real samples (6 Kaggle + 5 LIVECell images), K = 2:
     the matrix stages run once per fold, a second repro is a no-op, a fine-tune change reruns every fold.
 
-    With the flow family (``model.arch: cellpose``, a small U-Net): the synthetic DAG tests run Mask R-CNN,
-    so one real-data DAG covers both families (two DAG runs of the same real fixture cost ≈ 100 s more)."""
+    With the `real` profile's family, Mask R-CNN (tiny): even after 4 iterations it predicts cells, so
+    thresholds, score, submit and visualize run on real detections of real images. The flow family's
+    stage commands are test_cellpose.py's (``test_the_flow_family_trains_and_predicts_through_the_stage_commands``)."""
     # the data sit in a folder whose name is shell syntax: it must stay one argument, never run
     weird = repo_copy.parent / "my data's; touch PWNED"
     shutil.copytree(SAMPLE, weird / "kaggle")
@@ -46,8 +48,6 @@ def test_real_sample_profile_runs_the_whole_dag_with_two_folds(repo_copy):
             },
             "decode": {"duplicates": "drop"},
             "cv": {"folds": [0, 1]},
-            # cells at 17 px, as profiles/real-cellpose.yaml (the default 30 px predicts at ×1.8: 3× the pixels)
-            "model": {"arch": "cellpose", "cellpose": {"nbase": [8, 16, 32, 64], "niter": 100, "diameter": 17}},
             "pretrain": {"iters": 4, "eval_every": 4, "crop_size": 128},
             "finetune": {"iters": 4, "eval_every": 4, "crop_size": 128},
         },
@@ -83,9 +83,12 @@ def test_real_sample_profile_runs_the_whole_dag_with_two_folds(repo_copy):
     assert metrics["images"] == len(folds) == 3 and set(metrics["per_fold"]) == {"0", "1"}
     assert not metrics["thresholds_in_sample"] and metrics["thresholds"].startswith("cross-fitted")
     assert 0.0 <= metrics["map_iou"] <= 1.0 and "cell_type_vote_accuracy" in metrics
-    for k in (0, 1):  # the flow family's checkpoints, with its image-type classifier
+    for k in (0, 1):  # each fold's own model
         ckpt = torch.load(repo_copy / f"models/finetune/fold{k}/best.pt", weights_only=True)
-        assert ckpt["model_config"]["arch"] == "cellpose" and "classify.weight" in ckpt["model"]
+        assert ckpt["model_config"]["arch"] == "maskrcnn"
+    predicted = {name: pd.read_parquet(repo_copy / f"data/predictions/{name}.parquet") for name in ("oof", "lockbox", "test")}
+    assert all(len(p) for p in predicted.values()), {name: len(p) for name, p in predicted.items()}
+    assert set(predicted["test"]["image_id"]) <= test_ids and any(line.split(",")[1] for line in sub[1:])
     assert json.loads((repo_copy / "metrics/oof_in_sample.json").read_text())["thresholds_in_sample"]
     assert json.loads((repo_copy / "metrics/lockbox.json").read_text())["images"] == 3
     # a fine-tune knob makes every fold stale and nothing upstream (a dry run lists the stages
