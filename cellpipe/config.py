@@ -321,6 +321,13 @@ class Train(Section):
     scale_jitter: float = Field(
         0.0, ge=0, lt=1, description="random rescaling of each training window by 1 ± this (cellpose trains with 0.25)"
     )
+    copy_paste: float = Field(
+        0.0,
+        ge=0,
+        le=1,
+        description="share of training windows that get the cells of a window of another image of the same type pasted"
+        " onto their background (copy-paste; model.arch maskrcnn)",
+    )
     ema: float = Field(
         0.0,
         ge=0,
@@ -501,6 +508,9 @@ class Params(Section):
             if self.model.arch != "cellpose" and section.rotate:
                 raise ValueError(f"{name}.rotate is for model.arch cellpose (flows turn with the image; Mask "
                                  f"R-CNN's training windows are flipped, not turned): set it to false")  # fmt: skip
+            if self.model.arch == "cellpose" and section.copy_paste:
+                raise ValueError(f"{name}.copy_paste is for model.arch maskrcnn (the flow family's windows take no "
+                                 f"pasted cells): set it to 0")  # fmt: skip
         return self
 
     @model_validator(mode="after")

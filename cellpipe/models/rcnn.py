@@ -11,7 +11,8 @@ per cell, and decoding COCO masks happens once, not every step. A random window 
 flips (torchvision transforms v2) are drawn per step, with ``transpose`` a random transpose
 (with both flips, the window comes in any of its 8 right-angle orientations), and with
 ``scale_jitter`` a random rescaling of the window (multi-scale training, as detectron2's
-ResizeShortestEdge).
+ResizeShortestEdge), and with ``copy_paste`` the cells of another image's window pasted onto
+the background of this one (:meth:`CocoInstances.paste`).
 
 What stays in memory per image is its 8-bit pixels and those crops (≈ 0.5 MB for a
 704×520 LIVECell image with 340 cells): normalising and resizing again each step
@@ -49,6 +50,10 @@ from cellpipe.samples import SampleCache
 MIN_TRAINING_PIXELS = 4
 """A cell with fewer pixels in a training window (a sliver at the window's edge, or a cell rescaled
 below it) is no training target: it teaches nothing and its box is degenerate."""
+
+PASTE_HALO = 2
+"""Pixels of its surroundings a pasted cell brings along: phase contrast draws a bright halo around
+each cell, and a cell cut out along its mask alone would be a shape no real image shows."""
 
 
 def normalise_image(grey: np.ndarray) -> torch.Tensor:
@@ -99,6 +104,7 @@ class CocoInstances(Dataset):
         base_share: float = 0.0,
         scale_jitter: float = 0.0,
         transpose: bool = False,
+        copy_paste: float = 0.0,
     ) -> None:
         self.coco = coco
         self.fill_ids = named_category_ids(coco.get("categories", []), fill_holes, what="fill_holes")
@@ -108,6 +114,7 @@ class CocoInstances(Dataset):
         self.crop_size = crop_size
         self.scale_jitter = scale_jitter
         self.transpose = transpose
+        self.copy_paste = copy_paste
         wanted = None if image_ids is None else set(image_ids)
         self.images = [im for im in coco["images"] if wanted is None or im["id"] in wanted]
         self.by_image: dict[int, list[dict]] = {}
@@ -122,6 +129,11 @@ class CocoInstances(Dataset):
         # each image's own input scale (its type's); a rescaled image is drawn at ×1 instead a
         # ``base_share`` of the time, so that inference's first pass (at ×1) knows its type
         self.scales = [self.image_scale(self.by_image.get(im["id"], [])) for im in self.images]
+        # each image's type (the category most of its cells have): copy-paste draws its cells from
+        # images of the same type, as no real image mixes them
+        types = [majority_category(self.by_image.get(im["id"], [])) for im in self.images]
+        self.same_type = {t: [k for k, u in enumerate(types) if u == t] for t in set(types)}
+        self.type_of = types
         self.base_share = base_share
         self.cache = SampleCache(cache_gb * 1e9, lambda s: s.nbytes)
         self.dropped = 0
@@ -173,8 +185,7 @@ class CocoInstances(Dataset):
         """The input scale factor of an image: its cell type's (the category most of its cells have), else 1."""
         if not self.scale_of_id or not anns:
             return 1.0
-        ids, counts = np.unique([int(a["category_id"]) for a in anns], return_counts=True)
-        return self.scale_of_id.get(int(ids[counts.argmax()]), 1.0)
+        return self.scale_of_id.get(majority_category(anns), 1.0)
 
     def image(self, s: Sample) -> torch.Tensor:
         """The normalised image (1×H×W) at the input scale."""
@@ -202,20 +213,11 @@ class CocoInstances(Dataset):
         # asked so that runs without it keep their random stream
         f = 1.0 + (float(torch.rand(())) * 2 - 1) * self.scale_jitter if self.scale_jitter else 1.0
         top, left, ch, cw = self.window(s, f)
-        masks, labels = [], []
-        for (y, x), crop, label in zip(s.corners, s.masks, s.labels):
-            y0, x0 = max(y, top), max(x, left)
-            y1, x1 = min(y + crop.shape[0], top + ch), min(x + crop.shape[1], left + cw)
-            if y1 <= y0 or x1 <= x0:
-                continue
-            part = crop[y0 - y : y1 - y, x0 - x : x1 - x]
-            if part.sum() < MIN_TRAINING_PIXELS:  # slivers at the window's edge teach nothing
-                continue
-            m = np.zeros((ch, cw), dtype=np.uint8)
-            m[y0 - top : y1 - top, x0 - left : x1 - left] = part
-            masks.append(m)
-            labels.append(label)
+        masks, labels = window_cells(s, top, left, ch, cw)
         image = self.image(s)[:, top : top + ch, left : left + cw]
+        # drawn only when asked, so that runs without it keep their random stream
+        if self.copy_paste and float(torch.rand(())) < self.copy_paste:
+            image, masks, labels = self.paste(index, not at_base, image, masks, labels)
         mask_t = torch.from_numpy(np.stack(masks)) if masks else torch.zeros((0, ch, cw), dtype=torch.uint8)
         if f != 1.0:
             image, mask_t, labels = _rescale(image, mask_t, labels, f)
@@ -232,6 +234,63 @@ class CocoInstances(Dataset):
             "labels": target["labels"],
             "masks": m.as_subclass(torch.Tensor),
         }
+
+    def paste(self, index: int, own_scale: bool, image: torch.Tensor, masks: list[np.ndarray], labels: list[int]
+              ) -> tuple[torch.Tensor, list[np.ndarray], list[int]]:  # fmt: skip
+        """Copy-paste (Ghiasi et al., 2021) for cells: a random window of the same size from a random image
+        of the same type (this one included), whose cells land on this window wherever they and their
+        :data:`PASTE_HALO` touch none of its cells. Cells of a monolayer lie side by side, not on top of
+        each other: pasting over a cell would cut its mask to a shape no real image shows, so only the
+        background takes new cells — more cells per window where they are sparse (astro), few where the
+        window is crowded."""
+        pool = self.same_type[self.type_of[index]]
+        src = self.load(pool[int(torch.randint(0, len(pool), ()).item())], own_scale)
+        ch, cw = image.shape[-2:]
+        sh, sw = src.size
+        if sh < ch or sw < cw:
+            return image, masks, labels  # a smaller source holds no window of this size
+        top = int(torch.randint(0, sh - ch + 1, ()).item())
+        left = int(torch.randint(0, sw - cw + 1, ()).item())
+        new, new_labels = window_cells(src, top, left, ch, cw)
+        if not new:
+            return image, masks, labels
+        cells = np.stack(new).astype(bool)
+        halo = ndi.binary_dilation(cells, structure=np.ones((1, 3, 3), bool), iterations=PASTE_HALO)
+        taken = np.logical_or.reduce(masks).astype(bool) if masks else np.zeros((ch, cw), bool)
+        fits = ~(halo & taken).any(axis=(1, 2))
+        if not fits.any():
+            return image, masks, labels
+        region = torch.from_numpy(halo[fits].any(axis=0))
+        image = torch.where(region, self.image(src)[:, top : top + ch, left : left + cw], image)
+        kept = [k for k in range(len(new)) if fits[k]]
+        return image, masks + [new[k] for k in kept], labels + [new_labels[k] for k in kept]
+
+
+def majority_category(anns: list[dict]) -> int | None:
+    """The category most of an image's cells have (its cell type); None for an image without cells."""
+    if not anns:
+        return None
+    ids, counts = np.unique([int(a["category_id"]) for a in anns], return_counts=True)
+    return int(ids[counts.argmax()])
+
+
+def window_cells(s: Sample, top: int, left: int, ch: int, cw: int) -> tuple[list[np.ndarray], list[int]]:
+    """A sample's cells inside a window: (ch×cw uint8 masks, labels); slivers under
+    :data:`MIN_TRAINING_PIXELS` at the window's edge are left out (they teach nothing)."""
+    masks, labels = [], []
+    for (y, x), crop, label in zip(s.corners, s.masks, s.labels):
+        y0, x0 = max(y, top), max(x, left)
+        y1, x1 = min(y + crop.shape[0], top + ch), min(x + crop.shape[1], left + cw)
+        if y1 <= y0 or x1 <= x0:
+            continue
+        part = crop[y0 - y : y1 - y, x0 - x : x1 - x]
+        if part.sum() < MIN_TRAINING_PIXELS:
+            continue
+        m = np.zeros((ch, cw), dtype=np.uint8)
+        m[y0 - top : y1 - top, x0 - left : x1 - left] = part
+        masks.append(m)
+        labels.append(int(label))
+    return masks, labels
 
 
 def _rescale(image: torch.Tensor, masks: torch.Tensor, labels: list[int], factor: float
@@ -357,7 +416,7 @@ class RCNNFamily(Family):
                              image_ids=image_ids, crop_size=train_cfg.crop_size, cache_gb=train_cfg.cache_gb,
                              fill_holes=tuple(train_cfg.fill_holes), class_scales=cfg.class_scales,
                              base_share=cfg.class_scale_base_share, scale_jitter=train_cfg.scale_jitter,
-                             transpose=train_cfg.transpose)  # fmt: skip
+                             transpose=train_cfg.transpose, copy_paste=train_cfg.copy_paste)  # fmt: skip
 
     def set_classes(self, model: torch.nn.Module, cfg: Model, classes: list[str]) -> None:
         # label k (1-based, torchvision's convention) → its type's input scale; kept off the state
