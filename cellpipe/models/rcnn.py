@@ -255,12 +255,15 @@ class CocoInstances(Dataset):
         if not new:
             return image, masks, labels
         cells = np.stack(new).astype(bool)
-        halo = ndi.binary_dilation(cells, structure=np.ones((1, 3, 3), bool), iterations=PASTE_HALO)
+        # a cell's halo misses the window's cells exactly when the cell misses their halo (the 3×3 square is
+        # symmetric): two dilations of the window instead of one per cell
+        square = np.ones((3, 3), bool)
         taken = np.logical_or.reduce(masks).astype(bool) if masks else np.zeros((ch, cw), bool)
-        fits = ~(halo & taken).any(axis=(1, 2))
+        near = ndi.binary_dilation(taken, structure=square, iterations=PASTE_HALO) if masks else taken
+        fits = ~(cells & near).any(axis=(1, 2))
         if not fits.any():
             return image, masks, labels
-        region = torch.from_numpy(halo[fits].any(axis=0))
+        region = torch.from_numpy(ndi.binary_dilation(cells[fits].any(axis=0), structure=square, iterations=PASTE_HALO))
         image = torch.where(region, self.image(src)[:, top : top + ch, left : left + cw], image)
         kept = [k for k in range(len(new)) if fits[k]]
         return image, masks + [new[k] for k in kept], labels + [new_labels[k] for k in kept]
