@@ -454,6 +454,12 @@ class PostProcess(Section):
     vote_min_score: float = Field(
         0.0, ge=0, le=1, description="detections at least this confident vote for the image's cell type"
     )
+    grow: int = Field(
+        0,
+        ge=0,
+        le=32,
+        description="grow each final cell into the free pixels within this distance (pixels; 0 = off; chosen per class)",
+    )
 
 
 class Thresholds(Section):
@@ -471,6 +477,16 @@ class Thresholds(Section):
     min_sizes: list[int] = Field(
         default_factory=list, description="minimum cell sizes tried per class (empty: postprocess.min_size only)"
     )
+    grows: list[int] = Field(
+        default_factory=list, description="growth distances tried per class (pixels; empty: postprocess.grow only)"
+    )
+
+    @field_validator("grows")
+    @classmethod
+    def _grows(cls, v: list[int]) -> list[int]:
+        if any(not 0 <= x <= 32 for x in v):
+            raise ValueError("must be distances in [0, 32] pixels")
+        return v
 
     @field_validator("grid", "box_nms_ious")
     @classmethod

@@ -13,7 +13,12 @@ post-processing its predictions will be scored with. The steps, in order:
 3. overlap removal (the competition wants disjoint masks): each pixel goes to the
    highest-scored instance; an instance left with fewer than ``min_size`` pixels, or
    that lost more than ``max_lost`` of its pixels, is dropped — such a fragment is
-   almost always a false positive at every IoU threshold.
+   almost always a false positive at every IoU threshold;
+4. growth (``grow`` pixels, chosen per cell type by the ``thresholds`` stage): each free
+   pixel within that distance of a cell joins the nearest one — scikit-image's
+   ``expand_labels``. Mask R-CNN's masks come out smaller than the annotators' outlines
+   where cells have thin processes (astro: median 323 px against 776 px of truth on the real
+   val images), and a cell drawn a little short of its outline loses IoU at every threshold.
 
 The image's cell type, which picks its per-class threshold, is voted by the
 detections scoring at least ``vote_min_score`` (hundreds of low-score detections
@@ -24,6 +29,7 @@ from __future__ import annotations
 
 import numpy as np
 import pandas as pd
+import scipy.ndimage as ndi
 import scipy.sparse as sp
 
 from cellpipe.config import PostProcess
@@ -131,7 +137,47 @@ def final(masks: sp.csr_matrix, scores: np.ndarray, threshold: float, pp: PostPr
     if pp.mask_nms_iou < 1.0 and len(keep) > 1:
         keep = keep[mask_nms(masks[keep], scores[keep], pp.mask_nms_iou)]
     clean, _ = resolve_overlaps(masks[keep], scores[keep], pp.min_size, pp.max_lost)
+    if pp.grow > 0 and clean.shape[0]:
+        if width is None:
+            raise ValueError("growing cells needs the image's width")
+        clean = grow(clean, width, pp.grow)
     return clean
+
+
+GROW_BAND = 256  # rows of the image handled at once by :func:`grow`
+
+
+def grow(instances: sp.csr_matrix, width: int, distance: int, band: int = GROW_BAND) -> sp.csr_matrix:
+    """Non-overlapping instances (n × pixels of an image ``width`` wide) grown into the free pixels within
+    ``distance`` (Euclidean) of them, each free pixel joining its nearest instance; instances keep their
+    pixels and order and never take another's — scikit-image's ``expand_labels``, which is a distance
+    transform of the background. Rows are handled in bands of ``band`` with ``distance`` rows of margin,
+    which is exact (no nearer instance lies farther away) and bounds memory by a band, not the image."""
+    m = sp.csr_matrix(instances)
+    if distance <= 0 or m.shape[0] == 0:
+        return m
+    height = m.shape[1] // width
+    coo = m.tocoo()
+    order = np.argsort(coo.col, kind="stable")
+    pixels, owner = coo.col[order].astype(np.int64), coo.row[order].astype(np.int32)
+    rows, cols = [], []
+    for y0 in range(0, height, band):
+        y1 = min(height, y0 + band)
+        lo, hi = max(0, y0 - distance), min(height, y1 + distance)
+        a, b = np.searchsorted(pixels, [lo * width, hi * width])
+        if a == b:
+            continue
+        labels = np.zeros((hi - lo) * width, np.int32)
+        labels[pixels[a:b] - lo * width] = owner[a:b] + 1
+        labels = labels.reshape(hi - lo, width)
+        dist, (iy, ix) = ndi.distance_transform_edt(labels == 0, return_indices=True)
+        grown = np.where(dist <= distance, labels[iy, ix], 0)[y0 - lo : y1 - lo].ravel()
+        at = np.flatnonzero(grown)
+        rows.append(grown[at] - 1)
+        cols.append(at + y0 * width)
+    r = np.concatenate(rows) if rows else np.zeros(0, np.int32)
+    c = np.concatenate(cols) if cols else np.zeros(0, np.int64)
+    return sp.csr_matrix((np.ones(len(c), np.float32), (r, c)), shape=m.shape)
 
 
 def image_class(labels: np.ndarray, scores: np.ndarray, default: str, min_score: float = 0.0) -> str:

@@ -26,7 +26,7 @@ from cellpipe.config import PostProcess
 from cellpipe.errors import CellpipeError
 from cellpipe.instances import Instances
 
-SETTINGS = ("box_nms_iou", "min_size")  # post-processing chosen per class, beside the score threshold
+SETTINGS = ("box_nms_iou", "min_size", "grow")  # post-processing chosen per class, beside the score threshold
 
 
 @dataclass(frozen=True)
@@ -69,12 +69,16 @@ def apply_chosen(pred: Instances, choice: Choice, default_class: str) -> tuple[s
     return cls, apply(pred, choice.threshold(cls), choice.post_for(cls))
 
 
-def variants(pp: PostProcess, box_nms_ious: Sequence[float] = (), min_sizes: Sequence[int] = ()) -> list[PostProcess]:
-    """The post-processings tried per class: ``pp`` with each box-NMS IoU × minimum size (empty: ``pp``'s own)."""
+def variants(
+    pp: PostProcess, box_nms_ious: Sequence[float] = (), min_sizes: Sequence[int] = (), grows: Sequence[int] = ()
+) -> list[PostProcess]:
+    """The post-processings tried per class: ``pp`` with each box-NMS IoU × minimum size × growth (empty: ``pp``'s
+    own)."""
     return [
-        pp.model_copy(update={"box_nms_iou": float(u), "min_size": int(m)})
+        pp.model_copy(update={"box_nms_iou": float(u), "min_size": int(m), "grow": int(g)})
         for u in (box_nms_ious or [pp.box_nms_iou])
         for m in (min_sizes or [pp.min_size])
+        for g in (grows or [pp.grow])
     ]
 
 
@@ -102,6 +106,7 @@ def per_image(
                         "threshold": round(float(t), 4),
                         "box_nms_iou": float(post.box_nms_iou),
                         "min_size": int(post.min_size),
+                        "grow": int(post.grow),
                         "score": s.score,
                         "tp": int(s.tp[0]),
                         "fp": int(s.fp[0]),
@@ -141,7 +146,7 @@ def choose(table: pd.DataFrame, classes: Sequence[str], fallback: float, pp: Pos
     """Best threshold and post-processing per class; ``fallback`` for classes without val images.
 
     Among ties: the lowest threshold, then the least suppression (the highest box-NMS IoU),
-    then the smallest minimum size.
+    then the smallest minimum size, then the least growth.
     """
     pp = pp or PostProcess()
     thresholds, per_class = {}, {}
@@ -151,9 +156,9 @@ def choose(table: pd.DataFrame, classes: Sequence[str], fallback: float, pp: Pos
             thresholds[c] = fallback
             continue
         best = sub[sub["score"] >= sub["score"].max() - 1e-12]
-        pick = best.sort_values(["threshold", "box_nms_iou", "min_size"], ascending=[True, False, True]).iloc[0]
+        pick = best.sort_values(["threshold", "box_nms_iou", "min_size", "grow"], ascending=[True, False, True, True]).iloc[0]
         thresholds[c] = float(pick["threshold"])
-        per_class[c] = {"box_nms_iou": float(pick["box_nms_iou"]), "min_size": int(pick["min_size"])}
+        per_class[c] = {"box_nms_iou": float(pick["box_nms_iou"]), "min_size": int(pick["min_size"]), "grow": int(pick["grow"])}
     return Choice(thresholds, pp, per_class, fallback)
 
 
@@ -162,5 +167,7 @@ def sweep_at_choice(table: pd.DataFrame, choice: Choice) -> pd.DataFrame:
     keep = []
     for c, sub in table.groupby("cell_type"):
         post = choice.post_for(str(c))
-        keep.append(sub[(sub["box_nms_iou"] == post.box_nms_iou) & (sub["min_size"] == post.min_size)])
+        keep.append(
+            sub[(sub["box_nms_iou"] == post.box_nms_iou) & (sub["min_size"] == post.min_size) & (sub["grow"] == post.grow)]
+        )
     return pd.concat(keep) if keep else table.iloc[:0]

@@ -39,7 +39,7 @@ def run(
     pairs, _ = scored_pairs(truth, images["image_id"].tolist(), predictions, truth_where=val)
     preds = [pred for pred, _, _ in pairs]
     truths = {pred.image_id: t for pred, t, _ in pairs}
-    posts = thresholds.variants(post, p.box_nms_ious, p.min_sizes)  # tried per class beside the thresholds
+    posts = thresholds.variants(post, p.box_nms_ious, p.min_sizes, p.grows)  # tried per class beside the thresholds
     rows = thresholds.per_image(preds, truths, p.grid, post, default_class=CELL_TYPES[0], posts=posts)
     table = thresholds.aggregate(rows)
     choice = thresholds.choose(table, list(CELL_TYPES), p.fallback, post)
@@ -62,7 +62,7 @@ def run(
                 "per_fold": {str(k): dict(v.thresholds) for k, v in per_fold.items()},
                 "cross_fitted": cross_fitted,
                 "postprocess": post.model_dump(),
-                # each class's box-NMS IoU and minimum size, chosen with its threshold (and per fold, cross-fitted)
+                # each class's box-NMS IoU, minimum size and growth, chosen with its threshold (and per fold, cross-fitted)
                 "postprocess_per_class": {c: dict(v) for c, v in choice.per_class.items()},
                 "per_fold_postprocess": {str(k): {c: dict(o) for c, o in v.per_class.items()} for k, v in per_fold.items()},
             },

@@ -1,7 +1,8 @@
-"""Each cell type with its own box-NMS IoU and minimum size, chosen out of fold beside its threshold."""
+"""Each cell type with its own box-NMS IoU, minimum size and growth, chosen out of fold beside its threshold."""
 
 from __future__ import annotations
 
+import itertools
 import json
 
 import numpy as np
@@ -44,17 +45,17 @@ def test_box_nms_drops_a_box_overlapping_a_better_one_above_the_iou():
 
 
 def test_the_choice_is_made_per_class():
-    """Planted: astro scores best with box NMS at 0.5 and min size 10, cort without either."""
+    """Planted: astro scores best with box NMS at 0.5, min size 10 and grown by 2 px, cort with none of them."""
     rows = []
-    for cls, best in (("astro", (0.5, 10)), ("cort", (1.0, 0))):
-        for u in (0.5, 1.0):
-            for m in (0, 10):
-                for t in (0.3, 0.6):
-                    rows.append({"image_id": f"{cls}1", "cell_type": cls, "threshold": t, "box_nms_iou": u, "min_size": m,
-                                 "score": 0.8 if (u, m) == best and t == 0.6 else 0.4, "tp": 0, "fp": 0, "fn": 0})  # fmt: skip
+    for cls, best in (("astro", (0.5, 10, 2)), ("cort", (1.0, 0, 0))):
+        for u, m, g, t in itertools.product((0.5, 1.0), (0, 10), (0, 2), (0.3, 0.6)):
+            score = 0.8 if (u, m, g) == best and t == 0.6 else 0.4
+            rows.append({"image_id": f"{cls}1", "cell_type": cls, "threshold": t, "box_nms_iou": u, "min_size": m,
+                         "grow": g, "score": score, "tp": 0, "fp": 0, "fn": 0})  # fmt: skip
     choice = thresholds.choose(thresholds.aggregate(pd.DataFrame(rows)), list(CELL_TYPES), 0.5, PostProcess())
     assert choice.threshold("astro") == 0.6 and choice.post_for("astro").box_nms_iou == 0.5
-    assert choice.post_for("astro").min_size == 10 and choice.post_for("cort").box_nms_iou == 1.0
+    assert choice.post_for("astro").min_size == 10 and choice.post_for("astro").grow == 2
+    assert choice.post_for("cort").box_nms_iou == 1.0 and choice.post_for("cort").grow == 0
     assert choice.threshold("shsy5y") == 0.5 and choice.post_for("shsy5y") == PostProcess()  # no images: defaults
 
 

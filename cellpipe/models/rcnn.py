@@ -126,14 +126,14 @@ class CocoInstances(Dataset):
         if vflip:
             flips.append(T.RandomVerticalFlip(0.5))
         self.augment = T.Compose(flips) if flips else None
+        # each image's type (the category most of its cells have): its input scale, and the images
+        # copy-paste draws cells from, as no real image mixes types
+        types = [majority_category(self.by_image.get(im["id"], [])) for im in self.images]
+        self.type_of = types
+        self.same_type = {t: [k for k, u in enumerate(types) if u == t] for t in set(types)}
         # each image's own input scale (its type's); a rescaled image is drawn at ×1 instead a
         # ``base_share`` of the time, so that inference's first pass (at ×1) knows its type
-        self.scales = [self.image_scale(self.by_image.get(im["id"], [])) for im in self.images]
-        # each image's type (the category most of its cells have): copy-paste draws its cells from
-        # images of the same type, as no real image mixes them
-        types = [majority_category(self.by_image.get(im["id"], [])) for im in self.images]
-        self.same_type = {t: [k for k, u in enumerate(types) if u == t] for t in set(types)}
-        self.type_of = types
+        self.scales = [self.type_scale(t) for t in types]
         self.base_share = base_share
         self.cache = SampleCache(cache_gb * 1e9, lambda s: s.nbytes)
         self.dropped = 0
@@ -181,11 +181,12 @@ class CocoInstances(Dataset):
         self.cache.put(key, sample)
         return sample
 
-    def image_scale(self, anns: list[dict]) -> float:
-        """The input scale factor of an image: its cell type's (the category most of its cells have), else 1."""
-        if not self.scale_of_id or not anns:
+    def type_scale(self, category: int | None) -> float:
+        """The input scale factor of an image of this type (its majority category); 1 without a scale
+        for it or without cells."""
+        if category is None:
             return 1.0
-        return self.scale_of_id.get(majority_category(anns), 1.0)
+        return self.scale_of_id.get(category, 1.0)
 
     def image(self, s: Sample) -> torch.Tensor:
         """The normalised image (1×H×W) at the input scale."""
@@ -241,8 +242,8 @@ class CocoInstances(Dataset):
         of the same type (this one included), whose cells land on this window wherever they and their
         :data:`PASTE_HALO` touch none of its cells. Cells of a monolayer lie side by side, not on top of
         each other: pasting over a cell would cut its mask to a shape no real image shows, so only the
-        background takes new cells — more cells per window where they are sparse (astro), few where the
-        window is crowded."""
+        background takes new cells — most where the window is sparse, few where it is crowded (on the real
+        training images, cells per 256-px window at ×1.5: cort 3.6 → 7.1, astro 11.3 → 17.3, shsy5y 30.6 → 43.3)."""
         pool = self.same_type[self.type_of[index]]
         src = self.load(pool[int(torch.randint(0, len(pool), ()).item())], own_scale)
         ch, cw = image.shape[-2:]
@@ -259,13 +260,13 @@ class CocoInstances(Dataset):
         # symmetric): two dilations of the window instead of one per cell
         square = np.ones((3, 3), bool)
         taken = np.logical_or.reduce(masks).astype(bool) if masks else np.zeros((ch, cw), bool)
-        near = ndi.binary_dilation(taken, structure=square, iterations=PASTE_HALO) if masks else taken
+        near = ndi.binary_dilation(taken, structure=square, iterations=PASTE_HALO)
         fits = ~(cells & near).any(axis=(1, 2))
         if not fits.any():
             return image, masks, labels
         region = torch.from_numpy(ndi.binary_dilation(cells[fits].any(axis=0), structure=square, iterations=PASTE_HALO))
         image = torch.where(region, self.image(src)[:, top : top + ch, left : left + cw], image)
-        kept = [k for k in range(len(new)) if fits[k]]
+        kept = np.flatnonzero(fits)
         return image, masks + [new[k] for k in kept], labels + [new_labels[k] for k in kept]
 
 

@@ -1,0 +1,126 @@
+"""Final cells grown into the free pixels around them (``postprocess.grow``), chosen per class out of fold."""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pandas as pd
+import scipy.ndimage as ndi
+import scipy.sparse as sp
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from cellpipe import postprocess, prediction_table, rle, tables
+from cellpipe.config import CELL_TYPES, PostProcess
+from cellpipe.instances import Instances
+from tests.conftest import run_cli
+
+
+def masks_of(labels: np.ndarray) -> sp.csr_matrix:
+    """A label image (0 = background, k = instance k) → one sparse row per instance 1…max."""
+    flat = labels.ravel()
+    at = np.flatnonzero(flat)
+    return sp.csr_matrix((np.ones(len(at), np.float32), (flat[at] - 1, at)), shape=(int(labels.max()), flat.size))
+
+
+def labels_of(masks: sp.csr_matrix, shape: tuple[int, int]) -> np.ndarray:
+    out = np.zeros(shape[0] * shape[1], np.int64)
+    coo = masks.tocoo()
+    assert np.bincount(coo.col, minlength=out.size).max(initial=0) <= 1, "instances overlap"
+    out[coo.col] = coo.row + 1
+    return out.reshape(shape)
+
+
+def test_a_cell_grows_by_the_disc_of_its_distance_and_neighbours_split_the_gap_between_them():
+    labels = np.zeros((30, 40), np.int64)
+    labels[10:15, 10:15] = 1
+    alone = postprocess.grow(masks_of(labels), 40, 2)
+    within = ndi.distance_transform_edt(labels == 0) <= 2  # every pixel within 2 px of the square
+    assert (labels_of(alone, labels.shape) > 0).tolist() == within.tolist()
+    labels[10:15, 18:23] = 2  # three free columns (15, 16, 17) between the two squares
+    grown = labels_of(postprocess.grow(masks_of(labels), 40, 3), labels.shape)
+    assert (grown[12, 14:19] == [1, 1, 1, 2, 2]).all() or (grown[12, 14:19] == [1, 1, 2, 2, 2]).all()
+    assert (grown[labels > 0] == labels[labels > 0]).all()  # nobody loses a pixel, nobody takes another's
+    assert postprocess.grow(masks_of(labels), 40, 0).nnz == int((labels > 0).sum())
+
+
+@settings(max_examples=60, deadline=None)
+@given(
+    st.integers(5, 30),
+    st.integers(5, 30),
+    st.lists(st.tuples(st.integers(0, 29), st.integers(0, 29), st.integers(1, 6), st.integers(1, 6)), min_size=0, max_size=8),
+    st.integers(0, 4),
+    st.integers(1, 7),
+)
+def test_growth_in_bands_is_exact_keeps_cells_apart_and_stays_within_its_distance(h, w, rects, distance, band):
+    labels = np.zeros((h, w), np.int64)
+    for k, (y, x, dh, dw) in enumerate(rects, 1):
+        labels[y : y + dh, x : x + dw] = k  # later ones cover earlier ones: some cells vanish, as overlaps do
+    present = np.unique(labels[labels > 0])
+    labels = np.searchsorted(np.r_[0, present], labels)  # 1…n with no gaps
+    masks = masks_of(labels) if labels.max() else sp.csr_matrix((0, h * w), dtype=np.float32)
+    grown = postprocess.grow(masks, w, distance, band=band)
+    assert grown.shape == masks.shape
+    out = labels_of(grown, (h, w))  # asserts no two instances share a pixel
+    assert (out[labels > 0] == labels[labels > 0]).all()  # each keeps its pixels
+    reach = ndi.distance_transform_edt(labels == 0) if labels.max() else np.full((h, w), np.inf)
+    assert ((out > 0) == (reach <= distance)).all()  # every free pixel within the distance, and no other, is taken
+    for k in range(1, int(labels.max()) + 1):  # each taken pixel within the distance of the cell that took it
+        assert (ndi.distance_transform_edt(labels != k)[out == k] <= distance).all()
+    whole = postprocess.grow(masks, w, distance, band=10**6)  # one band: the plain transform of the whole image
+    assert (grown != whole).nnz == 0
+
+
+def test_final_grows_after_overlap_removal_and_needs_the_width():
+    labels = np.zeros((20, 20), np.int64)
+    labels[5:10, 5:10] = 1
+    masks = masks_of(labels)
+    out = postprocess.final(masks, np.array([0.9]), 0.5, PostProcess(grow=1), width=20)
+    assert out.nnz == 25 + 4 * 5  # a 5×5 square and the four rows of 5 beside it
+    try:
+        postprocess.final(masks, np.array([0.9]), 0.5, PostProcess(grow=1))
+    except ValueError as err:
+        assert "width" in str(err)
+    else:
+        raise AssertionError("growing without the width must fail")
+
+
+def test_thresholds_choose_each_class_growth_and_score_applies_it(tmp_path, tiny_kaggle):
+    """Through the CLI: predictions that are the true cells shrunk by one pixel score best grown by 1, which the
+    stage chooses per class (grid 0 / 1 / 3) and ``score`` applies from the thresholds file."""
+    df = tables.read_train_csv(tiny_kaggle / "train.csv")
+    items = []
+    for image_id, g in df.groupby("id"):
+        h, w = int(g["height"].iloc[0]), int(g["width"].iloc[0])
+        truth = rle.to_csr(rle.parse_many(g["annotation"].tolist(), h * w), h * w)
+        rows = [ndi.binary_erosion(truth[k].toarray().reshape(h, w)).ravel() for k in range(truth.shape[0])]
+        shrunk = sp.csr_matrix(np.array([r for r in rows if r.any()], dtype=np.float32))
+        label = list(CELL_TYPES).index(g["cell_type"].iloc[0]) + 1
+        items.append((image_id, Instances(shrunk, np.full(shrunk.shape[0], 0.9), np.full(shrunk.shape[0], label), (h, w))))
+    prediction_table.write(prediction_table.to_frame(items, list(CELL_TYPES)), tmp_path / "p.parquet")
+    (tmp_path / "p.yaml").write_text("thresholds: {grid: [0.5], grows: [0, 1, 3]}\npostprocess: {}\n")
+    ids = sorted(df["id"].unique())
+    (tmp_path / "val.json").write_text(json.dumps({
+        "images": [{"id": k + 1, "file_name": f"{i}.png", "kaggle_id": i, "height": 520, "width": 704, "fold": 0,
+                    "cell_type": df.loc[df["id"] == i, "cell_type"].iloc[0], "path": str(tiny_kaggle / "train" / f"{i}.png")}
+                   for k, i in enumerate(ids)], "annotations": [], "categories": []}))  # fmt: skip
+    proc = run_cli("thresholds", "--predictions", str(tmp_path / "p.parquet"), "--val", str(tmp_path / "val.json"),
+                   "--truth", str(tiny_kaggle / "train.csv"), "--out", str(tmp_path / "th.json"),
+                   "--sweep-out", str(tmp_path / "sw.csv"), "--counts-out", str(tmp_path / "c.csv"),
+                   "--params", str(tmp_path / "p.yaml"))  # fmt: skip
+    assert proc.returncode == 0, proc.stderr
+    chosen = json.loads((tmp_path / "th.json").read_text())
+    types = set(df["cell_type"])
+    assert {c: v["grow"] for c, v in chosen["postprocess_per_class"].items()} == dict.fromkeys(types, 1)
+    scores = {}
+    for name, th in (("chosen", chosen), ("off", {**chosen, "postprocess_per_class": {}})):
+        (tmp_path / f"{name}.json").write_text(json.dumps(th))
+        proc = run_cli("score", "--predictions", str(tmp_path / "p.parquet"), "--val", str(tmp_path / "val.json"),
+                       "--truth", str(tiny_kaggle / "train.csv"), "--thresholds", str(tmp_path / f"{name}.json"),
+                       "--out", str(tmp_path / f"s_{name}.json"))  # fmt: skip
+        assert proc.returncode == 0, proc.stderr
+        scores[name] = json.loads((tmp_path / f"s_{name}.json").read_text())["map_iou"]
+    assert scores["chosen"] > scores["off"] + 0.05, scores
+    sweep = pd.read_csv(tmp_path / "sw.csv")
+    assert len(sweep) == 1  # the sweep plot: each class at its chosen post-processing, one row per threshold
