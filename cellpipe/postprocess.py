@@ -27,6 +27,8 @@ would otherwise outvote the confident ones).
 
 from __future__ import annotations
 
+from collections.abc import Sequence
+
 import numpy as np
 import pandas as pd
 import scipy.ndimage as ndi
@@ -153,17 +155,24 @@ def grow(instances: sp.csr_matrix, width: int, distance: int, band: int = GROW_B
     pixels and order and never take another's — scikit-image's ``expand_labels``, which is a distance
     transform of the background. Rows are handled in bands of ``band`` with ``distance`` rows of margin,
     which is exact (no nearer instance lies farther away) and bounds memory by a band, not the image."""
+    return grow_each(instances, width, [distance], band)[0]
+
+
+def grow_each(instances: sp.csr_matrix, width: int, distances: Sequence[int], band: int = GROW_BAND) -> list[sp.csr_matrix]:
+    """:func:`grow` at each of ``distances`` from one distance transform (the threshold sweep tries several)."""
     m = sp.csr_matrix(instances)
-    if distance <= 0 or m.shape[0] == 0:
-        return m
+    reach = max(distances, default=0)
+    if reach <= 0 or m.shape[0] == 0:
+        return [m for _ in distances]
     height = m.shape[1] // width
     coo = m.tocoo()
     order = np.argsort(coo.col, kind="stable")
     pixels, owner = coo.col[order].astype(np.int64), coo.row[order].astype(np.int32)
-    rows, cols = [], []
+    rows: list[list[np.ndarray]] = [[] for _ in distances]
+    cols: list[list[np.ndarray]] = [[] for _ in distances]
     for y0 in range(0, height, band):
         y1 = min(height, y0 + band)
-        lo, hi = max(0, y0 - distance), min(height, y1 + distance)
+        lo, hi = max(0, y0 - reach), min(height, y1 + reach)
         a, b = np.searchsorted(pixels, [lo * width, hi * width])
         if a == b:
             continue
@@ -171,13 +180,23 @@ def grow(instances: sp.csr_matrix, width: int, distance: int, band: int = GROW_B
         labels[pixels[a:b] - lo * width] = owner[a:b] + 1
         labels = labels.reshape(hi - lo, width)
         dist, (iy, ix) = ndi.distance_transform_edt(labels == 0, return_indices=True)
-        grown = np.where(dist <= distance, labels[iy, ix], 0)[y0 - lo : y1 - lo].ravel()
-        at = np.flatnonzero(grown)
-        rows.append(grown[at] - 1)
-        cols.append(at + y0 * width)
-    r = np.concatenate(rows) if rows else np.zeros(0, np.int32)
-    c = np.concatenate(cols) if cols else np.zeros(0, np.int64)
-    return sp.csr_matrix((np.ones(len(c), np.float32), (r, c)), shape=m.shape)
+        core = slice(y0 - lo, y1 - lo)
+        dist, nearest = dist[core].ravel(), labels[iy[core], ix[core]].ravel()
+        for k, d in enumerate(distances):
+            if d <= 0:
+                continue
+            at = np.flatnonzero((dist <= d) & (nearest > 0))
+            rows[k].append(nearest[at] - 1)
+            cols[k].append(at + y0 * width)
+    out = []
+    for d, r, c in zip(distances, rows, cols):
+        if d <= 0:
+            out.append(m)
+            continue
+        r_ = np.concatenate(r) if r else np.zeros(0, np.int32)
+        c_ = np.concatenate(c) if c else np.zeros(0, np.int64)
+        out.append(sp.csr_matrix((np.ones(len(c_), np.float32), (r_, c_)), shape=m.shape))
+    return out
 
 
 def image_class(labels: np.ndarray, scores: np.ndarray, default: str, min_score: float = 0.0) -> str:

@@ -70,6 +70,8 @@ def test_growth_in_bands_is_exact_keeps_cells_apart_and_stays_within_its_distanc
         assert (ndi.distance_transform_edt(labels != k)[out == k] <= distance).all()
     whole = postprocess.grow(masks, w, distance, band=10**6)  # one band: the plain transform of the whole image
     assert (grown != whole).nnz == 0
+    each = postprocess.grow_each(masks, w, [distance + 1, 0, distance], band=band)  # one transform, three growths
+    assert [(e != postprocess.grow(masks, w, d, band=band)).nnz for e, d in zip(each, [distance + 1, 0, distance])] == [0] * 3
 
 
 def test_final_grows_after_overlap_removal_and_needs_the_width():
