@@ -82,7 +82,7 @@ def sweep_rows(best: dict[str, float]) -> pd.DataFrame:
     rows = []
     for image_id, t_best in best.items():
         for t in (0.1, 0.5, 0.9):
-            rows.append({"image_id": image_id, "cell_type": "cort", "threshold": t, "box_nms_iou": 1.0, "min_size": 0,
+            rows.append({"image_id": image_id, "cell_type": "cort", "threshold": t, "box_nms_iou": 1.0, "min_size": 0, "grow": 0,
                          "score": 1.0 - abs(t - t_best), "tp": 0, "fp": 0, "fn": 0})  # fmt: skip
     return pd.DataFrame(rows)
 
