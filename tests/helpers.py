@@ -310,3 +310,43 @@ def train_one_step(cfg, ds) -> None:
     assert torch.isfinite(total) and total.item() > 0
     total.backward()
     assert all(np.isfinite(p.grad.abs().sum().item()) for p in model.parameters() if p.grad is not None)
+
+
+def thresholds_on_truth(tmp_path: Path, kaggle: Path, predict, thresholds_params: str) -> dict:
+    """The ``thresholds`` stage on predictions made from a Kaggle folder's true cells: ``predict(truth, h, w)`` →
+    (masks, scores) per image, every detection of its image's type, every image in fold 0 of ``val.json``;
+    ``thresholds_params``: the params file's ``thresholds`` mapping (YAML flow style). Returns the choice."""
+    from cellpipe import prediction_table, rle, tables
+    from cellpipe.config import CELL_TYPES
+    from cellpipe.instances import Instances
+
+    df = tables.read_train_csv(kaggle / "train.csv")
+    items = []
+    for image_id, g in df.groupby("id"):
+        h, w = int(g["height"].iloc[0]), int(g["width"].iloc[0])
+        masks, scores = predict(rle.to_csr(rle.parse_many(g["annotation"].tolist(), h * w), h * w), h, w)
+        labels = np.full(masks.shape[0], list(CELL_TYPES).index(g["cell_type"].iloc[0]) + 1)
+        items.append((image_id, Instances(masks, scores, labels, (h, w))))
+    prediction_table.write(prediction_table.to_frame(items, list(CELL_TYPES)), tmp_path / "p.parquet")
+    (tmp_path / "p.yaml").write_text(f"thresholds: {thresholds_params}\npostprocess: {{}}\n")
+    ids = sorted(df["id"].unique())
+    (tmp_path / "val.json").write_text(json.dumps({
+        "images": [{"id": k + 1, "file_name": f"{i}.png", "kaggle_id": i, "height": 520, "width": 704, "fold": 0,
+                    "cell_type": df.loc[df["id"] == i, "cell_type"].iloc[0], "path": str(kaggle / "train" / f"{i}.png")}
+                   for k, i in enumerate(ids)], "annotations": [], "categories": []}))  # fmt: skip
+    proc = run_cli("thresholds", "--predictions", str(tmp_path / "p.parquet"), "--val", str(tmp_path / "val.json"),
+                   "--truth", str(kaggle / "train.csv"), "--out", str(tmp_path / "th.json"),
+                   "--sweep-out", str(tmp_path / "sw.csv"), "--counts-out", str(tmp_path / "c.csv"),
+                   "--params", str(tmp_path / "p.yaml"))  # fmt: skip
+    assert proc.returncode == 0, proc.stderr
+    return json.loads((tmp_path / "th.json").read_text())
+
+
+def score_on_truth(tmp_path: Path, kaggle: Path, choice: dict, name: str = "s") -> float:
+    """``cellpipe score`` of :func:`thresholds_on_truth`'s predictions under ``choice`` (a thresholds file's content)."""
+    (tmp_path / f"{name}.th.json").write_text(json.dumps(choice))
+    proc = run_cli("score", "--predictions", str(tmp_path / "p.parquet"), "--val", str(tmp_path / "val.json"),
+                   "--truth", str(kaggle / "train.csv"), "--thresholds", str(tmp_path / f"{name}.th.json"),
+                   "--out", str(tmp_path / f"{name}.json"))  # fmt: skip
+    assert proc.returncode == 0, proc.stderr
+    return json.loads((tmp_path / f"{name}.json").read_text())["map_iou"]

@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-import json
-
 import numpy as np
 import pandas as pd
 import scipy.ndimage as ndi
@@ -11,10 +9,9 @@ import scipy.sparse as sp
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from cellpipe import postprocess, prediction_table, rle, tables
-from cellpipe.config import CELL_TYPES, PostProcess
-from cellpipe.instances import Instances
-from tests.conftest import run_cli
+from cellpipe import postprocess, tables
+from cellpipe.config import PostProcess
+from tests.helpers import score_on_truth, thresholds_on_truth
 
 
 def masks_of(labels: np.ndarray) -> sp.csr_matrix:
@@ -91,38 +88,17 @@ def test_final_grows_after_overlap_removal_and_needs_the_width():
 def test_thresholds_choose_each_class_growth_and_score_applies_it(tmp_path, tiny_kaggle):
     """Through the CLI: predictions that are the true cells shrunk by one pixel score best grown by 1, which the
     stage chooses per class (grid 0 / 1 / 3) and ``score`` applies from the thresholds file."""
-    df = tables.read_train_csv(tiny_kaggle / "train.csv")
-    items = []
-    for image_id, g in df.groupby("id"):
-        h, w = int(g["height"].iloc[0]), int(g["width"].iloc[0])
-        truth = rle.to_csr(rle.parse_many(g["annotation"].tolist(), h * w), h * w)
+
+    def shrunk(truth: sp.csr_matrix, h: int, w: int) -> tuple[sp.csr_matrix, np.ndarray]:
         rows = [ndi.binary_erosion(truth[k].toarray().reshape(h, w)).ravel() for k in range(truth.shape[0])]
-        shrunk = sp.csr_matrix(np.array([r for r in rows if r.any()], dtype=np.float32))
-        label = list(CELL_TYPES).index(g["cell_type"].iloc[0]) + 1
-        items.append((image_id, Instances(shrunk, np.full(shrunk.shape[0], 0.9), np.full(shrunk.shape[0], label), (h, w))))
-    prediction_table.write(prediction_table.to_frame(items, list(CELL_TYPES)), tmp_path / "p.parquet")
-    (tmp_path / "p.yaml").write_text("thresholds: {grid: [0.5], grows: [0, 1, 3]}\npostprocess: {}\n")
-    ids = sorted(df["id"].unique())
-    (tmp_path / "val.json").write_text(json.dumps({
-        "images": [{"id": k + 1, "file_name": f"{i}.png", "kaggle_id": i, "height": 520, "width": 704, "fold": 0,
-                    "cell_type": df.loc[df["id"] == i, "cell_type"].iloc[0], "path": str(tiny_kaggle / "train" / f"{i}.png")}
-                   for k, i in enumerate(ids)], "annotations": [], "categories": []}))  # fmt: skip
-    proc = run_cli("thresholds", "--predictions", str(tmp_path / "p.parquet"), "--val", str(tmp_path / "val.json"),
-                   "--truth", str(tiny_kaggle / "train.csv"), "--out", str(tmp_path / "th.json"),
-                   "--sweep-out", str(tmp_path / "sw.csv"), "--counts-out", str(tmp_path / "c.csv"),
-                   "--params", str(tmp_path / "p.yaml"))  # fmt: skip
-    assert proc.returncode == 0, proc.stderr
-    chosen = json.loads((tmp_path / "th.json").read_text())
-    types = set(df["cell_type"])
+        masks = sp.csr_matrix(np.array([r for r in rows if r.any()], dtype=np.float32))
+        return masks, np.full(masks.shape[0], 0.9)
+
+    chosen = thresholds_on_truth(tmp_path, tiny_kaggle, shrunk, "{grid: [0.5], grows: [0, 1, 3]}")
+    types = set(tables.read_train_csv(tiny_kaggle / "train.csv")["cell_type"])
     assert {c: v["grow"] for c, v in chosen["postprocess_per_class"].items()} == dict.fromkeys(types, 1)
-    scores = {}
-    for name, th in (("chosen", chosen), ("off", {**chosen, "postprocess_per_class": {}})):
-        (tmp_path / f"{name}.json").write_text(json.dumps(th))
-        proc = run_cli("score", "--predictions", str(tmp_path / "p.parquet"), "--val", str(tmp_path / "val.json"),
-                       "--truth", str(tiny_kaggle / "train.csv"), "--thresholds", str(tmp_path / f"{name}.json"),
-                       "--out", str(tmp_path / f"s_{name}.json"))  # fmt: skip
-        assert proc.returncode == 0, proc.stderr
-        scores[name] = json.loads((tmp_path / f"s_{name}.json").read_text())["map_iou"]
-    assert scores["chosen"] > scores["off"] + 0.05, scores
+    grown = score_on_truth(tmp_path, tiny_kaggle, chosen, "grown")
+    plain = score_on_truth(tmp_path, tiny_kaggle, {**chosen, "postprocess_per_class": {}}, "plain")
+    assert grown > plain + 0.05, (grown, plain)
     sweep = pd.read_csv(tmp_path / "sw.csv")
     assert len(sweep) == 1  # the sweep plot: each class at its chosen post-processing, one row per threshold

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import itertools
-import json
 
 import numpy as np
 import pandas as pd
@@ -13,8 +12,7 @@ from hypothesis import strategies as st
 
 from cellpipe import postprocess, thresholds
 from cellpipe.config import CELL_TYPES, PostProcess
-from cellpipe.instances import Instances
-from tests.conftest import run_cli
+from tests.helpers import score_on_truth, thresholds_on_truth
 
 
 def rect_masks(rects, shape=(40, 60)) -> sp.csr_matrix:
@@ -62,13 +60,8 @@ def test_the_choice_is_made_per_class():
 def test_thresholds_choose_a_class_nms_and_score_applies_it(tmp_path, tiny_kaggle):
     """Through the CLI: predictions holding each true cell twice (a shifted copy, boxes at IoU ≈ 0.7, masks
     apart by overlap removal) score best with box NMS at 0.5, which the stage chooses and score applies."""
-    from cellpipe import prediction_table, rle, tables
 
-    df = tables.read_train_csv(tiny_kaggle / "train.csv")
-    items = []
-    for image_id, g in df.groupby("id"):
-        h, w = int(g["height"].iloc[0]), int(g["width"].iloc[0])
-        truth = rle.to_csr(rle.parse_many(g["annotation"].tolist(), h * w), h * w)
+    def twice(truth: sp.csr_matrix, h: int, w: int) -> tuple[sp.csr_matrix, np.ndarray]:
         shifted = []
         for k in range(truth.shape[0]):
             y, x = np.divmod(truth[k].indices, w)
@@ -76,26 +69,9 @@ def test_thresholds_choose_a_class_nms_and_score_applies_it(tmp_path, tiny_kaggl
             keep = x + dx < w
             cols = y[keep] * w + x[keep] + dx
             shifted.append(sp.csr_matrix((np.ones(len(cols), np.float32), (np.zeros(len(cols), int), cols)), shape=(1, h * w)))
-        masks = sp.vstack([truth, *shifted]).tocsr()
         n = truth.shape[0]
-        labels = np.full(2 * n, list(CELL_TYPES).index(g["cell_type"].iloc[0]) + 1)
-        items.append((image_id, Instances(masks, np.r_[np.full(n, 0.9), np.full(n, 0.8)], labels, (h, w))))
-    prediction_table.write(prediction_table.to_frame(items, list(CELL_TYPES)), tmp_path / "p.parquet")
-    (tmp_path / "p.yaml").write_text("thresholds: {grid: [0.5], box_nms_ious: [0.5, 1.0]}\npostprocess: {}\n")
-    ids = sorted(df["id"].unique())
-    (tmp_path / "val.json").write_text(json.dumps({
-        "images": [{"id": k + 1, "file_name": f"{i}.png", "kaggle_id": i, "height": 520, "width": 704, "fold": 0,
-                    "cell_type": df.loc[df["id"] == i, "cell_type"].iloc[0], "path": str(tiny_kaggle / "train" / f"{i}.png")}
-                   for k, i in enumerate(ids)], "annotations": [], "categories": []}))  # fmt: skip
-    proc = run_cli("thresholds", "--predictions", str(tmp_path / "p.parquet"), "--val", str(tmp_path / "val.json"),
-                   "--truth", str(tiny_kaggle / "train.csv"), "--out", str(tmp_path / "th.json"),
-                   "--sweep-out", str(tmp_path / "sw.csv"), "--counts-out", str(tmp_path / "c.csv"),
-                   "--params", str(tmp_path / "p.yaml"))  # fmt: skip
-    assert proc.returncode == 0, proc.stderr
-    chosen = json.loads((tmp_path / "th.json").read_text())
+        return sp.vstack([truth, *shifted]).tocsr(), np.r_[np.full(n, 0.9), np.full(n, 0.8)]
+
+    chosen = thresholds_on_truth(tmp_path, tiny_kaggle, twice, "{grid: [0.5], box_nms_ious: [0.5, 1.0]}")
     assert {v["box_nms_iou"] for v in chosen["postprocess_per_class"].values()} == {0.5}
-    proc = run_cli("score", "--predictions", str(tmp_path / "p.parquet"), "--val", str(tmp_path / "val.json"),
-                   "--truth", str(tiny_kaggle / "train.csv"), "--thresholds", str(tmp_path / "th.json"),
-                   "--out", str(tmp_path / "s.json"))  # fmt: skip
-    assert proc.returncode == 0, proc.stderr
-    assert json.loads((tmp_path / "s.json").read_text())["map_iou"] > 0.9  # the copies are gone: the truth is left
+    assert score_on_truth(tmp_path, tiny_kaggle, chosen) > 0.9  # the copies are gone: the truth is left
