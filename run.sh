@@ -45,7 +45,13 @@ case "${1:-}" in
     shift 2
     list=$(mktemp)
     trap 'rm -f "$list"' EXIT
-    cellpipe profile "$name" --null > "$list"
+    # a queued or temporary experiment runs in a copy of the repo (.dvc/tmp/exps/): paths leaving the repo
+    # must be absolute there
+    absolute=()
+    for arg in "$@"; do
+      case "$arg" in --queue|--temp) absolute=(--absolute) ;; esac
+    done
+    cellpipe profile "$name" --null "${absolute[@]}" > "$list"
     args=()
     while IFS= read -r -d '' override; do
       args+=(-S "$override")

@@ -11,6 +11,8 @@ grammar), strings quoted, so a path with spaces or quotes stays one value.
 
 from __future__ import annotations
 
+import os
+from pathlib import Path
 from typing import Any
 
 import yaml
@@ -69,6 +71,35 @@ def _hydra(value: Any) -> str:
     raise CellpipeError(f"cannot pass a {type(value).__name__} value to dvc exp run -S")
 
 
-def overrides(text: str, *, where: str = "profile") -> list[str]:
-    """The ``key=value`` arguments of ``dvc exp run -S`` that set a profile's values."""
-    return [f"{key}={_hydra(value)}" for key, value in values(text, where=where).items()]
+# the params keys that hold paths (config's ``_path`` fields), as params.yaml spells them
+PATH_KEYS = frozenset(
+    {
+        "data.kaggle.kaggle-dir",
+        "data.livecell.livecell-json",
+        "data.livecell.livecell-images",
+        "finetune.init_checkpoint.init-checkpoint",
+    }
+)
+
+
+def outside_made_absolute(value: Any, root: Path) -> Any:
+    """A relative path that leaves ``root`` (``../shared/...``) as an absolute one; any other value as it is.
+
+    An experiment that DVC runs in a copy of the repo (``dvc exp run --queue`` / ``--temp``: under
+    ``.dvc/tmp/exps/``) resolves relative paths from that copy, where one that leaves the repo points
+    nowhere. A path inside the repo stays relative: it must name the copy's own file (a stage's output).
+    """
+    if not isinstance(value, str) or os.path.isabs(value):
+        return value
+    if os.path.normpath(value).split(os.sep)[0] != os.pardir:
+        return value
+    return os.path.normpath(os.path.join(os.path.abspath(root), value))
+
+
+def overrides(text: str, *, where: str = "profile", root: Path | None = None) -> list[str]:
+    """The ``key=value`` arguments of ``dvc exp run -S`` that set a profile's values; with ``root`` (the repo),
+    the paths of :data:`PATH_KEYS` that leave it made absolute (:func:`outside_made_absolute`)."""
+    vals = values(text, where=where)
+    if root is not None:
+        vals = {k: outside_made_absolute(v, root) if k in PATH_KEYS else v for k, v in vals.items()}
+    return [f"{key}={_hydra(value)}" for key, value in vals.items()]

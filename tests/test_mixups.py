@@ -298,3 +298,43 @@ def test_run_sh_profile_hands_dvc_what_cellpipe_reads(tmp_path, name):
     text = (REPO / "profiles" / f"{name}.yaml").read_text()
     assert args[3::2] == profiles.overrides(text)
     assert len(args[3::2]) == len(profiles.values(text)) > 0
+
+
+def test_a_queued_or_temporary_profile_gets_the_paths_leaving_the_repo_absolute(tmp_path):
+    """``./run.sh profile real-sample --queue`` / ``--temp``: DVC runs the experiment in a copy of the repo under
+    ``.dvc/tmp/exps/``, where ``../shared/...`` points nowhere, so those paths go over absolute; everything
+    else as the profile says; without either flag, as written."""
+    recorder = tmp_path / "dvc"
+    recorder.write_text(f'#!/bin/sh\n[ "$1" = exp ] && printf "%s\\0" "$@" > {tmp_path}/args\nexit 0\n')
+    recorder.chmod(0o755)
+    env = {**os.environ, "DVC": str(recorder)}
+    text = (REPO / "profiles" / "real-sample.yaml").read_text()
+    for flag in ("--queue", "--temp"):
+        proc = subprocess.run([str(REPO / "run.sh"), "profile", "real-sample", flag], cwd=REPO, env=env, capture_output=True,
+                              text=True, timeout=300)  # fmt: skip
+        assert proc.returncode == 0, proc.stderr
+        args = (tmp_path / "args").read_text().split("\0")[:-1]
+        assert args[-1] == flag and args[3:-1:2] == profiles.overrides(text, root=REPO)
+        sample = os.path.normpath(REPO.parent / "shared" / "data" / "sartorius-sample")
+        assert f"data.kaggle.kaggle-dir='{sample}'" in args
+    assert profiles.overrides(text) != profiles.overrides(text, root=REPO)  # the profile's paths do leave the repo
+
+
+def test_only_relative_paths_that_leave_the_repo_are_made_absolute():
+    root = Path("/home/u/repo")
+    made = {v: profiles.outside_made_absolute(v, root) for v in ("../shared/x", "./../y", "data/../../z", "data/raw", "/abs/w")}
+    assert made == {"../shared/x": "/home/u/shared/x", "./../y": "/home/u/y", "data/../../z": "/home/u/z",
+                    "data/raw": "data/raw", "/abs/w": "/abs/w"}  # fmt: skip
+    assert profiles.outside_made_absolute(3, root) == 3
+    text = "data.kaggle.kaggle-dir: ../k\nfinetune.init_checkpoint.init-checkpoint: models/x.pt\ncv.folds: [0]\n"
+    assert profiles.overrides(text, root=root) == [
+        "data.kaggle.kaggle-dir='/home/u/k'",
+        "finetune.init_checkpoint.init-checkpoint='models/x.pt'",
+        "cv.folds=[0]",
+    ]
+    params = yaml.safe_load((REPO / "params.yaml").read_text())
+    for key in profiles.PATH_KEYS:  # each names a path of params.yaml
+        node = params
+        for part in key.split("."):
+            node = node[part]
+        assert isinstance(node, str), key
