@@ -16,7 +16,9 @@ from pathlib import Path
 from typing import Any
 
 import yaml
+from pydantic import BaseModel
 
+from cellpipe.config import Params
 from cellpipe.errors import CellpipeError
 from cellpipe.params_file import parse_yaml
 
@@ -71,15 +73,20 @@ def _hydra(value: Any) -> str:
     raise CellpipeError(f"cannot pass a {type(value).__name__} value to dvc exp run -S")
 
 
-# the params keys that hold paths (config's ``_path`` fields), as params.yaml spells them
-PATH_KEYS = frozenset(
-    {
-        "data.kaggle.kaggle-dir",
-        "data.livecell.livecell-json",
-        "data.livecell.livecell-images",
-        "finetune.init_checkpoint.init-checkpoint",
-    }
-)
+def _path_keys(model: type[BaseModel], prefix: str = "") -> frozenset[str]:
+    """The dotted params keys of a schema's paths: config's ``_path`` fields, the ones with an alias (the
+    option name params.yaml spells them by)."""
+    keys: set[str] = set()
+    for name, field in model.model_fields.items():
+        key = prefix + (field.alias or name)
+        if isinstance(field.annotation, type) and issubclass(field.annotation, BaseModel):
+            keys |= _path_keys(field.annotation, key + ".")
+        elif field.alias:
+            keys.add(key)
+    return frozenset(keys)
+
+
+PATH_KEYS = _path_keys(Params)  # the params keys that hold paths, as params.yaml spells them
 
 
 def outside_made_absolute(value: Any, root: Path) -> Any:
