@@ -16,6 +16,7 @@ from pydantic import BaseModel, ConfigDict, Field, field_validator, model_valida
 
 CELL_TYPES: tuple[str, ...] = ("shsy5y", "astro", "cort")
 CellType = Literal["shsy5y", "astro", "cort"]
+Growth = Annotated[int, Field(ge=0, le=32)]  # pixels a final cell grows into the free pixels around it
 
 
 class Section(BaseModel):
@@ -454,11 +455,8 @@ class PostProcess(Section):
     vote_min_score: float = Field(
         0.0, ge=0, le=1, description="detections at least this confident vote for the image's cell type"
     )
-    grow: int = Field(
-        0,
-        ge=0,
-        le=32,
-        description="grow each final cell into the free pixels within this distance (pixels; 0 = off; chosen per class)",
+    grow: Growth = Field(
+        0, description="grow each final cell into the free pixels within this distance (pixels; 0 = off; chosen per class)"
     )
 
 
@@ -477,16 +475,9 @@ class Thresholds(Section):
     min_sizes: list[int] = Field(
         default_factory=list, description="minimum cell sizes tried per class (empty: postprocess.min_size only)"
     )
-    grows: list[int] = Field(
+    grows: list[Growth] = Field(
         default_factory=list, description="growth distances tried per class (pixels; empty: postprocess.grow only)"
     )
-
-    @field_validator("grows")
-    @classmethod
-    def _grows(cls, v: list[int]) -> list[int]:
-        if any(not 0 <= x <= 32 for x in v):
-            raise ValueError("must be distances in [0, 32] pixels")
-        return v
 
     @field_validator("grid", "box_nms_ious")
     @classmethod

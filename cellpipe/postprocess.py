@@ -128,7 +128,8 @@ def box_nms(boxes: np.ndarray, scores: np.ndarray, iou: float) -> np.ndarray:
 def final(masks: sp.csr_matrix, scores: np.ndarray, threshold: float, pp: PostProcess, width: int | None = None) -> sp.csr_matrix:
     """The final, non-overlapping instances of one image (ordered by descending score).
 
-    ``width``: the image's width, needed by box NMS (``pp.box_nms_iou`` < 1) to find the boxes.
+    ``width``: the image's width, needed to find the boxes for box NMS (``pp.box_nms_iou`` < 1) and the
+    neighbourhood for growth (``pp.grow`` > 0).
     """
     scores = np.asarray(scores, dtype=np.float64)
     keep = np.flatnonzero(scores >= threshold)
@@ -185,7 +186,7 @@ def grow_each(instances: sp.csr_matrix, width: int, distances: Sequence[int], ba
         for k, d in enumerate(distances):
             if d <= 0:
                 continue
-            at = np.flatnonzero((dist <= d) & (nearest > 0))
+            at = np.flatnonzero(dist <= d)  # every pixel has a nearest cell: the band holds at least one
             rows[k].append(nearest[at] - 1)
             cols[k].append(at + y0 * width)
     out = []

@@ -54,6 +54,8 @@ def test_every_knob_has_help():
         ({"model": {"class_scales": {"astra": 2}}}, "model.class_scales key must be one of 'shsy5y', 'astro', 'cort'"),
         ({"model": {"cellpose": {"class_diameters": {"astro": 0}}}}, "model.cellpose.class_diameters.astro must be ≥ 1 (got 0)"),
         ({"synth": {"seed": 1.5}}, "synth.seed must be an integer (got 1.5)"),
+        ({"thresholds": {"grows": [0, 33]}}, "thresholds.grows must be ≤ 32 (got 33)"),
+        ({"postprocess": {"grow": -1}}, "postprocess.grow must be ≥ 0 (got -1)"),
         ([1, 2], "params must be a mapping of sections"),
         ({"data": {"kaggle_dir": "x"}}, "params key data.kaggle_dir was renamed: write data.kaggle.kaggle-dir instead"),
         ({"thresholds": {"min_size": 3}}, "params key thresholds.min_size was renamed: write postprocess.min_size instead"),
