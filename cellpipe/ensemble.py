@@ -13,7 +13,7 @@ import pandas as pd
 
 from cellpipe.errors import CellpipeError
 from cellpipe.merging import merge
-from cellpipe.prediction_table import Predictions, to_frame
+from cellpipe.prediction_table import Predictions, same_scores, to_frame
 
 
 def combine(preds: Sequence[Predictions], iou_threshold: float, min_agreement: float = 0.0) -> Predictions:
@@ -30,6 +30,7 @@ def combine(preds: Sequence[Predictions], iou_threshold: float, min_agreement: f
                 f"the fold models predicted different images (e.g. {diff[0]}; {len(p.sizes)} vs {len(first.sizes)} images)",
                 where=p.where,
             )
+    scores = same_scores(preds)
     if len(preds) == 1:
         return first
     ids = list(first.sizes)
@@ -38,7 +39,7 @@ def combine(preds: Sequence[Predictions], iou_threshold: float, min_agreement: f
     for j, image_id in enumerate(ids):
         items.append((image_id, merge([m[j] for m in per_model], iou_threshold, min_agreement)))
     out = to_frame(items)
-    out.where = "<ensemble>"
+    out.where, out.scores = "<ensemble>", scores
     return out
 
 
@@ -51,5 +52,6 @@ def concat(preds: Sequence[Predictions]) -> Predictions:
             if image_id in sizes:
                 raise CellpipeError(f"image {image_id} is out of fold for two models (also {owner[image_id]})", where=p.where)
             sizes[image_id], owner[image_id] = size, p.where
+    scores = same_scores(preds)
     detections = pd.concat([p.detections for p in preds], ignore_index=True)
-    return Predictions(detections, sizes, "<out of fold>")
+    return Predictions(detections, sizes, "<out of fold>", scores=scores)

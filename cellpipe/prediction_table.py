@@ -32,6 +32,9 @@ from cellpipe.instances import Instances
 COLUMNS = ["image_id", "label", "score", "height", "width", "rle"]
 IMAGES_KEY = b"cellpipe.images"
 MODEL_KEY = b"cellpipe.model"  # digest of the checkpoint that predicted the file ("" when not known)
+# what the score column holds beyond the model's class score ("" when it is that score): a fixed threshold means
+# another thing on scores × maskness² (``predict.maskness``), so reports say which
+SCORES_KEY = b"cellpipe.scores"
 
 
 def model_digest(path: str | Path) -> str:
@@ -53,6 +56,7 @@ class Predictions:
     sizes: dict[str, tuple[int, int]]  # image id -> (height, width), in prediction order
     where: str
     model: str = ""  # digest of the checkpoint that predicted them (``predict``); "" for ensembles and unknown
+    scores: str = ""  # what the scores are beyond the class score, e.g. "× maskness^2" (:data:`SCORES_KEY`)
 
     def select(self, image_ids: Iterable[str]) -> list[Instances]:
         """Per-image predictions of ``image_ids`` (each must have been predicted) at their own size."""
@@ -113,6 +117,8 @@ def write(pred: Predictions, target: str | Path) -> None:
     meta = {**(table.schema.metadata or {}), IMAGES_KEY: json.dumps(images).encode()}
     if pred.model:
         meta[MODEL_KEY] = pred.model.encode()
+    if pred.scores:
+        meta[SCORES_KEY] = pred.scores.encode()
     table = table.replace_schema_metadata(meta)
     with atomic_path(target) as tmp:
         pq.write_table(table, tmp)
@@ -152,7 +158,9 @@ def read(path: str | Path) -> Predictions:
                 f"{df['width'].iloc[i]} but the image list says {sizes[df['image_id'].iloc[i]]}",
                 where=where,
             )
-    return Predictions(df, sizes, where, (table.schema.metadata or {}).get(MODEL_KEY, b"").decode(errors="replace"))
+    meta_ = table.schema.metadata or {}
+    model, scores = (meta_.get(key, b"").decode(errors="replace") for key in (MODEL_KEY, SCORES_KEY))
+    return Predictions(df, sizes, where, model, scores)
 
 
 def same_model(preds: Sequence[Predictions]) -> None:
@@ -169,6 +177,23 @@ def same_model(preds: Sequence[Predictions]) -> None:
                 "the tables of one fold come from one predict run; rerun it (dvc repro)",
                 where=p.where,
             )
+
+
+def same_scores(preds: Sequence[Predictions]) -> str:
+    """What the scores of tables merged or concatenated into one are: the same for all of them, or an error.
+
+    Cells of a table scored × maskness² beside cells of one scored without would be ranked and thresholded as
+    if their scores meant one thing.
+    """
+    first = preds[0]
+    for p in preds[1:]:
+        if p.scores != first.scores:
+            raise CellpipeError(
+                f"scores {p.scores or 'as the model gives them'} but {first.where}'s are "
+                f"{first.scores or 'as the model gives them'}: tables with different scores cannot be combined",
+                where=p.where,
+            )
+    return first.scores
 
 
 @dataclass(frozen=True)

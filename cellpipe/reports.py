@@ -9,7 +9,8 @@ from and whether they were chosen on the scored images (``thresholds_in_sample``
   fold itself and the report says so;
 - ``chosen``: the final thresholds (chosen on all out-of-fold predictions): honest for
   the lockbox, in-sample for the out-of-fold images themselves;
-- ``fixed``: one threshold for every class.
+- ``fixed``: one threshold for every class; on scores that are not the model's own (× maskness², the table's
+  ``scores``) the label says so, since the same threshold then keeps fewer cells.
 
 :data:`PIPELINE` names the six reports the ``score`` stage writes; :func:`score` makes
 any report (``cellpipe score`` by hand makes one from its flags).
@@ -85,6 +86,7 @@ def score(
     cross_fitted: bool = False,
     fold_of: Mapping[str, int] | None = None,
     fixed: float = FIXED,
+    scores: str = "",
 ) -> Result:
     """Score ``(predictions, truth, cell type)`` pairs under ``rule``.
 
@@ -92,10 +94,10 @@ def score(
     images they were chosen on (a score on those is labelled in-sample); ``per_fold`` /
     ``cross_fitted``: the choice for each fold's images and whether it came from the other folds;
     ``fold_of``: each image's fold (out-of-fold images; a per-fold table and ``per_fold``
-    scores come with it).
+    scores come with it); ``scores``: what the table's scores are beyond the class score (its ``scores``).
     """
     fold_of = fold_of or {}
-    label, in_sample = _label(rule, alignment, thresholds_source, chosen_on, cross_fitted, fixed)
+    label, in_sample = _label(rule, alignment, thresholds_source, chosen_on, cross_fitted, fixed, scores)
     if rule == "cross-fitted" and (per_fold is None or not fold_of):
         raise CellpipeError("cross-fitted thresholds need images with folds and the thresholds stage's per_fold")
     rows, voted = [], []
@@ -135,12 +137,17 @@ def score(
     return Result(summary, report.per_image, _per_iou_table(report), table)
 
 
+def fixed_label(threshold: float, scores: str = "") -> str:
+    """The ``thresholds`` label of a report at one threshold for every class, on scores described by ``scores``."""
+    return f"fixed {threshold} for every class" + (f", on scores {scores}" if scores else "")
+
+
 def _label(
-    rule: Rule, alignment: Alignment, source: str, chosen_on: set[str], cross_fitted: bool, fixed: float
+    rule: Rule, alignment: Alignment, source: str, chosen_on: set[str], cross_fitted: bool, fixed: float, scores: str
 ) -> tuple[str, int]:
     """The report's ``thresholds`` label and how many scored images chose its thresholds."""
     if rule == "fixed":
-        return f"fixed {fixed} for every class", 0
+        return fixed_label(fixed, scores), 0
     if rule == "cross-fitted":
         if cross_fitted:
             return "cross-fitted: each fold's images with thresholds chosen on the other folds", 0

@@ -146,6 +146,7 @@ def run(
                     progress=bar,
                 )
             pred.model = source
+            pred.scores = f"× maskness^{p.maskness:g}" if p.maskness else ""
             prediction_table.write(pred, out(target))
             wall, cpu = time.perf_counter() - wall, time.process_time() - cpu
             per = max(1, len(paths))  # the cost per image, so that caps and settings are measured, not guessed

@@ -32,7 +32,6 @@ from cellpipe.scoring import (
     read_fold_thresholds,
     read_thresholds,
     read_truth,
-    scored_pairs,
     thresholds_images,
     truth_ids,
     val_image_list,
@@ -103,21 +102,21 @@ def one_report(
     choice = read_thresholds(thresholds_file)
     listed = None if all_truth_images else val_image_list(val)
     ids = truth_ids(truth, duplicates) if listed is None else listed["image_id"].tolist()
+    table = prediction_table.read(predictions)
     if not ids:  # an empty lockbox (cv.lockbox_fraction: 0): nothing to score, said so
-        label = f"fixed {fixed_threshold} for every class" if rule == "fixed" else f"chosen on {thresholds_file}"
+        label = reports.fixed_label(fixed_threshold, table.scores) if rule == "fixed" else f"chosen on {thresholds_file}"
         with Outputs() as out:
             write_results(outs, reports.empty(label, f"{val} lists no images"), out)
         log(f"[yellow]{val} lists no images: nothing scored[/yellow] → {outs['json']}")
         return
-    scored, alignment = scored_pairs(
-        truth, ids, predictions, truth_where=truth if all_truth_images else val, duplicates=duplicates
-    )
+    the_truth = read_truth(truth, [i for i in ids if i in table.sizes], duplicates)
+    scored, alignment = pairs(the_truth, ids, table, truth_where=truth if all_truth_images else val)
     per_fold, honest = read_fold_thresholds(thresholds_file) if rule == "cross-fitted" else (None, False)
     result = reports.score(
         scored, alignment, rule=rule, choice=choice, thresholds_source=str(thresholds_file),
         chosen_on=thresholds_images(thresholds_file), per_fold=per_fold, cross_fitted=honest,
         fold_of={} if listed is None else dict(zip(listed["image_id"], listed["fold"])),
-        fixed=reports.FIXED if fixed_threshold is None else fixed_threshold,
+        fixed=reports.FIXED if fixed_threshold is None else fixed_threshold, scores=table.scores,
     )  # fmt: skip
     with Outputs() as out:  # every file of the report is replaced together or not at all
         write_results(outs, result, out)
@@ -141,7 +140,9 @@ def pipeline_reports(
         ids = images_["image_id"].tolist()
         if not ids:
             results[spec] = reports.empty(
-                "fixed 0.5 for every class" if spec.rule == "fixed" else f"chosen on {thresholds_file}",
+                reports.fixed_label(reports.FIXED, tables[spec.predictions].scores)
+                if spec.rule == "fixed"
+                else f"chosen on {thresholds_file}",
                 f"{images[spec.images]} lists no images",
             )
             continue
@@ -149,7 +150,7 @@ def pipeline_reports(
         results[spec] = reports.score(
             scored, alignment, rule=spec.rule, choice=choice, thresholds_source=str(thresholds_file),
             chosen_on=chosen_on, per_fold=per_fold, cross_fitted=honest,
-            fold_of=dict(zip(images_["image_id"], images_["fold"])),
+            fold_of=dict(zip(images_["image_id"], images_["fold"])), scores=tables[spec.predictions].scores,
         )  # fmt: skip
     with Outputs() as out:  # the six reports describe one model and one set of thresholds: replaced together
         for spec, result in results.items():

@@ -154,6 +154,29 @@ def test_out_of_fold_predictions_of_two_folds_for_one_image_are_an_error():
         ensemble.concat([one, one])
 
 
+def test_tables_scored_differently_are_not_combined_and_their_scores_travel(tmp_path):
+    """Folds predicted × maskness² beside one predicted without: refused by name, in the merge and the out-of-fold
+    concatenation; tables that agree keep what their scores are through both, and through a file."""
+    a = box(0, 5, 0, 5)
+    plain, weighted = fold_predictions(inst([a], [0.9], [1])), fold_predictions(inst([a], [0.6], [1]))
+    weighted.scores, weighted.where = "× maskness^2", "<weighted>"
+    with pytest.raises(CellpipeError, match="different scores") as err:
+        ensemble.combine([weighted, plain], 0.5)
+    assert "× maskness^2" in str(err.value) and "as the model gives them" in str(err.value)
+    other = fold_predictions(inst([a], [0.9], [1]))
+    other.sizes = {"im1": SHAPE}
+    other.detections = other.detections.assign(image_id="im1")
+    with pytest.raises(CellpipeError, match="different scores"):
+        ensemble.concat([weighted, other])
+    other.scores = "× maskness^2"
+    assert ensemble.concat([weighted, other]).scores == "× maskness^2"
+    assert ensemble.combine([weighted, weighted], 0.5).scores == "× maskness^2"
+    prediction_table.write(ensemble.combine([weighted, weighted], 0.5), tmp_path / "w.parquet")
+    prediction_table.write(plain, tmp_path / "p.parquet")
+    assert prediction_table.read(tmp_path / "w.parquet").scores == "× maskness^2"
+    assert prediction_table.read(tmp_path / "p.parquet").scores == ""
+
+
 def test_an_empty_lockbox_is_scored_as_nothing_and_says_so(tmp_path, tiny_kaggle):
     """``cv.lockbox_fraction: 0``: the lockbox file lists no images; its score is null, not 0."""
     import json

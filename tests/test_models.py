@@ -7,7 +7,7 @@ import numpy as np
 import pytest
 import torch
 
-from cellpipe import models
+from cellpipe import models, prediction_table
 from cellpipe.config import Train
 from cellpipe.errors import CellpipeError
 from cellpipe.inference import predict_image
@@ -205,6 +205,12 @@ def test_apply_a_model_to_a_plain_folder_and_score_it(tiny_coco, tmp_path):
     assert len(plain) > 0 and sorted(plain.index) == sorted(rescored.index)
     ratio = rescored / plain.reindex(rescored.index)
     assert (ratio <= 1 + 1e-6).all() and (ratio >= 0.25 - 1e-6).all() and (ratio < 1 - 1e-6).any()
+    # the table says what its scores are, and a fixed threshold on them is labelled so (0.5 keeps fewer cells)
+    assert prediction_table.read(tmp_path / "pm.parquet").scores == "× maskness^2"
+    assert prediction_table.read(tmp_path / "preds.parquet").scores == ""
+    proc = score_cli(tmp_path, tmp_path / "pm.parquet", tmp_path / "truth.csv", "--fixed-threshold", "0.5")
+    assert proc.returncode == 0, proc.stderr
+    assert json.loads((tmp_path / "s.json").read_text())["thresholds"] == "fixed 0.5 for every class, on scores × maskness^2"
     # a flow family's setting asked of Mask R-CNN is refused by name, and nothing is written
     (tmp_path / "pf.yaml").write_text("predict: {flow_threshold: 0.8}\n")
     proc = run_cli("predict", "--skip-val", "--checkpoint", str(tmp_path / "model/best.pt"), "--test-dir", str(folder),
