@@ -189,11 +189,16 @@ def same_scores(preds: Sequence[Predictions]) -> str:
     for p in preds[1:]:
         if p.scores != first.scores:
             raise CellpipeError(
-                f"scores {p.scores or 'as the model gives them'} but {first.where}'s are "
-                f"{first.scores or 'as the model gives them'}: tables with different scores cannot be combined",
+                f"{describe_scores(p.scores)}, but {first.where} has {describe_scores(first.scores)}: tables with "
+                "different scores cannot be combined",
                 where=p.where,
             )
     return first.scores
+
+
+def describe_scores(scores: str) -> str:
+    """A table's ``scores`` in words, for messages."""
+    return f"scores {scores}" if scores else "the model's own scores"
 
 
 @dataclass(frozen=True)

@@ -119,11 +119,12 @@ def pairs(
 
 
 def scored_pairs(
-    truth: Path, truth_ids_: list[str], predictions_file: Path, *, truth_where: Path, duplicates: str = "error",
-    chosen: bool = False,
+    truth: Path, truth_ids_: list[str], predictions: Path | prediction_table.Predictions, *, truth_where: Path,
+    duplicates: str = "error", chosen: bool = False,
 ) -> tuple[list[tuple[Instances, sp.csr_matrix, str]], prediction_table.Alignment]:  # fmt: skip
-    """:func:`pairs` of a predictions file and a truth file (the truth read for the predicted images only)."""
-    pred = prediction_table.read(predictions_file)
+    """:func:`pairs` of a predictions file (or table read already) and a truth file (the truth read for the
+    predicted images only)."""
+    pred = predictions if isinstance(predictions, prediction_table.Predictions) else prediction_table.read(predictions)
     scored = [i for i in truth_ids_ if i in pred.sizes]
     return pairs(read_truth(truth, scored, duplicates), truth_ids_, pred, truth_where=truth_where, chosen=chosen)
 
@@ -145,6 +146,9 @@ def read_thresholds(path: Path, default: float | None = None) -> Choice:
     data = read_json(path, "thresholds file")
     if not isinstance(data, dict) or not isinstance(data.get("score_threshold"), dict):
         raise CellpipeError("not a thresholds file (no 'score_threshold' mapping)", where=str(path))
+    scores = data.get("scores")
+    if scores is not None and not isinstance(scores, str):
+        raise CellpipeError(f"its 'scores' must be a string (got {type(scores).__name__})", where=str(path))
     try:
         post = PostProcess.model_validate(data.get("postprocess", {}))
         per_class = {c: dict(v) for c, v in (data.get("postprocess_per_class") or {}).items()}
@@ -152,7 +156,18 @@ def read_thresholds(path: Path, default: float | None = None) -> Choice:
             PostProcess.model_validate({**post.model_dump(), **overrides})
     except (ValueError, TypeError) as exc:
         raise CellpipeError(f"its postprocess is not valid ({str(exc).splitlines()[0]})", where=str(path)) from None
-    return Choice(data["score_threshold"], post, per_class, BUILTIN_THRESHOLD if default is None else default)
+    return Choice(data["score_threshold"], post, per_class, BUILTIN_THRESHOLD if default is None else default, scores)
+
+
+def check_scores(choice: Choice, thresholds_file: Path, pred: prediction_table.Predictions) -> None:
+    """Thresholds apply to the kind of scores they were chosen on (a file without ``scores`` is not checked)."""
+    if choice.scores is not None and choice.scores != pred.scores:
+        raise CellpipeError(
+            f"chosen on {prediction_table.describe_scores(choice.scores)}, but {pred.where} has "
+            f"{prediction_table.describe_scores(pred.scores)} (predict.maskness differs): choose the thresholds on "
+            "predictions made as these were",
+            where=str(thresholds_file),
+        )
 
 
 def read_fold_thresholds(path: Path) -> tuple[dict[int, Choice], bool]:
@@ -166,7 +181,7 @@ def read_fold_thresholds(path: Path) -> tuple[dict[int, Choice], bool]:
     base = read_thresholds(path)
     posts = data.get("per_fold_postprocess") or {}
     return {
-        int(k): Choice(v, base.post, {c: dict(o) for c, o in (posts.get(str(k)) or {}).items()}, base.fallback)
+        int(k): Choice(v, base.post, {c: dict(o) for c, o in (posts.get(str(k)) or {}).items()}, base.fallback, base.scores)
         for k, v in per_fold.items()
     }, bool(data.get("cross_fitted"))
 

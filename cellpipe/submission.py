@@ -21,7 +21,7 @@ from cellpipe.console import log
 from cellpipe.errors import CellpipeError
 from cellpipe.postprocess import resolve_overlaps
 from cellpipe.prediction_table import Predictions
-from cellpipe.scoring import read_thresholds
+from cellpipe.scoring import check_scores, read_thresholds
 
 
 def image_rows(image_id: str, instances: sp.csr_matrix) -> list[tuple[str, str]]:
@@ -120,6 +120,7 @@ def write(
     a warning.
     """
     choice = read_thresholds(thresholds_file, default_threshold)
+    check_scores(choice, thresholds_file, pred)
     missing = [i for i in ids if i not in pred.sizes]
     if missing and not allow_missing:
         raise CellpipeError(

@@ -34,13 +34,16 @@ class Choice:
     """Per-class score thresholds and post-processing: what the ``thresholds`` stage chose.
 
     ``per_class`` overrides fields of ``post`` (:data:`SETTINGS`) for an image of that
-    class; a class without a threshold gets ``fallback``.
+    class; a class without a threshold gets ``fallback``. ``scores``: what the scores they were chosen on are
+    (a predictions table's ``scores``; None: not recorded), since a threshold chosen on scores × maskness² means
+    another thing on the model's own.
     """
 
     thresholds: Mapping[str, float]
     post: PostProcess
     per_class: Mapping[str, Mapping[str, float]] = field(default_factory=dict)
     fallback: float = 0.5
+    scores: str | None = None
 
     def threshold(self, cls: str) -> float:
         return float(self.thresholds.get(cls, self.fallback))
@@ -51,7 +54,7 @@ class Choice:
 
     def fixed(self, threshold: float) -> Choice:
         """Every class at ``threshold``, with the shared post-processing (nothing chosen per class)."""
-        return Choice({}, self.post, {}, threshold)
+        return Choice({}, self.post, {}, threshold, self.scores)
 
 
 def apply(pred: Instances, threshold: float, pp: PostProcess) -> sp.csr_matrix:

@@ -28,10 +28,12 @@ from cellpipe.console import console, log
 from cellpipe.errors import CellpipeError
 from cellpipe.io import write_csv, write_json
 from cellpipe.scoring import (
+    check_scores,
     pairs,
     read_fold_thresholds,
     read_thresholds,
     read_truth,
+    scored_pairs,
     thresholds_images,
     truth_ids,
     val_image_list,
@@ -109,8 +111,8 @@ def one_report(
             write_results(outs, reports.empty(label, f"{val} lists no images"), out)
         log(f"[yellow]{val} lists no images: nothing scored[/yellow] → {outs['json']}")
         return
-    the_truth = read_truth(truth, [i for i in ids if i in table.sizes], duplicates)
-    scored, alignment = pairs(the_truth, ids, table, truth_where=truth if all_truth_images else val)
+    check_scores(choice, thresholds_file, table)
+    scored, alignment = scored_pairs(truth, ids, table, truth_where=truth if all_truth_images else val, duplicates=duplicates)
     per_fold, honest = read_fold_thresholds(thresholds_file) if rule == "cross-fitted" else (None, False)
     result = reports.score(
         scored, alignment, rule=rule, choice=choice, thresholds_source=str(thresholds_file),
@@ -133,6 +135,8 @@ def pipeline_reports(
     listed = {name: val_image_list(path) for name, path in images.items()}
     wanted = sorted({i for table in listed.values() for i in table["image_id"]})
     tables = {name: prediction_table.read(path) for name, path in predictions.items()}
+    for table in tables.values():
+        check_scores(choice, thresholds_file, table)
     the_truth = read_truth(truth, [i for i in wanted if any(i in t.sizes for t in tables.values())])
     results = {}
     for spec in reports.PIPELINE:

@@ -17,7 +17,7 @@ from cellpipe.atomic import atomic_path
 from cellpipe.config import CELL_TYPES
 from cellpipe.console import log
 from cellpipe.images import list_images, read_grey
-from cellpipe.scoring import read_thresholds, scored_pairs, val_image_list
+from cellpipe.scoring import check_scores, read_thresholds, scored_pairs, val_image_list
 
 
 def run(
@@ -35,9 +35,11 @@ def run(
     images = val_image_list(val)
     drawn_val = images.sort_values("image_id").groupby("cell_type").head(per_type)
     paths = coco.image_paths(coco.load_json(val), val)
-    pairs, _ = scored_pairs(truth, drawn_val["image_id"].tolist(), val_predictions, truth_where=val, chosen=True)
+    val_pred, test_pred = prediction_table.read(val_predictions), prediction_table.read(test_predictions)
+    for table in (val_pred, test_pred):
+        check_scores(choice, thresholds_file, table)
+    pairs, _ = scored_pairs(truth, drawn_val["image_id"].tolist(), val_pred, truth_where=val, chosen=True)
     test = list_images(test_dir or kaggle_dir / "test")
-    test_pred = prediction_table.read(test_predictions)
     drawn = [i for i in test if i in test_pred.sizes]
     if len(drawn) < len(test):
         log(f"[yellow]warning: {len(test) - len(drawn)} test image(s) were not predicted and are not drawn[/yellow]")

@@ -162,7 +162,7 @@ def test_tables_scored_differently_are_not_combined_and_their_scores_travel(tmp_
     weighted.scores, weighted.where = "× maskness^2", "<weighted>"
     with pytest.raises(CellpipeError, match="different scores") as err:
         ensemble.combine([weighted, plain], 0.5)
-    assert "× maskness^2" in str(err.value) and "as the model gives them" in str(err.value)
+    assert "scores × maskness^2" in str(err.value) and "the model's own scores" in str(err.value)
     other = fold_predictions(inst([a], [0.9], [1]))
     other.sizes = {"im1": SHAPE}
     other.detections = other.detections.assign(image_id="im1")
@@ -196,3 +196,27 @@ def test_an_empty_lockbox_is_scored_as_nothing_and_says_so(tmp_path, tiny_kaggle
     summary = json.loads((tmp_path / "s.json").read_text())
     assert summary["map_iou"] is None and summary["images"] == 0 and "lists no images" in summary["note"]
     assert (tmp_path / "piou.csv").read_text().startswith("iou_threshold,all,")
+
+
+def test_a_thresholds_file_says_which_scores_it_is_for_and_is_held_to_it(tmp_path):
+    """``scores`` in a thresholds file: read into the choice, its per-fold choices and its fixed variant; a table
+    scored otherwise is refused by name; a file without it (hand-written) is not checked; a non-string is an error."""
+    import json
+
+    from cellpipe import scoring
+
+    path = tmp_path / "th.json"
+    path.write_text(json.dumps({"score_threshold": {"astro": 0.3}, "per_fold": {"0": {"astro": 0.4}}, "scores": ""}))
+    choice = scoring.read_thresholds(path)
+    per_fold, _ = scoring.read_fold_thresholds(path)
+    assert choice.scores == per_fold[0].scores == choice.fixed(0.5).scores == ""
+    weighted = fold_predictions(inst([box(0, 5, 0, 5)], [0.6], [1]))
+    scoring.check_scores(choice, path, weighted)
+    weighted.scores = "× maskness^2"
+    with pytest.raises(CellpipeError, match="chosen on the model's own scores, but <fold> has scores × maskness\\^2"):
+        scoring.check_scores(per_fold[0], path, weighted)
+    path.write_text(json.dumps({"score_threshold": {}}))
+    scoring.check_scores(scoring.read_thresholds(path), path, weighted)  # not recorded: not checked
+    path.write_text(json.dumps({"score_threshold": {}, "scores": 2}))
+    with pytest.raises(CellpipeError, match="'scores' must be a string"):
+        scoring.read_thresholds(path)

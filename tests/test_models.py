@@ -14,6 +14,7 @@ from cellpipe.inference import predict_image
 from cellpipe.models.rcnn import CocoInstances
 from cellpipe.training import engine
 from tests.conftest import TINY_MODEL, score_cli, tiny_model
+from tests.helpers import one_line_error
 
 FAMILY = models.family(TINY_MODEL)
 
@@ -211,6 +212,13 @@ def test_apply_a_model_to_a_plain_folder_and_score_it(tiny_coco, tmp_path):
     proc = score_cli(tmp_path, tmp_path / "pm.parquet", tmp_path / "truth.csv", "--fixed-threshold", "0.5")
     assert proc.returncode == 0, proc.stderr
     assert json.loads((tmp_path / "s.json").read_text())["thresholds"] == "fixed 0.5 for every class, on scores × maskness^2"
+    # thresholds chosen on the model's own scores are not applied to scores × maskness² (nor the other way round)
+    plain_choice = {"score_threshold": {}, "scores": ""}
+    proc = score_cli(tmp_path, tmp_path / "pm.parquet", tmp_path / "truth.csv", thresholds=plain_choice)
+    one_line_error(proc, "th.json", "chosen on the model's own scores, but", "pm.parquet has scores × maskness^2")
+    weighted_choice = {**plain_choice, "scores": "× maskness^2"}
+    proc = score_cli(tmp_path, tmp_path / "pm.parquet", tmp_path / "truth.csv", thresholds=weighted_choice)
+    assert proc.returncode == 0, proc.stderr
     # a flow family's setting asked of Mask R-CNN is refused by name, and nothing is written
     (tmp_path / "pf.yaml").write_text("predict: {flow_threshold: 0.8}\n")
     proc = run_cli("predict", "--skip-val", "--checkpoint", str(tmp_path / "model/best.pt"), "--test-dir", str(folder),
