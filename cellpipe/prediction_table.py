@@ -14,7 +14,7 @@ saw this image", and lets every consumer use each image's own size.
 from __future__ import annotations
 
 import json
-from collections.abc import Iterable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -169,14 +169,14 @@ def same_model(preds: Sequence[Predictions]) -> None:
     An interrupted or hand-run ``predict`` could leave a new ``val.parquet`` beside a
     ``test.parquet`` of an older model; read together they would mix two models silently.
     """
-    first = preds[0]
-    for p in preds[1:]:
-        if p.model != first.model:
-            raise CellpipeError(
-                f"predicted by another model ({p.model or 'unknown'}) than {first.where} ({first.model or 'unknown'}): "
-                "the tables of one fold come from one predict run; rerun it (dvc repro)",
-                where=p.where,
-            )
+    _agree(
+        preds,
+        lambda t: t.model,
+        lambda p, first: (
+            f"predicted by another model ({p.model or 'unknown'}) than {first.where} "
+            f"({first.model or 'unknown'}): the tables of one fold come from one predict run; rerun it (dvc repro)"
+        ),
+    )
 
 
 def same_scores(preds: Sequence[Predictions]) -> str:
@@ -185,15 +185,25 @@ def same_scores(preds: Sequence[Predictions]) -> str:
     Cells of a table scored × maskness² beside cells of one scored without would be ranked and thresholded as
     if their scores meant one thing.
     """
+    _agree(
+        preds,
+        lambda t: t.scores,
+        lambda p, first: (
+            f"{describe_scores(p.scores)}, but {first.where} has {describe_scores(first.scores)}: "
+            "tables with different scores cannot be combined"
+        ),
+    )
+    return preds[0].scores
+
+
+def _agree(
+    preds: Sequence[Predictions], key: Callable[[Predictions], str], message: Callable[[Predictions, Predictions], str]
+) -> None:
+    """An error naming the first table whose ``key`` differs from the first table's, in ``message(it, first)``."""
     first = preds[0]
     for p in preds[1:]:
-        if p.scores != first.scores:
-            raise CellpipeError(
-                f"{describe_scores(p.scores)}, but {first.where} has {describe_scores(first.scores)}: tables with "
-                "different scores cannot be combined",
-                where=p.where,
-            )
-    return first.scores
+        if key(p) != key(first):
+            raise CellpipeError(message(p, first), where=p.where)
 
 
 def describe_scores(scores: str) -> str:
