@@ -36,8 +36,8 @@ def run(
     params_ = load(params, "thresholds", "postprocess")
     p, post = params_.thresholds, params_.postprocess
     images = val_image_list(val)
-    table = prediction_table.read(predictions)
-    pairs, _ = scored_pairs(truth, images["image_id"].tolist(), table, truth_where=val)
+    predicted = prediction_table.read(predictions)
+    pairs, _ = scored_pairs(truth, images["image_id"].tolist(), predicted, truth_where=val)
     preds = [pred for pred, _, _ in pairs]
     truths = {pred.image_id: t for pred, t, _ in pairs}
     posts = thresholds.variants(post, p.box_nms_ious, p.min_sizes, p.grows)  # tried per class beside the thresholds
@@ -58,7 +58,7 @@ def run(
         write_json(
             {
                 "score_threshold": dict(choice.thresholds),
-                "scores": table.scores,  # what they are thresholds of: the predictions' scores (× maskness² or not)
+                "scores": predicted.scores,  # what they are thresholds of: the predictions' scores (× maskness² or not)
                 "chosen_on": f"out-of-fold predictions of {len(preds)} images ({len(folds)} fold(s))",
                 "chosen_on_images": sorted(truths),  # so that a score on these images is labelled in-sample
                 "per_fold": {str(k): dict(v.thresholds) for k, v in per_fold.items()},

@@ -97,6 +97,7 @@ def test_thresholds_choose_each_class_growth_and_score_applies_it(tmp_path, tiny
     chosen = thresholds_on_truth(tmp_path, tiny_kaggle, shrunk, "{grid: [0.5], grows: [0, 1, 3]}")
     types = set(tables.read_train_csv(tiny_kaggle / "train.csv")["cell_type"])
     assert {c: v["grow"] for c, v in chosen["postprocess_per_class"].items()} == dict.fromkeys(types, 1)
+    assert chosen["scores"] == ""  # chosen on the model's own scores (no maskness), and says so
     grown = score_on_truth(tmp_path, tiny_kaggle, chosen, "grown")
     plain = score_on_truth(tmp_path, tiny_kaggle, {**chosen, "postprocess_per_class": {}}, "plain")
     assert grown > plain + 0.05, (grown, plain)
