@@ -137,11 +137,11 @@ def read(path: str | Path) -> Predictions:
     missing = [c for c in COLUMNS if c not in table.column_names]
     if missing:
         raise CellpipeError(f"predictions table lacks column(s) {', '.join(missing)}", where=where)
-    meta = (table.schema.metadata or {}).get(IMAGES_KEY)
-    if meta is None:
+    meta = table.schema.metadata or {}
+    if IMAGES_KEY not in meta:
         raise CellpipeError("predictions table does not list its images (not written by cellpipe predict)", where=where)
     try:
-        sizes = {str(i): (int(h), int(w)) for i, h, w in json.loads(meta)}
+        sizes = {str(i): (int(h), int(w)) for i, h, w in json.loads(meta[IMAGES_KEY])}
     except (ValueError, TypeError) as exc:
         raise CellpipeError(f"predictions table's image list is malformed ({exc.__class__.__name__})", where=where) from None
     df = table.to_pandas()
@@ -158,8 +158,7 @@ def read(path: str | Path) -> Predictions:
                 f"{df['width'].iloc[i]} but the image list says {sizes[df['image_id'].iloc[i]]}",
                 where=where,
             )
-    meta_ = table.schema.metadata or {}
-    model, scores = (meta_.get(key, b"").decode(errors="replace") for key in (MODEL_KEY, SCORES_KEY))
+    model, scores = (meta.get(key, b"").decode(errors="replace") for key in (MODEL_KEY, SCORES_KEY))
     return Predictions(df, sizes, where, model, scores)
 
 
