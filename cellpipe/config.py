@@ -329,6 +329,10 @@ class Train(Section):
         description="share of training windows that get the cells of a window of another image of the same type pasted"
         " onto their background (copy-paste; model.arch maskrcnn)",
     )
+    copy_paste_types: list[str] = Field(
+        default_factory=list,
+        description="... only windows of images of these types (their majority class) take pasted cells; empty: every type",
+    )
     ema: float = Field(
         0.0,
         ge=0,
@@ -518,6 +522,9 @@ class Params(Section):
             if self.model.arch == "cellpose" and section.copy_paste:
                 raise ValueError(f"{name}.copy_paste is for model.arch maskrcnn (the flow family's windows take no "
                                  f"pasted cells): set it to 0")  # fmt: skip
+            if section.copy_paste_types and not section.copy_paste:
+                raise ValueError(f"{name}.copy_paste_types picks the windows copy-paste fills, and {name}.copy_paste "
+                                 f"is 0: set copy_paste above 0 or copy_paste_types to []")  # fmt: skip
         return self
 
     @model_validator(mode="after")

@@ -11,6 +11,7 @@ from pycocotools import mask as mask_util
 
 from cellpipe import models
 from cellpipe.config import Params, Train
+from cellpipe.errors import CellpipeError
 from cellpipe.models.rcnn import PASTE_HALO, CocoInstances, normalise_image
 from tests.conftest import tiny_model
 from tests.helpers import train_one_step
@@ -110,12 +111,52 @@ def test_an_image_whose_type_has_no_other_image_pastes_from_another_window_of_it
     assert 5 <= grew <= 55  # some windows got a cell of another window, not all (windows without room)
 
 
+def test_copy_paste_types_fill_only_windows_of_the_named_types(tmp_path):
+    """Image 3 (astro) is alone of its type and pastes from itself; with only astro named, the shsy5y windows
+    (images 1 and 2) never change and draw from the random stream as without copy-paste."""
+    cells = [_box(2, 8, 2, 8), _box(20, 28, 45, 55)]
+    data = _coco(
+        tmp_path, [(_pixels(1), [_box(10, 20, 5, 15)], 1), (_pixels(2), [_box(8, 18, 42, 54)], 1), (_pixels(4), cells, 2)]
+    )
+    plain = CocoInstances(data, H, W, crop_size=20)
+    astro = CocoInstances(data, H, W, crop_size=20, copy_paste=1.0, copy_paste_types=("astro",))
+    every = CocoInstances(data, H, W, crop_size=20, copy_paste=1.0)
+    assert [astro.takes_paste(k) for k in range(3)] == [False, False, True]
+    assert all(every.takes_paste(k) for k in range(3))
+    grew = {0: 0, 1: 0, 2: 0}
+    for seed in range(40):
+        for k in range(3):
+            torch.manual_seed(seed)
+            image0, own = plain[k]
+            after0 = torch.rand(())
+            torch.manual_seed(seed)
+            image, target = astro[k]
+            if k < 2:  # untouched, and the stream after it is the same
+                assert torch.equal(image, image0) and torch.equal(target["masks"], own["masks"])
+                assert torch.equal(torch.rand(()), after0)
+            grew[k] += len(target["labels"]) > len(own["labels"])
+    assert grew[0] == grew[1] == 0 and grew[2] >= 5
+
+
+def test_copy_paste_types_name_categories_of_the_data_and_need_copy_paste(scene):
+    data, _, _ = scene
+    with pytest.raises(CellpipeError, match="copy_paste_types names 'astra', which is no category"):
+        CocoInstances(data, H, W, copy_paste=1.0, copy_paste_types=("astra",))
+    assert Params.model_validate({"finetune": {"copy_paste": 1.0, "copy_paste_types": ["astro"]}})
+    with pytest.raises(
+        ValueError, match=r"finetune\.copy_paste_types picks the windows copy-paste fills, and finetune\.copy_paste is 0"
+    ):
+        Params.model_validate({"finetune": {"copy_paste_types": ["astro"]}})
+
+
 def test_the_mask_rcnn_family_takes_the_switch_and_trains_on_pasted_windows(tiny_coco):
     cfg = tiny_model()
     family = models.family(cfg)
     ds = family.dataset(tiny_coco, cfg, Train(crop_size=64, copy_paste=1.0, transpose=True, scale_jitter=0.25))
     assert ds.copy_paste == 1.0
     assert family.dataset(tiny_coco, cfg, Train(crop_size=64)).copy_paste == 0.0
+    named = family.dataset(tiny_coco, cfg, Train(crop_size=64, copy_paste=1.0, copy_paste_types=["astro"]))
+    assert named.paste_ids == {c["id"] for c in tiny_coco["categories"] if c["name"] == "astro"}
     train_one_step(cfg, ds)
 
 
