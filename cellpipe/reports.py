@@ -68,8 +68,10 @@ class Result:
     per_fold: pd.DataFrame | None
 
 
-def empty(label: str, note: str) -> Result:
-    """The report of a set with no images (an empty lockbox): said, never a 0."""
+def empty(rule: Rule, source: str, note: str, *, fixed: float = FIXED, scores: str = "") -> Result:
+    """The report of a set with no images (an empty lockbox): said, never a 0; labelled with the thresholds it
+    would have used (``fixed`` for every class, or those of ``source``)."""
+    label = fixed_label(fixed, scores) if rule == "fixed" else f"chosen on {source}"
     table = pd.DataFrame(columns=["iou_threshold", "all", *CELL_TYPES])
     return Result({"map_iou": None, "images": 0, "thresholds": label, "note": note}, table, table, table)
 

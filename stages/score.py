@@ -106,9 +106,10 @@ def one_report(
     ids = truth_ids(truth, duplicates) if listed is None else listed["image_id"].tolist()
     table = prediction_table.read(predictions)
     if not ids:  # an empty lockbox (cv.lockbox_fraction: 0): nothing to score, said so
-        label = reports.fixed_label(fixed_threshold, table.scores) if rule == "fixed" else f"chosen on {thresholds_file}"
+        fixed = reports.FIXED if fixed_threshold is None else fixed_threshold
+        result = reports.empty(rule, str(thresholds_file), f"{val} lists no images", fixed=fixed, scores=table.scores)
         with Outputs() as out:
-            write_results(outs, reports.empty(label, f"{val} lists no images"), out)
+            write_results(outs, result, out)
         log(f"[yellow]{val} lists no images: nothing scored[/yellow] → {outs['json']}")
         return
     check_scores(choice, thresholds_file, table)
@@ -143,12 +144,8 @@ def pipeline_reports(
         images_ = listed[spec.images]
         ids = images_["image_id"].tolist()
         if not ids:
-            results[spec] = reports.empty(
-                reports.fixed_label(reports.FIXED, tables[spec.predictions].scores)
-                if spec.rule == "fixed"
-                else f"chosen on {thresholds_file}",
-                f"{images[spec.images]} lists no images",
-            )
+            note = f"{images[spec.images]} lists no images"
+            results[spec] = reports.empty(spec.rule, str(thresholds_file), note, scores=tables[spec.predictions].scores)
             continue
         scored, alignment = pairs(the_truth, ids, tables[spec.predictions], truth_where=images[spec.images])
         results[spec] = reports.score(

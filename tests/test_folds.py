@@ -195,7 +195,20 @@ def test_an_empty_lockbox_is_scored_as_nothing_and_says_so(tmp_path, tiny_kaggle
     assert proc.returncode == 0, proc.stderr
     summary = json.loads((tmp_path / "s.json").read_text())
     assert summary["map_iou"] is None and summary["images"] == 0 and "lists no images" in summary["note"]
+    assert summary["thresholds"] == f"chosen on {tmp_path / 'th.json'}"
     assert (tmp_path / "piou.csv").read_text().startswith("iou_threshold,all,")
+
+
+def test_an_empty_report_is_labelled_with_the_thresholds_it_would_have_used():
+    from cellpipe import reports
+
+    fixed = reports.empty("fixed", "t.json", "x lists no images", fixed=0.4, scores="× maskness^2")
+    assert fixed.summary == {"map_iou": None, "images": 0, "note": "x lists no images",
+                             "thresholds": "fixed 0.4 for every class, on scores × maskness^2"}  # fmt: skip
+    assert reports.empty("fixed", "t.json", "n").summary["thresholds"] == "fixed 0.5 for every class"
+    for rule in ("chosen", "cross-fitted"):
+        assert reports.empty(rule, "t.json", "n", fixed=0.4).summary["thresholds"] == "chosen on t.json"
+    assert fixed.per_image.empty and list(fixed.per_iou.columns) == ["iou_threshold", "all", *reports.CELL_TYPES]
 
 
 def test_a_thresholds_file_says_which_scores_it_is_for_and_is_held_to_it(tmp_path):
