@@ -105,8 +105,8 @@ def one_report(
     listed = None if all_truth_images else val_image_list(val)
     ids = truth_ids(truth, duplicates) if listed is None else listed["image_id"].tolist()
     table = prediction_table.read(predictions)
+    fixed = reports.FIXED if fixed_threshold is None else fixed_threshold
     if not ids:  # an empty lockbox (cv.lockbox_fraction: 0): nothing to score, said so
-        fixed = reports.FIXED if fixed_threshold is None else fixed_threshold
         result = reports.empty(rule, str(thresholds_file), f"{val} lists no images", fixed=fixed, scores=table.scores)
         with Outputs() as out:
             write_results(outs, result, out)
@@ -119,7 +119,7 @@ def one_report(
         scored, alignment, rule=rule, choice=choice, thresholds_source=str(thresholds_file),
         chosen_on=thresholds_images(thresholds_file), per_fold=per_fold, cross_fitted=honest,
         fold_of={} if listed is None else dict(zip(listed["image_id"], listed["fold"])),
-        fixed=reports.FIXED if fixed_threshold is None else fixed_threshold, scores=table.scores,
+        fixed=fixed, scores=table.scores,
     )  # fmt: skip
     with Outputs() as out:  # every file of the report is replaced together or not at all
         write_results(outs, result, out)
