@@ -333,6 +333,13 @@ class Train(Section):
         default_factory=list,
         description="... only windows of images of these types (their majority class) take pasted cells; empty: every type",
     )
+    gamma: float = Field(
+        0.0,
+        ge=0,
+        lt=1,
+        description="random gamma of each training window: its pixels p as 255·(p/255)^g, g log-uniform in"
+        " [1/(1+this), 1+this] (model.arch maskrcnn); 0: off",
+    )
     ema: float = Field(
         0.0,
         ge=0,
@@ -522,6 +529,9 @@ class Params(Section):
             if self.model.arch == "cellpose" and section.copy_paste:
                 raise ValueError(f"{name}.copy_paste is for model.arch maskrcnn (the flow family's windows take no "
                                  f"pasted cells): set it to 0")  # fmt: skip
+            if self.model.arch == "cellpose" and section.gamma:
+                raise ValueError(f"{name}.gamma is for model.arch maskrcnn (the flow family keeps its windows "
+                                 f"normalised, not as read): set it to 0")  # fmt: skip
             if section.copy_paste_types and not section.copy_paste:
                 raise ValueError(f"{name}.copy_paste_types picks the windows copy-paste fills, and {name}.copy_paste "
                                  f"is 0: set copy_paste above 0 or copy_paste_types to []")  # fmt: skip

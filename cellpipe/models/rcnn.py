@@ -11,8 +11,9 @@ per cell, and decoding COCO masks happens once, not every step. A random window 
 flips (torchvision transforms v2) are drawn per step, with ``transpose`` a random transpose
 (with both flips, the window comes in any of its 8 right-angle orientations), and with
 ``scale_jitter`` a random rescaling of the window (multi-scale training, as detectron2's
-ResizeShortestEdge), and with ``copy_paste`` the cells of another image's window pasted onto
-the background of this one (:meth:`CocoInstances.paste`).
+ResizeShortestEdge), with ``gamma`` a random gamma of the pixels (:func:`gamma_adjusted`), and
+with ``copy_paste`` the cells of another image's window pasted onto the background of this one
+(:meth:`CocoInstances.paste`).
 
 What stays in memory per image is its 8-bit pixels and those crops (≈ 0.5 MB for a
 704×520 LIVECell image with 340 cells): normalising and resizing again each step
@@ -22,6 +23,7 @@ costs a few milliseconds against a training step's hundreds, and keeps LIVECell'
 
 from __future__ import annotations
 
+import math
 from abc import abstractmethod
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -61,6 +63,17 @@ def normalise_image(grey: np.ndarray) -> torch.Tensor:
     x = torch.from_numpy(grey.astype(np.float32))
     x = (x - x.mean()) / x.std().clamp_min(1.0)
     return x.expand(3, *x.shape).contiguous()
+
+
+def gamma_adjusted(grey: np.ndarray, gamma: float) -> np.ndarray:
+    """uint8 pixels p → 255·(p/255)^gamma (float32), through a 256-entry table.
+
+    A photometric augmentation that survives the per-image normalisation: a change of brightness
+    or contrast is a linear map that :func:`normalise_image` undoes, a gamma is not — it stretches
+    the dark end of the histogram and squeezes the bright end (or the reverse), as exposure and
+    the phase-contrast halo's strength vary between acquisitions."""
+    table = (255.0 * (np.arange(256, dtype=np.float64) / 255.0) ** gamma).astype(np.float32)
+    return table[grey]
 
 
 @dataclass
@@ -106,6 +119,7 @@ class CocoInstances(Dataset):
         transpose: bool = False,
         copy_paste: float = 0.0,
         copy_paste_types: tuple[str, ...] = (),
+        gamma: float = 0.0,
     ) -> None:
         self.coco = coco
         self.fill_ids = named_category_ids(coco.get("categories", []), fill_holes, what="fill_holes")
@@ -116,6 +130,7 @@ class CocoInstances(Dataset):
         self.scale_jitter = scale_jitter
         self.transpose = transpose
         self.copy_paste = copy_paste
+        self.gamma = gamma
         # the types whose windows take pasted cells (none named: every type)
         self.paste_ids = named_category_ids(coco.get("categories", []), copy_paste_types, what="copy_paste_types")
         wanted = None if image_ids is None else set(image_ids)
@@ -191,9 +206,10 @@ class CocoInstances(Dataset):
             return 1.0
         return self.scale_of_id.get(category, 1.0)
 
-    def image(self, s: Sample) -> torch.Tensor:
-        """The normalised image (1×H×W) at the input scale."""
-        image = normalise_image(s.grey)[:1]
+    def image(self, s: Sample, gamma: float = 1.0) -> torch.Tensor:
+        """The normalised image (1×H×W) at the input scale, its pixels first raised to ``gamma``
+        (:func:`gamma_adjusted`)."""
+        image = normalise_image(s.grey if gamma == 1.0 else gamma_adjusted(s.grey, gamma))[:1]
         if s.size != tuple(s.grey.shape):
             image = F.resize(image, list(s.size), antialias=True)
         return image
@@ -218,10 +234,12 @@ class CocoInstances(Dataset):
         f = 1.0 + (float(torch.rand(())) * 2 - 1) * self.scale_jitter if self.scale_jitter else 1.0
         top, left, ch, cw = self.window(s, f)
         masks, labels = window_cells(s, top, left, ch, cw)
-        image = self.image(s)[:, top : top + ch, left : left + cw]
+        # drawn only when asked, so that runs without it keep their random stream
+        g = math.exp((float(torch.rand(())) * 2 - 1) * math.log1p(self.gamma)) if self.gamma else 1.0
+        image = self.image(s, g)[:, top : top + ch, left : left + cw]
         # drawn only when asked, so that runs without it keep their random stream
         if self.copy_paste and self.takes_paste(index) and float(torch.rand(())) < self.copy_paste:
-            image, masks, labels = self.paste(index, not at_base, image, masks, labels)
+            image, masks, labels = self.paste(index, not at_base, image, masks, labels, g)
         mask_t = torch.from_numpy(np.stack(masks)) if masks else torch.zeros((0, ch, cw), dtype=torch.uint8)
         if f != 1.0:
             image, mask_t, labels = _rescale(image, mask_t, labels, f)
@@ -245,8 +263,8 @@ class CocoInstances(Dataset):
         full budget, pasting into every window moved astro up 0.010 and cort and shsy5y down 0.009–0.010."""
         return not self.paste_ids or self.type_of[index] in self.paste_ids
 
-    def paste(self, index: int, own_scale: bool, image: torch.Tensor, masks: list[np.ndarray], labels: list[int]
-              ) -> tuple[torch.Tensor, list[np.ndarray], list[int]]:  # fmt: skip
+    def paste(self, index: int, own_scale: bool, image: torch.Tensor, masks: list[np.ndarray], labels: list[int],
+              gamma: float = 1.0) -> tuple[torch.Tensor, list[np.ndarray], list[int]]:  # fmt: skip
         """Copy-paste (Ghiasi et al., 2021) for cells: a random window of the same size from a random image
         of the same type (this one included), whose cells land on this window wherever they and their
         :data:`PASTE_HALO` touch none of its cells. Cells of a monolayer lie side by side, not on top of
@@ -274,7 +292,7 @@ class CocoInstances(Dataset):
         if not fits.any():
             return image, masks, labels
         region = torch.from_numpy(ndi.binary_dilation(cells[fits].any(axis=0), structure=square, iterations=PASTE_HALO))
-        image = torch.where(region, self.image(src)[:, top : top + ch, left : left + cw], image)
+        image = torch.where(region, self.image(src, gamma)[:, top : top + ch, left : left + cw], image)
         kept = np.flatnonzero(fits)
         return image, masks + [new[k] for k in kept], labels + [new_labels[k] for k in kept]
 
@@ -430,7 +448,7 @@ class RCNNFamily(Family):
                              fill_holes=tuple(train_cfg.fill_holes), class_scales=cfg.class_scales,
                              base_share=cfg.class_scale_base_share, scale_jitter=train_cfg.scale_jitter,
                              transpose=train_cfg.transpose, copy_paste=train_cfg.copy_paste,
-                             copy_paste_types=tuple(train_cfg.copy_paste_types))  # fmt: skip
+                             copy_paste_types=tuple(train_cfg.copy_paste_types), gamma=train_cfg.gamma)  # fmt: skip
 
     def set_classes(self, model: torch.nn.Module, cfg: Model, classes: list[str]) -> None:
         # label k (1-based, torchvision's convention) → its type's input scale; kept off the state
