@@ -260,7 +260,8 @@ class CocoInstances(Dataset):
     def takes_paste(self, index: int) -> bool:
         """Whether copy-paste may fill this image's windows: its type is one of ``copy_paste_types`` (any
         type when none is named). Per type because pasting helps one type and costs the others: at the
-        full budget, pasting into every window moved astro up 0.010 and cort and shsy5y down 0.009–0.010."""
+        full budget, pasting into every window moved astro up 0.010 and cort and shsy5y down 0.009–0.010;
+        into astro windows only, astro up 0.005, cort kept, shsy5y down 0.007 (docs/experiments.md)."""
         return not self.paste_ids or self.type_of[index] in self.paste_ids
 
     def paste(self, index: int, own_scale: bool, image: torch.Tensor, masks: list[np.ndarray], labels: list[int],
