@@ -312,6 +312,20 @@ def train_one_step(cfg, ds) -> None:
     assert all(np.isfinite(p.grad.abs().sum().item()) for p in model.parameters() if p.grad is not None)
 
 
+def same_draws(plain, switched_off, n: int, seeds=range(5)) -> None:
+    """Two training datasets give the same windows, images and masks seed by seed: an augmentation switched
+    off draws nothing from torch's random stream, so runs without it keep their windows and flips."""
+    import torch
+
+    for seed in seeds:
+        torch.manual_seed(seed)
+        a = [plain[k] for k in range(n)]
+        torch.manual_seed(seed)
+        b = [switched_off[k] for k in range(n)]
+        for (ia, ta), (ib, tb) in zip(a, b):
+            assert torch.equal(ia, ib) and torch.equal(ta["masks"], tb["masks"])
+
+
 def thresholds_on_truth(tmp_path: Path, kaggle: Path, predict, thresholds_params: str) -> dict:
     """The ``thresholds`` stage on predictions made from a Kaggle folder's true cells: ``predict(truth, h, w)`` →
     (masks, scores) per image, every detection of its image's type, every image in fold 0 of ``val.json``;
