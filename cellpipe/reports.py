@@ -50,9 +50,9 @@ PIPELINE: tuple[Spec, ...] = (
     Spec("oof", "oof", "folds", "cross-fitted", ("per_image", "per_iou", "per_fold"),
          "the headline: every training image scored by a model and thresholds that never saw it"),
     Spec("oof_in_sample", "oof", "folds", "chosen", (), "thresholds chosen on these images: only to show the inflation"),
-    Spec("oof_fixed", "oof", "folds", "fixed", (), "every class at 0.5"),
-    Spec("lockbox", "lockbox", "lockbox", "chosen", ("per_iou",), "the fold ensemble on images no step saw"),
-    Spec("lockbox_fixed", "lockbox", "lockbox", "fixed", (), "the ensemble at 0.5 for every class"),
+    Spec("oof_fixed", "oof", "folds", "fixed", ("per_image",), "every class at 0.5"),
+    Spec("lockbox", "lockbox", "lockbox", "chosen", ("per_image", "per_iou"), "the fold ensemble on images no step saw"),
+    Spec("lockbox_fixed", "lockbox", "lockbox", "fixed", ("per_image",), "the ensemble at 0.5 for every class"),
     Spec("lockbox_fold0", "lockbox_fold0", "lockbox", "chosen", ("per_iou",), "model 0 alone"),
 )  # fmt: skip
 FIXED = 0.5

@@ -19,6 +19,7 @@ from stages import (
     anchors,
     check_submission,
     coco,
+    compare,
     decode,
     deps,
     ensemble,
@@ -81,6 +82,7 @@ app.command("visualize", help="Draw predictions over val/test images (overlays f
 app.command("check-submission", help="Validate a submission.csv against the test image ids.")(check_submission.check)
 app.command("params", help="Print the effective params (or the documented defaults).")(params.show)
 app.command("deps", help="Print each stage's code closure (--fix: write it into dvc.yaml's deps).")(deps.show)
+app.command("compare", help="Compare two runs' per-image scores on the same images (paired bootstrap per class).")(compare.run)
 app.command("profile", help="Print a profile's key=value arguments for dvc exp run -S (./run.sh profile NAME).")(profile.show)
 
 

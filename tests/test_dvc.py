@@ -12,9 +12,11 @@ import subprocess
 import time
 from pathlib import Path
 
+import pandas as pd
 import pytest
 import yaml
 
+from tests.conftest import run_cli
 from tests.helpers import copy_repo, dvc, git, ran_stages, stale_stages
 
 
@@ -60,6 +62,10 @@ def test_repro_from_clean_then_noop(dag):
     assert lockbox == {**json.loads((repo_copy / "metrics/lockbox_fold0.json").read_text()), "thresholds": lockbox["thresholds"]}
     fixed = json.loads((repo_copy / "metrics/lockbox_fixed.json").read_text())
     assert fixed["thresholds"] == "fixed 0.5 for every class" and fixed["images"] == 3 and not fixed["thresholds_in_sample"]
+    for name in ("oof", "oof_fixed", "lockbox", "lockbox_fixed"):  # the per-image tables `cellpipe compare` reads
+        per_image = pd.read_csv(repo_copy / f"metrics/{name}_per_image.csv")
+        report = json.loads((repo_copy / f"metrics/{name}.json").read_text())
+        assert len(per_image) == report["images"] and per_image["score"].mean() == pytest.approx(report["map_iou"], abs=1e-6)
     second = dvc(repo_copy, "repro")
     assert ran_stages(second.stdout) == []
     assert "up to date" in dvc(repo_copy, "status").stdout
@@ -182,6 +188,13 @@ def test_an_experiment_reruns_only_what_it_affects_and_travels_through_git_and_d
     assert set(ran_stages(exp.stdout)) == {"thresholds", "score", "submit", "visualize"}
     assert "map_iou" in dvc(repo, "exp", "show", "--csv").stdout
     mine = json.loads(dvc(repo, "exp", "show", "--json").stdout)
+    # the README's recipe: each run's per-image lockbox table through dvc get, compared image by image
+    for rev, name in (("HEAD", "a.csv"), ("shared-exp", "b.csv")):
+        dvc(repo, "get", ".", "metrics/lockbox_per_image.csv", "--rev", rev, "-o", str(tmp_path / name))
+    compared = run_cli("compare", str(tmp_path / "a.csv"), str(tmp_path / "b.csv"), "--out", str(tmp_path / "c.json"), cwd=repo)
+    assert compared.returncode == 0, compared.stderr
+    overall = json.loads((tmp_path / "c.json").read_text())["groups"][0]
+    assert overall["score_b"] == pytest.approx(json.loads((repo / "metrics/lockbox.json").read_text())["map_iou"], abs=1e-6)
     dvc(repo, "exp", "push", "teammates", "shared-exp")
     clone = tmp_path / "clone"
     git(tmp_path, "clone", "-q", "-b", "main", str(origin), str(clone))
