@@ -320,6 +320,8 @@ STALE_WHEN_EDITED = {
     "stages/params.py": set(),
     "stages/profile.py": set(),
     "cellpipe/profiles.py": set(),
+    "stages/compare.py": set(),  # compares two experiments' outputs: no stage of the DAG
+    "cellpipe/comparison.py": set(),
     "stages/anchors.py": {"anchors"},
     "stages/coco.py": {"coco"},
     "stages/decode.py": {"decode"},
