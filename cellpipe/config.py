@@ -432,6 +432,11 @@ class Predict(Section):
         description="Mask R-CNN: each score × its mask's maskness (mean mask probability over the mask's pixels, "
         "SOLOv2) to this power; 0 = off",
     )
+    scores: Literal["class", "cell"] = Field(
+        "class",
+        description="Mask R-CNN (torchvision): class = one detection per type a proposal passes, scored by that type's "
+        "probability; cell = one per proposal, scored 1 − P(background), labelled with its likeliest type",
+    )
 
     @model_validator(mode="after")
     def _tiles(self) -> Predict:

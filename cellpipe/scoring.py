@@ -164,8 +164,8 @@ def check_scores(choice: Choice, thresholds_file: Path, pred: prediction_table.P
     if choice.scores is not None and choice.scores != pred.scores:
         raise CellpipeError(
             f"chosen on {prediction_table.describe_scores(choice.scores)}, but {pred.where} has "
-            f"{prediction_table.describe_scores(pred.scores)} (predict.maskness differs): choose the thresholds on "
-            "predictions made as these were",
+            f"{prediction_table.describe_scores(pred.scores)} (predict.maskness or predict.scores differs): choose the "
+            "thresholds on predictions made as these were",
             where=str(thresholds_file),
         )
 

@@ -34,6 +34,14 @@ def fold_images(path: Path, fold: int | None) -> dict:
     return folds.held_out(data, fold, where=str(path))
 
 
+def score_kind(p) -> str:
+    """What a table's scores are beyond the model's class score (a table's ``scores``): thresholds chosen on one
+    kind are refused on another."""
+    kinds = ["cell: 1 − P(background)"] if p.scores == "cell" else []
+    kinds += [f"× maskness^{p.maskness:g}"] if p.maskness else []
+    return " ".join(kinds)
+
+
 def run(
     fold: int | None = typer.Option(
         None, help="fold K: model MODELS_DIR/foldK/best.pt on fold K's images of --val, tables into OUT_DIR/foldK/"
@@ -121,6 +129,12 @@ def run(
             raise CellpipeError(f"predict.maskness: {family.name} has no mask probabilities (Mask R-CNN has)")
         changes["maskness"] = p.maskness
         log(f"scores × maskness^{p.maskness}")
+    if p.scores == "cell":
+        # one detection per proposal at its probability of being a cell, whatever its type (docs/experiments.md)
+        if limits.cell_scores is None:
+            raise CellpipeError(f"predict.scores cell: {family.name} cannot score cells apart from types (torchvision's can)")
+        changes["cell_scores"] = True
+        log("scores: 1 − P(background), one detection per proposal")
     if changes:
         family.set_limits(model, replace(limits, **changes))
     source = prediction_table.model_digest(checkpoint)
@@ -146,7 +160,7 @@ def run(
                     progress=bar,
                 )
             pred.model = source
-            pred.scores = f"× maskness^{p.maskness:g}" if p.maskness else ""
+            pred.scores = score_kind(p)
             prediction_table.write(pred, out(target))
             wall, cpu = time.perf_counter() - wall, time.process_time() - cpu
             per = max(1, len(paths))  # the cost per image, so that caps and settings are measured, not guessed

@@ -290,6 +290,7 @@ def test_the_flow_threshold_can_be_replaced_at_predict_time_and_decides_which_ma
     assert model.cfg.flow_threshold == 0.0 and model.detections_per_img == 7
     assert FAMILY.limits(model).flow_threshold == 0.0
     assert FAMILY.limits(model).maskness is None  # no mask probabilities: predict.maskness is refused for it
+    assert FAMILY.limits(model).cell_scores is None  # no box head: predict.scores cell is refused for it
     labels = two_cells()
     target = flow_targets(labels).numpy()
     cellprob = np.where(labels > 0, 5.0, -5.0).astype(np.float32)

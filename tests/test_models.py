@@ -219,6 +219,17 @@ def test_apply_a_model_to_a_plain_folder_and_score_it(tiny_coco, tmp_path):
     weighted_choice = {**plain_choice, "scores": "× maskness^2"}
     proc = score_cli(tmp_path, tmp_path / "pm.parquet", tmp_path / "truth.csv", thresholds=weighted_choice)
     assert proc.returncode == 0, proc.stderr
+    # one detection per proposal, scored 1 − P(background) (predict.scores: cell): said, at most one per proposal,
+    # and its table says so, so that thresholds chosen on the types' own scores are refused on it
+    (tmp_path / "pc.yaml").write_text("predict: {scores: cell, maskness: 2, rpn_proposals: 5, detections_per_img: 0}\n")
+    proc = run_cli("predict", "--skip-val", "--checkpoint", str(tmp_path / "model/best.pt"), "--test-dir", str(folder),
+                   "--test-out", str(tmp_path / "pc.parquet"), "--params", str(tmp_path / "pc.yaml"))  # fmt: skip
+    assert proc.returncode == 0, proc.stderr
+    assert "1 − P(background), one detection per proposal" in " ".join((proc.stdout + proc.stderr).split())
+    assert pd.read_parquet(tmp_path / "pc.parquet").groupby("image_id").size().max() <= 5
+    assert prediction_table.read(tmp_path / "pc.parquet").scores == "cell: 1 − P(background) × maskness^2"
+    proc = score_cli(tmp_path, tmp_path / "pc.parquet", tmp_path / "truth.csv", thresholds=weighted_choice)
+    one_line_error(proc, "th.json", "chosen on scores × maskness^2, but", "has scores cell: 1 − P(background) × maskness^2")
     # a flow family's setting asked of Mask R-CNN is refused by name, and nothing is written
     (tmp_path / "pf.yaml").write_text("predict: {flow_threshold: 0.8}\n")
     proc = run_cli("predict", "--skip-val", "--checkpoint", str(tmp_path / "model/best.pt"), "--test-dir", str(folder),

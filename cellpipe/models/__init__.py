@@ -49,6 +49,7 @@ class Limits:
     proposals: int | None = None  # the RPN's proposals kept per image after its NMS (None: the family has no RPN)
     flow_threshold: float | None = None  # the flow family's flow-error limit on recovered masks (None: not a flow family)
     maskness: float | None = None  # scores × maskness to this power (None: the family has no mask probabilities)
+    cell_scores: bool | None = None  # one detection per proposal scored 1 − P(background) (None: the family cannot)
 
 
 class Family(ABC):

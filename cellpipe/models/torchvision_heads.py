@@ -98,6 +98,7 @@ class CellRoIHeads(RoIHeads):
     exact_masks = False
     box_beta = TORCHVISION_BETA
     mask_dice = 0.0
+    cell_scores = False  # predict.scores: cell (a predict-time setting, never in the state dict)
 
     def forward(self, *args, **kwargs):
         from cellpipe.models import masks
@@ -116,6 +117,42 @@ class CellRoIHeads(RoIHeads):
             return super().forward(*args, **kwargs)
         finally:
             tv_roi_heads.maskrcnn_loss, tv_roi_heads.fastrcnn_loss = saved
+
+    def postprocess_detections(self, class_logits, box_regression, proposals, image_shapes):
+        if not self.cell_scores:
+            return super().postprocess_detections(class_logits, box_regression, proposals, image_shapes)
+        return cell_detections(self, class_logits, box_regression, proposals, image_shapes)
+
+
+def cell_detections(heads: RoIHeads, class_logits, box_regression, proposals, image_shapes):
+    """One detection per proposal, scored 1 − P(background) and labelled with its likeliest type
+    (``predict.scores: cell``), then one box NMS over every type.
+
+    torchvision emits a proposal once per type it passes, each scored by that type's probability alone: a cell
+    the box head cannot place between two types (astro bodies that look like cort) comes out twice at half
+    its confidence, and overlap removal keeps one of the halves. Every image holds one cell type, which the
+    image's vote decides; what a cell needs is its probability of being a cell. The box is the likeliest
+    type's regression, the mask head predicts that type's mask, as it does for torchvision's detections.
+    """
+    from torchvision.ops import boxes as box_ops
+
+    counts = [len(p) for p in proposals]
+    boxes_all = heads.box_coder.decode(box_regression, proposals).reshape(*class_logits.shape, 4)  # (N, classes, 4), N ≥ 0
+    probs_all = F.softmax(class_logits, -1)
+    out_boxes, out_scores, out_labels = [], [], []
+    for boxes, probs, shape in zip(boxes_all.split(counts, 0), probs_all.split(counts, 0), image_shapes):
+        labels = probs[:, 1:].argmax(dim=1) + 1
+        scores = probs[:, 1:].sum(dim=1)  # 1 − P(background), without its rounding
+        boxes = box_ops.clip_boxes_to_image(boxes[torch.arange(len(labels), device=labels.device), labels], shape)
+        keep = torch.where(scores > heads.score_thresh)[0]
+        boxes, scores, labels = boxes[keep], scores[keep], labels[keep]
+        keep = box_ops.remove_small_boxes(boxes, min_size=1e-2)
+        boxes, scores, labels = boxes[keep], scores[keep], labels[keep]
+        keep = box_ops.nms(boxes, scores, heads.nms_thresh)[: heads.detections_per_img]
+        out_boxes.append(boxes[keep])
+        out_scores.append(scores[keep])
+        out_labels.append(labels[keep])
+    return out_boxes, out_scores, out_labels
 
 
 class CellRPN(RegionProposalNetwork):

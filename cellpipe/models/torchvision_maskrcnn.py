@@ -9,6 +9,8 @@ torchvision's ImageNet/COCO weights needs a download and says so clearly offline
 
 from __future__ import annotations
 
+from dataclasses import replace
+
 from torch import nn
 from torchvision.models import resnet
 from torchvision.models.detection import MaskRCNN
@@ -21,7 +23,7 @@ from torchvision.ops.feature_pyramid_network import LastLevelMaxPool
 
 from cellpipe.config import Model
 from cellpipe.errors import CellpipeError
-from cellpipe.models import masks, torchvision_heads
+from cellpipe.models import Limits, masks, torchvision_heads
 from cellpipe.models.rcnn import RCNNFamily
 
 
@@ -43,6 +45,14 @@ class TorchvisionMaskRCNN(RCNNFamily):
 
     def _inference_proposals(self, model: nn.Module) -> tuple[dict, object]:
         return model.rpn._post_nms_top_n, "testing"  # {"training": n, "testing": n}
+
+    def limits(self, model: nn.Module) -> Limits:
+        return replace(super().limits(model), cell_scores=bool(getattr(model.roi_heads, "cell_scores", False)))
+
+    def set_limits(self, model: nn.Module, limits: Limits) -> None:
+        super().set_limits(model, limits)
+        if limits.cell_scores is not None:
+            model.roi_heads.cell_scores = bool(limits.cell_scores)  # CellRoIHeads' (torchvision_heads.apply)
 
 
 def _norm_layer(kind: str):
