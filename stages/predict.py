@@ -20,6 +20,7 @@ import typer
 
 from cellpipe import coco, folds
 from cellpipe.atomic import Outputs
+from cellpipe.config import Predict
 from cellpipe.console import log, progress
 from cellpipe.errors import CellpipeError
 from cellpipe.images import list_images
@@ -34,7 +35,7 @@ def fold_images(path: Path, fold: int | None) -> dict:
     return folds.held_out(data, fold, where=str(path))
 
 
-def score_kind(p) -> str:
+def score_kind(p: Predict) -> str:
     """What a table's scores are beyond the model's class score (a table's ``scores``): thresholds chosen on one
     kind are refused on another."""
     kinds = ["cell: 1 − P(background)"] if p.scores == "cell" else []

@@ -18,7 +18,7 @@ from cellpipe.config import CellposeParams, Train  # noqa: E402
 from cellpipe.errors import CellpipeError  # noqa: E402
 from cellpipe.training import engine  # noqa: E402
 from tests.conftest import CLASSES, REPO, SAMPLE, TINY_CP, requires_shared  # noqa: E402
-from tests.helpers import flow_targets, two_cells  # noqa: E402
+from tests.helpers import flow_targets, one_line_error, two_cells  # noqa: E402
 
 FAMILY = models.family(TINY_CP)
 
@@ -357,3 +357,10 @@ def test_the_flow_family_trains_and_predicts_through_the_stage_commands(tiny_kag
     preds = pd.read_parquet(tmp_path / "test.parquet")
     assert {"image_id", "label", "score", "rle"} <= set(preds.columns)
     assert set(preds["image_id"]) <= {p.stem for p in (tiny_kaggle / "test").glob("*.png")}
+    # a Mask R-CNN setting asked of the flow family is refused by name, and nothing is written
+    (tmp_path / "pc.yaml").write_text("predict: {scores: cell}\n")
+    proc = run_cli("predict", "--skip-val", "--checkpoint", str(tmp_path / "ft" / "best.pt"), "--test-dir",
+                   str(tiny_kaggle / "test"), "--test-out", str(tmp_path / "pc.parquet"),
+                   "--params", str(tmp_path / "pc.yaml"))  # fmt: skip
+    one_line_error(proc, "predict.scores cell", "cannot score cells apart from types")
+    assert not (tmp_path / "pc.parquet").exists()
